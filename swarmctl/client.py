@@ -1,0 +1,105 @@
+"""The connection to a daemon: the local control socket, or a manager's 2377 with a certificate.
+
+Every gRPC failure becomes one ``CLIError`` with Docker's rendering, so no traceback reaches
+the user.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from swarmctl.errors import CLIError
+from swarmd import paths
+from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
+
+CALL_TIMEOUT = 60.0
+ENV_HOST = "SWARMCTL_HOST"
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str                     # unix:///path or tcp://host:port
+    tlscacert: Path | None = None
+    tlscert: Path | None = None
+    tlskey: Path | None = None
+
+    @property
+    def is_unix(self) -> bool:
+        return self.host.startswith("unix://")
+
+
+def default_host() -> str:
+    return os.environ.get(ENV_HOST) or f"unix://{paths.default_control_socket()}"
+
+
+def normalise_host(host: str) -> str:
+    if host.startswith(("unix://", "tcp://")):
+        return host
+    if host.startswith("/"):
+        return f"unix://{host}"
+    raise CLIError(f"invalid -H value {host!r}: use unix:///path/to/swarmd.sock or tcp://HOST:2377")
+
+
+def _read(path: Path | None, flag: str) -> bytes:
+    if path is None:
+        raise CLIError(f"-H tcp://… needs --tlscacert, --tlscert and --tlskey (missing {flag})")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise CLIError(f"could not read {flag} {path}: {e.strerror}") from None
+
+
+class Client:
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self._channel: grpc.Channel | None = None
+
+    def _connect(self) -> grpc.Channel:
+        if self._channel is not None:
+            return self._channel
+        t = self.target
+        if t.is_unix:
+            self._channel = grpc.insecure_channel(f"unix:{t.host[len('unix://'):]}")
+        else:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=_read(t.tlscacert, "--tlscacert"),
+                private_key=_read(t.tlskey, "--tlskey"),
+                certificate_chain=_read(t.tlscert, "--tlscert"))
+            # Managers' certificates carry the SAN swarm-manager, not the host name.
+            self._channel = grpc.secure_channel(t.host[len("tcp://"):], creds,
+                                                options=[("grpc.ssl_target_name_override", "swarm-manager")])
+        return self._channel
+
+    @property
+    def control(self) -> pb_grpc.ControlStub:
+        return pb_grpc.ControlStub(self._connect())
+
+    def call(self, method: str, request: Any, timeout: float = CALL_TIMEOUT) -> Any:
+        """Call Control.<method>; translate failures into Docker's error lines."""
+        try:
+            return getattr(self.control, method)(request, timeout=timeout, wait_for_ready=False)
+        except grpc.RpcError as e:
+            raise self._translate(e) from None
+
+    def _translate(self, e: grpc.RpcError) -> CLIError:
+        code = e.code() if hasattr(e, "code") else None
+        details = e.details() if hasattr(e, "details") else str(e)
+        if code == grpc.StatusCode.UNAVAILABLE:  # the daemon never answers UNAVAILABLE itself
+            if self.target.is_unix:
+                return CLIError(f"Cannot connect to the swarmd daemon at {self.target.host}. "
+                                "Is the swarmd daemon running?")
+            return CLIError(f"Cannot connect to the swarmd daemon at {self.target.host}: {details}")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return CLIError(f"Error response from daemon: timed out waiting for {self.target.host}")
+        return CLIError(f"Error response from daemon: {details}")
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+

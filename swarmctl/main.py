@@ -1,0 +1,444 @@
+"""``swarmctl``: Docker's swarm commands as a thin gRPC client of ``swarmd``.
+
+The commands only gather flags, make one or two calls and echo ``render``'s text. Errors are
+``CLIError``s, turned into one stderr message and an exit status in ``main``.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from swarmctl import params, render
+from swarmctl.client import Client, Target, default_host, normalise_host
+from swarmctl.errors import CLIError, ExitStatus
+from swarmd import API_VERSION, __version__
+from swarmd.api.swarm.v1 import swarm_pb2 as pb
+
+PROG = "swarmctl"
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class DockerCommand(click.Command):
+    """Knows Docker's usage line and argument-count rule, to word errors the way Docker does."""
+
+    def __init__(self, *args: Any, usage: str = "[OPTIONS]", nargs: str = "none", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.docker_usage = usage
+        self.nargs = nargs  # none | one | min1
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return [self.docker_usage]
+
+
+class DockerGroup(click.Group):
+    command_class = DockerCommand
+
+
+def client(ctx: click.Context) -> Client:
+    obj: Client = ctx.find_root().obj
+    return obj
+
+
+def out(text: str) -> None:
+    sys.stdout.write(text)
+
+
+@click.group(cls=DockerGroup, context_settings=CONTEXT)
+@click.option("-H", "--host", default=None, metavar="HOST",
+              help="Daemon to talk to: unix:///path/swarmd.sock (default: the local control socket, "
+                   "or $SWARMCTL_HOST) or tcp://MANAGER:2377 with --tls* files.")
+@click.option("--tlscacert", type=click.Path(path_type=Path), help="Trust certs signed only by this CA (the swarm's root CA)")
+@click.option("--tlscert", type=click.Path(path_type=Path), help="Path to a manager's TLS certificate file")
+@click.option("--tlskey", type=click.Path(path_type=Path), help="Path to the TLS key file")
+@click.version_option(__version__, "-v", "--version", prog_name=PROG, message="%(prog)s version %(version)s")
+@click.pass_context
+def cli(ctx: click.Context, host: str | None, tlscacert: Path | None, tlscert: Path | None,
+        tlskey: Path | None) -> None:
+    """Manage a swarm: the cluster layer of Docker swarm mode, served by swarmd."""
+    target = Target(normalise_host(host or default_host()), tlscacert, tlscert, tlskey)
+    ctx.obj = Client(target)
+    ctx.call_on_close(ctx.obj.close)
+
+
+# -- swarm lifecycle -------------------------------------------------------------------------
+
+@cli.command(short_help="Initialize a swarm")
+@click.option("--advertise-addr", default="", metavar="string",
+              help='Advertised address (format: "<ip|interface>[:port]")')
+@click.option("--listen-addr", type=params.NODE_ADDR, default="0.0.0.0:2377", show_default=True,
+              help='Listen address (format: "<ip|interface>[:port]")')
+@click.option("--availability", default="active", show_default=True, metavar="string",
+              help='Availability of the node ("active", "pause", "drain")')
+@click.option("--autolock", is_flag=True,
+              help="Enable manager autolocking (requiring an unlock key to start a stopped manager)")
+@click.option("--cert-expiry", type=params.DURATION, default=None,
+              help="Validity period for node certificates (ns|us|ms|s|m|h)  [default: 2160h0m0s]")
+@click.option("--data-path-addr", default="", metavar="string",
+              help='Address or interface to use for data path traffic (format: "<ip|interface>")')
+@click.option("--data-path-port", type=params.UINT32, default=0,
+              help="Port number to use for data path traffic (1024 - 49151). If no value is set or is set "
+                   "to 0, the default port (4789) is used.")
+@click.option("--default-addr-pool", type=params.IPNET_LIST, multiple=True,
+              help="default address pool in CIDR format")
+@click.option("--default-addr-pool-mask-length", type=params.UINT32, default=24, show_default=True,
+              help="default address pool subnet mask length")
+@click.option("--dispatcher-heartbeat", type=params.DURATION, default=None,
+              help="Dispatcher heartbeat period (ns|us|ms|s|m|h)  [default: 5s]")
+@click.option("--force-new-cluster", is_flag=True, help="Force create a new cluster from current state")
+@click.option("--max-snapshots", type=params.UINT64, default=None,
+              help="Number of additional Raft snapshots to retain")
+@click.option("--snapshot-interval", type=params.UINT64, default=None,
+              help="Number of log entries between Raft snapshots  [default: 10000]")
+@click.option("--task-history-limit", type=params.INT, default=None,
+              help="Task history retention limit  [default: 5]")
+@click.pass_context
+def init(ctx: click.Context, advertise_addr: str, listen_addr: str, availability: str, autolock: bool,
+         cert_expiry: int | None, data_path_addr: str, data_path_port: int,
+         default_addr_pool: tuple[list[str], ...], default_addr_pool_mask_length: int,
+         dispatcher_heartbeat: int | None, force_new_cluster: bool, max_snapshots: int | None,
+         snapshot_interval: int | None, task_history_limit: int | None) -> None:
+    """Initialize a swarm: this node becomes its first manager and leader."""
+    check_availability(availability)
+    req = pb.InitRequest(
+        listen_addr=listen_addr, advertise_addr=advertise_addr, data_path_addr=data_path_addr,
+        data_path_port=data_path_port, force_new_cluster=force_new_cluster,
+        availability=availability.lower(), autolock=autolock,
+        default_addr_pool=[p for group in default_addr_pool for p in group],
+        subnet_size=default_addr_pool_mask_length,
+        has_cert_expiry=cert_expiry is not None, cert_expiry_ns=cert_expiry or 0,
+        has_dispatcher_heartbeat=dispatcher_heartbeat is not None,
+        dispatcher_heartbeat_ns=dispatcher_heartbeat or 0,
+        has_task_history_limit=task_history_limit is not None, task_history_limit=task_history_limit or 0,
+        has_snapshot_interval=snapshot_interval is not None, snapshot_interval=snapshot_interval or 0,
+        has_max_snapshots=max_snapshots is not None, max_snapshots=max_snapshots or 0)
+    try:
+        resp = client(ctx).call("Init", req)
+    except CLIError as e:
+        if ("could not choose an IP address to advertise" in e.message
+                or "could not find the system's IP address" in e.message) \
+                and not e.message.endswith(" - specify one with --advertise-addr"):
+            e.message += " - specify one with --advertise-addr"
+        raise
+    out(render.init_result(resp))
+
+
+def check_availability(value: str) -> None:
+    if value.lower() not in ("active", "pause", "drain"):
+        raise CLIError(f'invalid availability "{value}", only active, pause and drain are supported')
+
+
+@cli.command("join-token", short_help="Manage join tokens", usage="[OPTIONS] (worker|manager)", nargs="one")
+@click.option("-q", "--quiet", is_flag=True, help="Only display token")
+@click.option("--rotate", is_flag=True, help="Rotate join token")
+@click.argument("role")
+@click.pass_context
+def join_token(ctx: click.Context, quiet: bool, rotate: bool, role: str) -> None:
+    """Manage join tokens: show the command (or just the token) to join as ROLE."""
+    if role not in ("worker", "manager"):
+        raise CLIError(f"unknown role {role}")
+    resp = client(ctx).call("GetJoinToken", pb.GetJoinTokenRequest(role=role, rotate=rotate))
+    out(render.join_token(role, resp, quiet, rotate))
+
+
+@cli.command(short_help="Leave the swarm")
+@click.option("-f", "--force", is_flag=True, help="Force this node to leave the swarm, ignoring warnings")
+@click.pass_context
+def leave(ctx: click.Context, force: bool) -> None:
+    """Leave the swarm. The last manager must use --force, which erases the swarm's state."""
+    client(ctx).call("Leave", pb.LeaveRequest(force=force))
+    out("Node left the swarm.\n")
+
+
+@cli.command(short_help="Display and rotate the root CA")
+@click.option("--rotate", is_flag=True,
+              help="Rotate the swarm CA - if no certificate or key are provided, new ones will be generated")
+@click.option("--cert-expiry", type=params.DURATION, default=None,
+              help="Validity period for node certificates (ns|us|ms|s|m|h)  [default: 2160h0m0s]")
+@click.option("--ca-cert", type=click.Path(path_type=Path), default=None,
+              help="Path to the PEM-formatted root CA certificate to use for the new cluster")
+@click.option("--ca-key", type=click.Path(path_type=Path), default=None,
+              help="Path to the PEM-formatted root CA key to use for the new cluster")
+@click.option("-d", "--detach", is_flag=True,
+              help="Exit immediately instead of waiting for the root rotation to converge")
+@click.option("-q", "--quiet", is_flag=True, help="Suppress progress output")
+@click.pass_context
+def ca(ctx: click.Context, rotate: bool, cert_expiry: int | None, ca_cert: Path | None,
+       ca_key: Path | None, detach: bool, quiet: bool) -> None:
+    """Display the swarm's root CA certificate, exactly as stored."""
+    if not rotate:
+        for flag, value in (("ca-cert", ca_cert), ("ca-key", ca_key), ("cert-expiry", cert_expiry)):
+            if value is not None:
+                raise CLIError(f"`--{flag}` flag requires the `--rotate` flag to update the CA")
+    else:
+        raise CLIError("Error response from daemon: root CA rotation is not supported yet by this swarmd version")
+    resp = client(ctx).call("GetCluster", pb.GetClusterRequest())
+    out(resp.cluster.tls_info.trust_root.rstrip("\n") + "\n")
+
+
+@cli.command("unlock-key", short_help="Manage the unlock key")
+@click.option("-q", "--quiet", is_flag=True, help="Only display token")
+@click.option("--rotate", is_flag=True, help="Rotate unlock key")
+@click.pass_context
+def unlock_key(ctx: click.Context, quiet: bool, rotate: bool) -> None:
+    """Show the key that unlocks an autolocked manager after a restart."""
+    try:
+        resp = client(ctx).call("GetUnlockKey", pb.GetUnlockKeyRequest())
+    except CLIError as e:
+        raise CLIError(f"could not fetch unlock key: {e.message}") from None
+    if rotate:
+        raise CLIError("cannot rotate because autolock is not turned on")
+    if not resp.unlock_key:
+        raise CLIError("no unlock key is set")
+    out(render.unlock_key(resp.unlock_key, rotate, quiet))
+
+
+@cli.command(short_help="Display system-wide information")
+@click.option("-f", "--format", "fmt", type=click.Choice(["pretty", "json"]), default="pretty",
+              help="pretty: docker info's layout; json: the Swarm section as one JSON object")
+@click.pass_context
+def info(ctx: click.Context, fmt: str) -> None:
+    """Show this node's swarm state (docker info's Swarm section)."""
+    resp = client(ctx).call("Info", pb.InfoRequest())
+    if fmt == "json":
+        out(render.info_json(resp))
+        return
+    out(render.info(resp, __version__))
+    sys.stderr.write(render.two_manager_warning(resp))
+
+
+@cli.command(short_help="Show the swarmctl and swarmd version information")
+@click.pass_context
+def version(ctx: click.Context) -> None:
+    """Show client and daemon versions."""
+    try:
+        server = client(ctx).call("Version", pb.VersionRequest())
+    except CLIError:
+        out(render.version(__version__, API_VERSION, platform.python_version(), None))
+        raise
+    out(render.version(__version__, API_VERSION, platform.python_version(), server))
+
+
+# -- nodes -----------------------------------------------------------------------------------
+
+@cli.group(cls=DockerGroup, short_help="Manage Swarm nodes")
+def node() -> None:
+    """Manage Swarm nodes."""
+
+
+@node.command("ls", short_help="List nodes in the swarm")
+@click.option("-q", "--quiet", is_flag=True, help="Only display IDs")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              help="table, or json: one JSON object per line")
+@click.pass_context
+def node_ls(ctx: click.Context, quiet: bool, fmt: str) -> None:
+    """List nodes in the swarm; '*' marks the node you are talking to."""
+    resp = client(ctx).call("ListNodes", pb.ListNodesRequest())
+    if quiet:
+        out(render.node_ids(resp.nodes))
+    elif fmt == "json":
+        out(render.node_lines_json(resp.nodes, resp.self_id))
+    else:
+        out(render.node_table(resp.nodes, resp.self_id))
+
+
+@node.command("inspect", short_help="Display detailed information on one or more nodes",
+              usage="[OPTIONS] self|NODE [NODE...]", nargs="min1")
+@click.option("--pretty", is_flag=True, help="Print the information in a human friendly format")
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_context
+def node_inspect(ctx: click.Context, pretty: bool, refs: tuple[str, ...]) -> None:
+    """Display detailed information on one or more nodes (ID, name, or "self")."""
+    nodes, failures = [], []
+    for ref in refs:
+        try:
+            nodes.append(client(ctx).call("GetNode", pb.GetNodeRequest(ref=ref)).node)
+        except CLIError as e:
+            failures.append(e.message)
+    if pretty:
+        out("\n\n".join(render.node_pretty(n).rstrip("\n") for n in nodes) + ("\n" if nodes else ""))
+    else:
+        out(render.json_array([render.node_json(n) for n in nodes]))
+    if failures:
+        raise CLIError("\n".join(failures))
+
+
+@node.command("update", short_help="Update a node", usage="[OPTIONS] NODE", nargs="one")
+@click.option("--availability", default="", metavar="string",
+              help='Availability of the node ("active", "pause", "drain")')
+@click.option("--label-add", multiple=True, metavar="list", help="Add or update a node label (key=value)")
+@click.option("--label-rm", multiple=True, metavar="list", help="Remove a node label if exists")
+@click.argument("ref")
+@click.pass_context
+def node_update(ctx: click.Context, availability: str, label_add: tuple[str, ...], label_rm: tuple[str, ...],
+                ref: str) -> None:
+    """Update a node's availability or labels."""
+    if availability:
+        check_availability(availability)
+    client(ctx).call("UpdateNode", pb.UpdateNodeRequest(ref=ref, availability=availability.lower(),
+                                                       label_add=label_add, label_rm=label_rm))
+    out(ref + "\n")
+
+
+# -- networks --------------------------------------------------------------------------------
+
+@cli.group(cls=DockerGroup, short_help="Manage swarm networks")
+def network() -> None:
+    """Manage the swarm's overlay networks (control-plane registry)."""
+
+
+@network.command("ls", short_help="List networks")
+@click.option("-q", "--quiet", is_flag=True, help="Only display network IDs")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              help="table, or json: one JSON object per line")
+@click.pass_context
+def network_ls(ctx: click.Context, quiet: bool, fmt: str) -> None:
+    """List the swarm's networks."""
+    resp = client(ctx).call("ListNetworks", pb.ListNetworksRequest())
+    if quiet:
+        out(render.network_ids(resp.networks))
+    elif fmt == "json":
+        import json
+
+        out("".join(json.dumps(render.network_json(n)) + "\n" for n in resp.networks))
+    else:
+        out(render.network_table(resp.networks))
+
+
+@network.command("inspect", short_help="Display detailed information on one or more networks",
+                 usage="[OPTIONS] NETWORK [NETWORK...]", nargs="min1")
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_context
+def network_inspect(ctx: click.Context, refs: tuple[str, ...]) -> None:
+    """Display detailed information on one or more networks (name or ID)."""
+    found, failures = [], []
+    for ref in refs:
+        try:
+            found.append(client(ctx).call("GetNetwork", pb.GetNetworkRequest(ref=ref)).network)
+        except CLIError as e:
+            failures.append(e.message)
+    out(render.json_array([render.network_json(n) for n in found]))
+    if failures:
+        raise CLIError("\n".join(failures))
+
+
+def _key_values(items: tuple[str, ...]) -> dict[str, str]:
+    result = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        result[key] = value
+    return result
+
+
+@network.command("create", short_help="Create a network", usage="[OPTIONS] NETWORK", nargs="one")
+@click.option("-d", "--driver", default="overlay", show_default=True, help="Driver to manage the Network")
+@click.option("--subnet", multiple=True, metavar="strings",
+              help="Subnet in CIDR format that represents a network segment (default: next free /24 of the pool)")
+@click.option("--gateway", multiple=True, metavar="strings", help="IPv4 Gateway for the master subnet")
+@click.option("--ingress", is_flag=True, help="Create swarm routing-mesh network")
+@click.option("--internal", is_flag=True, help="Restrict external access to the network")
+@click.option("--attachable", is_flag=True, help="Enable manual container attachment")
+@click.option("--label", multiple=True, metavar="list", help="Set metadata on a network")
+@click.option("-o", "--opt", multiple=True, metavar="map", help="Set driver specific options")
+@click.argument("name")
+@click.pass_context
+def network_create(ctx: click.Context, driver: str, subnet: tuple[str, ...], gateway: tuple[str, ...],
+                   ingress: bool, internal: bool, attachable: bool, label: tuple[str, ...],
+                   opt: tuple[str, ...], name: str) -> None:
+    """Create an overlay network; without --subnet it gets the next free subnet of the pool."""
+    if len(gateway) > len(subnet):
+        raise CLIError("cannot configure a gateway without a subnet")
+    ipam = [pb.IPAMConfig(subnet=s, gateway=gateway[i] if i < len(gateway) else "") for i, s in enumerate(subnet)]
+    resp = client(ctx).call("CreateNetwork", pb.CreateNetworkRequest(
+        name=name, driver=driver, ipam=ipam, ingress=ingress, internal=internal, attachable=attachable,
+        labels=_key_values(label), options=_key_values(opt)))
+    out(resp.network.id + "\n")
+
+
+@network.command("rm", short_help="Remove one or more networks", usage="NETWORK [NETWORK...]", nargs="min1")
+@click.option("-f", "--force", is_flag=True, help="Do not error if the network does not exist, and do not ask "
+                                                  "for confirmation before removing the ingress network")
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_context
+def network_rm(ctx: click.Context, force: bool, refs: tuple[str, ...]) -> None:
+    """Remove networks. Removing the ingress network asks for confirmation unless -f is given."""
+    failures = []
+    for ref in refs:
+        try:
+            found = client(ctx).call("GetNetwork", pb.GetNetworkRequest(ref=ref)).network
+            if found.ingress and not force and not confirm(render.INGRESS_REMOVAL_WARNING):
+                continue
+            client(ctx).call("RemoveNetwork", pb.RemoveNetworkRequest(ref=found.id))
+            out(ref + "\n")
+        except CLIError as e:
+            if force and "not found" in e.message:
+                continue
+            failures.append(e.message)
+    if failures:
+        raise CLIError("\n".join(failures))
+
+
+def confirm(question: str) -> bool:
+    """Docker's prompt: '[y/N] ', yes only for y/Y/yes; EOF or no terminal answers no."""
+    sys.stdout.write(f"{question} [y/N] ")
+    sys.stdout.flush()
+    answer = sys.stdin.readline() if sys.stdin else ""
+    return answer.strip().lower() in ("y", "yes")
+
+
+# -- entry point -----------------------------------------------------------------------------
+
+def _command_path(ctx: click.Context | None) -> str:
+    return ctx.command_path if ctx is not None else PROG
+
+
+def _usage_error(e: click.UsageError) -> tuple[str, ExitStatus]:
+    ctx = e.ctx
+    cmd = ctx.command if ctx is not None else None
+    path = _command_path(ctx)
+    usage = f"Usage:  {path} {getattr(cmd, 'docker_usage', '[OPTIONS] COMMAND')}"
+    more = f"Run '{path} --help' for more information"
+    if isinstance(e, params.FlagValueError):
+        return f"{e.text}\n\n{usage}\n\n{more}", ExitStatus.USAGE
+    if isinstance(e, click.NoSuchOption):
+        return f"unknown flag: {e.option_name}\nSee '{path} --help'.", ExitStatus.USAGE
+    if isinstance(e, click.BadOptionUsage | click.BadParameter) and not isinstance(e, click.MissingParameter):
+        return f"{e.format_message()}\nSee '{path} --help'.", ExitStatus.USAGE
+    nargs = getattr(cmd, "nargs", None)
+    if isinstance(cmd, click.Group) or nargs is None:
+        return f"{PROG}: {e.format_message()}\n\n{usage}\n\n{more}", ExitStatus.ERROR
+    rule = {"none": "accepts no arguments", "one": "requires 1 argument",
+            "min1": "requires at least 1 argument"}[nargs]
+    return f"{PROG}: '{path}' {rule}\n\n{usage}\n\n{more}", ExitStatus.ERROR
+
+
+def fail(message: str, status: ExitStatus) -> NoReturn:
+    sys.stderr.write(message.rstrip("\n") + "\n")
+    sys.exit(int(status))
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = cli.main(args=argv if argv is not None else sys.argv[1:], prog_name=PROG,
+                        standalone_mode=False)
+    except click.UsageError as e:
+        fail(*_usage_error(e))
+    except CLIError as e:
+        fail(e.message, e.status)
+    except click.exceptions.Abort:
+        fail("", ExitStatus.INTERRUPTED)
+    except KeyboardInterrupt:
+        sys.exit(int(ExitStatus.INTERRUPTED))
+    except BrokenPipeError:
+        sys.exit(int(ExitStatus.ERROR))
+    except click.ClickException as e:
+        fail(e.format_message(), ExitStatus.ERROR)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

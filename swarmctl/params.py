@@ -1,0 +1,115 @@
+"""click parameter types that parse like Docker's flags and fail with Docker's texts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from swarmd import netaddr
+from swarmd.timeutil import format_go_duration, parse_go_duration
+
+
+class FlagValueError(click.BadParameter):
+    """``invalid argument "V" for "--flag" flag: why`` (Docker exits 125 for these)."""
+
+    def __init__(self, text: str, param: click.Parameter | None) -> None:
+        super().__init__(text, param=param)
+        self.text = text
+
+
+def _flag_name(param: click.Parameter | None) -> str:
+    if param is None:
+        return "?"
+    longs = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+    return longs[0] if longs else (param.opts[0] if param.opts else str(param.name))
+
+
+def fail(value: Any, param: click.Parameter | None, why: str) -> FlagValueError:
+    return FlagValueError(f'invalid argument "{value}" for "{_flag_name(param)}" flag: {why}', param)
+
+
+class Duration(click.ParamType):
+    """Go duration → nanoseconds ("2160h0m0s", "5s", "90m")."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_go_duration(str(value))
+        except ValueError as e:
+            raise fail(value, param, str(e)) from None
+
+
+def duration_default(ns: int) -> str:
+    return format_go_duration(ns)
+
+
+class UInt(click.ParamType):
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.name = f"uint{bits}" if bits != 64 else "uint"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value)
+        if not text.isdigit() or int(text) >= 1 << self.bits:
+            raise fail(value, param, f'strconv.ParseUint: parsing "{text}": '
+                       + ("value out of range" if text.isdigit() else "invalid syntax"))
+        return int(text)
+
+
+class Int(click.ParamType):
+    name = "int"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return int(str(value), 10)
+        except ValueError:
+            raise fail(value, param, f'strconv.ParseInt: parsing "{value}": invalid syntax') from None
+
+
+class NodeAddr(click.ParamType):
+    """--listen-addr: Docker's ParseTCPAddr with default tcp://0.0.0.0:2377."""
+
+    name = "node-addr"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return netaddr.normalize_listen_flag(str(value))
+        except netaddr.ListenFlagError as e:
+            raise FlagValueError(str(e), param) from None
+
+
+class IPNetList(click.ParamType):
+    """--default-addr-pool: comma-separated CIDRs, repeatable (pflag's ipNetSlice)."""
+
+    name = "ipNetSlice"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[str]:
+        if isinstance(value, list):
+            return value
+        import ipaddress
+
+        out = []
+        for part in str(value).split(","):
+            part = part.strip()
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise fail(value, param, f"invalid CIDR address: {part}") from None
+            out.append(part)
+        return out
+
+
+DURATION = Duration()
+UINT32 = UInt(32)
+UINT64 = UInt(64)
+INT = Int()
+NODE_ADDR = NodeAddr()
+IPNET_LIST = IPNetList()

@@ -1,0 +1,145 @@
+"""``swarmd``: the per-host daemon. Starts inactive, resumes a swarm from its state dir, serves
+the control API on a Unix socket, and speaks the systemd notify protocol.
+
+Signals: SIGTERM/SIGINT stop cleanly; SIGHUP re-reads the log level from ``--config``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from swarmd import __version__, logs, paths, systemd
+
+log = logging.getLogger("swarmd")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="swarmd", description="Swarm mode daemon: one per host.")
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help=f"swarm state: certificates, raft log, state.json (default {paths.SYSTEM_STATE_DIR} "
+                        "as root, $XDG_STATE_HOME/swarmd otherwise)")
+    p.add_argument("--control-socket", type=Path, default=None,
+                   help=f"Unix socket of the control API, mode 0600 (default {paths.SYSTEM_CONTROL_SOCKET} "
+                        "as root, $XDG_RUNTIME_DIR/swarmd.sock otherwise)")
+    p.add_argument("--hostname", default=None, help="node name reported to the swarm (default: the host name)")
+    p.add_argument("--log-level", choices=logs.LEVELS, default=None, help="log level (default info)")
+    p.add_argument("--log-format", choices=("plain", "json"), default="plain", help="log line format")
+    p.add_argument("--config", type=Path, default=None,
+                   help="optional file of key=value lines; SIGHUP re-reads its log-level")
+    p.add_argument("--version", action="version", version=f"swarmd {__version__}")
+    return p.parse_args(argv)
+
+
+def read_config(path: Path | None) -> dict[str, str]:
+    if path is None:
+        return {}
+    values: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+class Daemon:
+    def __init__(self, args: argparse.Namespace) -> None:
+        from swarmd.manager.authz import AuthzInterceptor, certificate_identity, local_identity
+        from swarmd.node import NodeRuntime
+        from swarmd.server import ServerCredentials, start_remote_server
+
+        self.args = args
+        self.state_dir: Path = (args.state_dir or paths.default_state_dir()).absolute()
+        self.socket_path: Path = (args.control_socket or paths.default_control_socket()).absolute()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._control: Any = None
+
+        def start_remote(listen: str, creds: ServerCredentials) -> Any:
+            interceptor = AuthzInterceptor(certificate_identity(self.runtime.cluster_id))
+            return start_remote_server(listen, creds, interceptor, self._register)
+
+        self.runtime = NodeRuntime(self.state_dir, args.hostname or socket.gethostname(), start_remote)
+        self._local_interceptor = AuthzInterceptor(local_identity)
+
+    def _register(self, server: Any) -> None:
+        from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
+        from swarmd.manager.control import CAServicer, ControlServicer
+
+        pb_grpc.add_ControlServicer_to_server(ControlServicer(self.runtime), server)
+        pb_grpc.add_CAServicer_to_server(CAServicer(self.runtime), server)
+
+    def run(self) -> int:
+        from swarmd.server import start_control_server
+
+        systemd.notify("STATUS=starting")
+        self.runtime.resume()
+        self._control = start_control_server(self.socket_path, self._local_interceptor, self._register)
+        state = "active" if self.runtime.local else "inactive"
+        log.info("swarmd %s ready (swarm %s); control socket %s", __version__, state, self.socket_path)
+        systemd.notify(f"READY=1\nSTATUS=swarm {state}; control socket {self.socket_path}")
+        while not self._stop.is_set():
+            self._stop.wait(1.0)
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+        systemd.notify("STOPPING=1")
+        log.info("shutting down")
+        self._control.stop(2.0).wait(3.0)
+        self.runtime.shutdown()
+        self.socket_path.unlink(missing_ok=True)
+        return 0
+
+    def reload(self) -> None:
+        systemd.notify("RELOADING=1")
+        try:
+            level = read_config(self.args.config).get("log-level") or self.args.log_level or "info"
+            if level not in logs.LEVELS:
+                raise ValueError(f"unknown log level {level!r}")
+            logs.set_level(level)
+            log.info("log level is now %s", level)
+        except (OSError, ValueError) as e:
+            log.error("reload failed: %s", e)
+        systemd.notify("READY=1")
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload.set()
+        else:
+            self._stop.set()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        level = args.log_level or read_config(args.config).get("log-level") or "info"
+    except OSError as e:
+        sys.exit(f"swarmd: cannot read --config: {e}")
+    if level not in logs.LEVELS:
+        sys.exit(f"swarmd: unknown log level {level!r}")
+    logs.setup(level, args.log_format)
+    os.umask(0o077)
+    try:
+        daemon = Daemon(args)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, daemon.on_signal)
+        code = daemon.run()
+    except Exception as e:  # noqa: BLE001 - report start-up failures in one line, not a traceback
+        log.debug("start-up failed", exc_info=True)
+        log.error("swarmd cannot start: %s", e)
+        systemd.notify(f"STATUS=failed: {e}")
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

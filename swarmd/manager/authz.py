@@ -1,0 +1,109 @@
+"""Who may call what, declared once next to the API and enforced by one interceptor (DESIGN §2).
+
+Identity comes from the endpoint (the control socket is ``local``) or from the verified peer
+certificate (OU = role, O = cluster ID), never from request fields. Anything not in the table
+is refused.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from swarmd.ca import pki
+
+log = logging.getLogger(__name__)
+
+LOCAL = "local"
+MANAGER = "swarm-manager"
+WORKER = "swarm-worker"
+JOIN_WORKER = "join-worker"
+JOIN_MANAGER = "join-manager"
+
+_ADMIN = frozenset({LOCAL, MANAGER})
+_NODES_AND_JOINERS = frozenset({MANAGER, WORKER, JOIN_WORKER, JOIN_MANAGER})
+
+RULES: dict[str, frozenset[str]] = {
+    "/swarm.v1.Control/Info": _ADMIN,
+    "/swarm.v1.Control/Version": _ADMIN,
+    "/swarm.v1.Control/Init": frozenset({LOCAL}),
+    "/swarm.v1.Control/Leave": frozenset({LOCAL}),
+    "/swarm.v1.Control/GetCluster": _ADMIN,
+    "/swarm.v1.Control/GetJoinToken": _ADMIN,
+    "/swarm.v1.Control/ListNodes": _ADMIN,
+    "/swarm.v1.Control/GetNode": _ADMIN,
+    "/swarm.v1.Control/UpdateNode": _ADMIN,
+    "/swarm.v1.Control/ListNetworks": _ADMIN,
+    "/swarm.v1.Control/GetNetwork": _ADMIN,
+    "/swarm.v1.Control/CreateNetwork": _ADMIN,
+    "/swarm.v1.Control/RemoveNetwork": _ADMIN,
+    "/swarm.v1.Control/GetUnlockKey": _ADMIN,
+    "/swarm.v1.CA/GetRootCACertificate": _NODES_AND_JOINERS,
+}
+
+Identify = Callable[[grpc.ServicerContext], "str | None"]
+
+
+def local_identity(context: grpc.ServicerContext) -> str | None:
+    return LOCAL
+
+
+def certificate_identity(cluster_id: Callable[[], str | None]) -> Identify:
+    """Role of a mutual-TLS peer: its certificate's OU, if its O is this cluster."""
+
+    @functools.lru_cache(maxsize=4096)
+    def parse(pem: bytes) -> pki.Identity | None:
+        try:
+            return pki.identity_from_cert(pem)
+        except ValueError:
+            return None
+
+    def identify(context: grpc.ServicerContext) -> str | None:
+        certs = context.auth_context().get("x509_pem_cert")
+        if not certs:
+            return None
+        identity = parse(certs[0])
+        if identity is None or identity.cluster_id != cluster_id():
+            return None
+        return identity.role if identity.role in (MANAGER, WORKER) else None
+
+    return identify
+
+
+class AuthzInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, identify: Identify, rules: dict[str, frozenset[str]] = RULES) -> None:
+        self._identify = identify
+        self._rules = rules
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        allowed = self._rules.get(details.method, frozenset())
+        method = details.method
+
+        def guard(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            def checked(request: Any, context: grpc.ServicerContext) -> Any:
+                role = self._identify(context)
+                if role not in allowed:
+                    log.warning("refused %s for %s", method, role or "an unidentified peer")
+                    context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                  f"Permission denied: unauthorized peer role: {role or 'none'}")
+                return behavior(request, context)
+            return checked
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                guard(handler.unary_unary), handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                guard(handler.unary_stream), handler.request_deserializer, handler.response_serializer)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                guard(handler.stream_unary), handler.request_deserializer, handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(
+            guard(handler.stream_stream), handler.request_deserializer, handler.response_serializer)

@@ -1,0 +1,124 @@
+"""Overlay IPAM: first-fit subnets from the cluster's address pools and VXLAN IDs from 4096.
+
+Pure functions over the store's current allocations, so every replica computes the same answer
+inside the state machine (DESIGN §7, swarm-behaviour.md §7.2).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+
+DEFAULT_POOL = "10.0.0.0/8"
+DEFAULT_SUBNET_SIZE = 24
+VXLAN_ID_START = 4096
+VXLAN_ID_END = (1 << 24) - 1
+
+IPv4Net = ipaddress.IPv4Network
+
+
+class IPAMError(ValueError):
+    """A request the allocator refuses; str() is the user-facing text."""
+
+
+def parse_cidr(text: str) -> IPv4Net:
+    """Parse an IPv4 CIDR that must be a network address (no host bits)."""
+    try:
+        iface = ipaddress.ip_interface(text.strip())
+    except ValueError:
+        raise IPAMError(f"invalid CIDR address: {text}") from None
+    if "/" not in text:
+        raise IPAMError(f"invalid CIDR address: {text}")
+    if not isinstance(iface, ipaddress.IPv4Interface):
+        raise IPAMError(f"invalid CIDR address: {text} (only IPv4 subnets are supported)")
+    if iface.ip != iface.network.network_address:
+        raise IPAMError(f"invalid subnet {text}: it should be {iface.network}")
+    return iface.network
+
+
+def validate_pool(pools: Sequence[str], size: int) -> tuple[list[str], int]:
+    """Docker's validateDefaultAddrPool: size 0 means 24; pools must be valid and fit the size."""
+    if size == 0:
+        size = DEFAULT_SUBNET_SIZE
+    if size > 29:
+        raise IPAMError(f"subnet size is out of range: {size}")
+    normalised = []
+    for text in pools:
+        net = parse_cidr(text)
+        if size < net.prefixlen:
+            raise IPAMError(f'invalid CIDR: "{text}". Subnet size is too small for pool: {size}')
+        normalised.append(str(net))
+    for i, a in enumerate(normalised):
+        for b in normalised[i + 1:]:
+            if ipaddress.ip_network(a).overlaps(ipaddress.ip_network(b)):
+                raise IPAMError(f"default address pools {a} and {b} overlap")
+    return normalised, size
+
+
+def _overlapping(candidate: IPv4Net, used: Iterable[IPv4Net]) -> IPv4Net | None:
+    for net in used:
+        if candidate.overlaps(net):
+            return net
+    return None
+
+
+def allocate_subnet(pools: Sequence[str], size: int, used: Sequence[str]) -> str:
+    """The lowest ``size``-aligned prefix of the first pool that overlaps nothing in use."""
+    used_nets = [ipaddress.IPv4Network(u) for u in used]
+    for pool_text in pools or [DEFAULT_POOL]:
+        pool = ipaddress.IPv4Network(pool_text)
+        candidate_size = max(size, pool.prefixlen)
+        step = 1 << (32 - candidate_size)
+        base = int(pool.network_address)
+        end = int(pool.broadcast_address)
+        addr = base
+        while addr <= end:
+            candidate = ipaddress.IPv4Network((addr, candidate_size))
+            clash = _overlapping(candidate, used_nets)
+            if clash is None:
+                return str(candidate)
+            # Skip past the clashing network (it may be larger than one step).
+            addr = max(addr + step, int(clash.broadcast_address) + 1)
+            addr = base + (((addr - base) + step - 1) // step) * step
+    raise IPAMError("could not find an available, non-overlapping IPv4 address pool "
+                    "among the defaults to assign to the network")
+
+
+def check_requested_subnet(subnet: str, used: dict[str, str]) -> str:
+    """Validate a user-chosen subnet against the ones in use (``used``: subnet → network name)."""
+    net = parse_cidr(subnet)
+    for other, owner in used.items():
+        if net.overlaps(ipaddress.IPv4Network(other)):
+            raise IPAMError("invalid pool request: Pool overlaps with other one on this address space "
+                            f"({net} overlaps {other} of network {owner})")
+    return str(net)
+
+
+def default_gateway(subnet: str) -> str:
+    """The first host address, as Docker's serial allocation gives it."""
+    net = ipaddress.IPv4Network(subnet)
+    if net.num_addresses <= 2:
+        raise IPAMError(f"subnet {subnet} is too small for a gateway")
+    return str(net.network_address + 1)
+
+
+def check_gateway(gateway: str, subnet: str) -> str:
+    try:
+        ip = ipaddress.IPv4Address(gateway.strip())
+    except ValueError:
+        raise IPAMError(f"invalid gateway address: {gateway}") from None
+    net = ipaddress.IPv4Network(subnet)
+    if ip not in net or ip in (net.network_address, net.broadcast_address):
+        raise IPAMError(f"gateway {gateway} is not a usable address of subnet {subnet}")
+    return str(ip)
+
+
+def allocate_vxlan_id(used: Iterable[int]) -> int:
+    """The lowest free VXLAN ID from 4096; freed IDs are reused."""
+    taken = set(used)
+    vni = VXLAN_ID_START
+    while vni in taken:
+        vni += 1
+    if vni > VXLAN_ID_END:
+        raise IPAMError("no VXLAN ID is left")
+    return vni

@@ -1,0 +1,225 @@
+"""The replicated state machine: one entry point, ``apply(op)``, over a JSON-shaped state.
+
+Every replica applies the same ops in the same order, so ``apply`` must be deterministic (all
+randomness and timestamps come inside the op, chosen by the proposer) and must never raise: an
+exception inside a pysyncobj apply stalls the node forever. Invalid ops become failed results.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from swarmd.manager import ipam
+
+OP_VERSION = 1
+
+State = dict[str, Any]
+Result = dict[str, Any]
+T = TypeVar("T")
+
+
+class OpError(Exception):
+    """Raised inside a handler to turn the op into a failed result."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def empty_state() -> State:
+    return {"index": 0, "cluster": None, "nodes": {}, "networks": {}}
+
+
+def encode_op(kind: str, **fields: Any) -> bytes:
+    """Serialise an op for the log: versioned JSON, never pickle."""
+    return json.dumps({"v": OP_VERSION, "op": kind, **fields}, sort_keys=True, separators=(",", ":")).encode()
+
+
+class StateMachine:
+    """Holds the cluster state; readers take a consistent view under the same lock apply uses."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state: State = empty_state()
+        self._handlers: dict[str, Callable[[State, dict[str, Any]], Result]] = {
+            "bootstrap": _bootstrap,
+            "rotate_join_token": _rotate_join_token,
+            "update_node": _update_node,
+            "set_node_status": _set_node_status,
+            "create_network": _create_network,
+            "remove_network": _remove_network,
+        }
+
+    # -- replicated entry point ------------------------------------------------------------
+    def apply(self, op: bytes) -> Result:
+        try:
+            cmd = json.loads(op)
+            if not isinstance(cmd, dict) or cmd.get("v") != OP_VERSION:
+                return _failed("INVALID_ARGUMENT", "unsupported op version")
+            handler = self._handlers.get(str(cmd.get("op")))
+            if handler is None:
+                return _failed("INVALID_ARGUMENT", f"unknown op {cmd.get('op')!r}")
+            with self._lock:
+                # Handlers work on a copy so a failure half-way leaves the state as it was.
+                draft = copy.deepcopy(self._state)
+                draft["index"] += 1
+                result = handler(draft, cmd)
+                self._state = draft
+                return {"ok": True, "index": draft["index"], **result}
+        except OpError as e:
+            return _failed(e.code, e.message)
+        except Exception as e:  # noqa: BLE001 - apply must never raise (see module docstring)
+            return _failed("INTERNAL", f"failed to apply {type(e).__name__}: {e}")
+
+    # -- reads and snapshots ---------------------------------------------------------------
+    def read(self, fn: Callable[[State], T]) -> T:
+        """Run ``fn`` on the current state under the lock; ``fn`` must not keep references."""
+        with self._lock:
+            return fn(self._state)
+
+    def dump(self) -> State:
+        with self._lock:
+            return copy.deepcopy(self._state)
+
+    def load(self, state: State) -> None:
+        with self._lock:
+            self._state = state
+
+
+def _failed(code: str, message: str) -> Result:
+    return {"ok": False, "code": code, "message": message}
+
+
+def _require(cond: bool, code: str, message: str) -> None:
+    if not cond:
+        raise OpError(code, message)
+
+
+# -- handlers ------------------------------------------------------------------------------
+
+def _bootstrap(state: State, cmd: dict[str, Any]) -> Result:
+    """Create the cluster object, the first node and the ingress network in one entry."""
+    _require(state["cluster"] is None, "ALREADY_EXISTS", "the cluster already exists")
+    index = state["index"]
+    cluster = dict(cmd["cluster"], version=index)
+    state["cluster"] = cluster
+    node = dict(cmd["node"], version=index)
+    state["nodes"][node["id"]] = node
+    ingress = cmd.get("ingress")
+    if ingress:
+        _create_network(state, ingress)
+    return {"cluster_id": cluster["id"], "node_id": node["id"]}
+
+
+def _cluster(state: State) -> dict[str, Any]:
+    cluster = state["cluster"]
+    _require(cluster is not None, "FAILED_PRECONDITION", "the cluster does not exist")
+    assert cluster is not None
+    return cluster  # type: ignore[no-any-return]
+
+
+def _rotate_join_token(state: State, cmd: dict[str, Any]) -> Result:
+    cluster = _cluster(state)
+    role = cmd["role"]
+    _require(role in ("worker", "manager"), "INVALID_ARGUMENT", f"unknown role {role}")
+    cluster["join_tokens"][role] = cmd["token"]
+    cluster["version"] = state["index"]
+    cluster["updated_at"] = cmd["now"]
+    return {}
+
+
+def _node(state: State, node_id: str) -> dict[str, Any]:
+    node = state["nodes"].get(node_id)
+    _require(node is not None, "NOT_FOUND", f"node {node_id} not found")
+    return node  # type: ignore[no-any-return]
+
+
+def _update_node(state: State, cmd: dict[str, Any]) -> Result:
+    node = _node(state, cmd["id"])
+    availability = cmd.get("availability")
+    if availability:
+        _require(availability in ("active", "pause", "drain"), "INVALID_ARGUMENT",
+                 f"invalid availability {availability!r}")
+        node["availability"] = availability
+    labels = node.setdefault("labels", {})
+    for key in cmd.get("label_rm", []):
+        _require(key in labels, "INVALID_ARGUMENT", f"key {key} doesn't exist in node's labels")
+        del labels[key]
+    labels.update(cmd.get("label_add", {}))
+    node["version"] = state["index"]
+    node["updated_at"] = cmd["now"]
+    return {}
+
+
+def _set_node_status(state: State, cmd: dict[str, Any]) -> Result:
+    node = _node(state, cmd["id"])
+    for key in ("state", "addr", "message"):
+        if key in cmd:
+            node[key] = cmd[key]
+    if "manager_addr" in cmd and node.get("manager"):
+        node["manager"]["addr"] = cmd["manager_addr"]
+    node["version"] = state["index"]
+    node["updated_at"] = cmd["now"]
+    return {}
+
+
+def _create_network(state: State, cmd: dict[str, Any]) -> Result:
+    networks: dict[str, dict[str, Any]] = state["networks"]
+    name = cmd["name"]
+    _require(all(n["name"] != name for n in networks.values()), "ALREADY_EXISTS",
+             f"network with name {name} already exists")
+    _require(cmd["id"] not in networks, "ALREADY_EXISTS", f"network {cmd['id']} already exists")
+    if cmd.get("ingress"):
+        existing = [n for n in networks.values() if n.get("ingress")]
+        _require(not existing, "ALREADY_EXISTS",
+                 f"rpc error: code = AlreadyExists desc = ingress network ({existing[0]['id'] if existing else ''}) "
+                 "is already present")
+    cluster = _cluster(state)
+    used = {cfg["subnet"]: n["name"] for n in networks.values() for cfg in n["ipam"]}
+    configs = []
+    try:
+        requested = cmd.get("ipam") or [{}]
+        for req in requested:
+            if req.get("subnet"):
+                subnet = ipam.check_requested_subnet(req["subnet"], used)
+            else:
+                _require(not req.get("gateway"), "INVALID_ARGUMENT", "a gateway needs a subnet")
+                subnet = ipam.allocate_subnet(cluster["default_addr_pool"], cluster["subnet_size"], list(used))
+            gateway = ipam.check_gateway(req["gateway"], subnet) if req.get("gateway") else ipam.default_gateway(subnet)
+            used[subnet] = name
+            configs.append({"subnet": subnet, "gateway": gateway})
+        vxlan_ids: list[int] = []
+        taken = [v for n in networks.values() for v in n["vxlan_ids"]]
+        for _ in configs:
+            vni = ipam.allocate_vxlan_id(taken + vxlan_ids)
+            vxlan_ids.append(vni)
+    except ipam.IPAMError as e:
+        raise OpError("INVALID_ARGUMENT", str(e)) from None
+    network = {
+        "id": cmd["id"],
+        "name": name,
+        "created_at": cmd["now"],
+        "driver": "overlay",
+        "ingress": bool(cmd.get("ingress")),
+        "internal": bool(cmd.get("internal")),
+        "attachable": bool(cmd.get("attachable")),
+        "ipam": configs,
+        "vxlan_ids": vxlan_ids,
+        "labels": dict(cmd.get("labels", {})),
+        "options": dict(cmd.get("options", {})),
+        "version": state["index"],
+    }
+    networks[network["id"]] = network
+    return {"network_id": network["id"]}
+
+
+def _remove_network(state: State, cmd: dict[str, Any]) -> Result:
+    network_id = cmd["id"]
+    _require(network_id in state["networks"], "NOT_FOUND", f"network {network_id} not found")
+    del state["networks"][network_id]
+    return {}

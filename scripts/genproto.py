@@ -20,9 +20,10 @@ PROTO_DIR = ROOT / "proto"
 def generate(out: Path) -> list[Path]:
     protos = sorted(str(p.relative_to(PROTO_DIR)) for p in PROTO_DIR.rglob("*.proto"))
     out.mkdir(parents=True, exist_ok=True)
-    mypy_plugin = Path(sys.executable).parent / "protoc-gen-mypy"
-    args = ["protoc", f"-I{PROTO_DIR}", f"--plugin=protoc-gen-mypy={mypy_plugin}", f"--python_out={out}",
-            f"--grpc_python_out={out}", f"--mypy_out={out}", *protos]
+    bindir = Path(sys.executable).parent
+    args = ["protoc", f"-I{PROTO_DIR}", f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
+            f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}", f"--python_out={out}",
+            f"--grpc_python_out={out}", f"--mypy_out={out}", f"--mypy_grpc_out={out}", *protos]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     generated = sorted(p for p in out.rglob("*") if p.suffix in (".py", ".pyi") and p.name != "__init__.py")

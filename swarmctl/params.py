@@ -29,7 +29,7 @@ def fail(value: Any, param: click.Parameter | None, why: str) -> FlagValueError:
     return FlagValueError(f'invalid argument "{value}" for "{_flag_name(param)}" flag: {why}', param)
 
 
-class Duration(click.ParamType):
+class Duration(click.ParamType[int]):
     """Go duration → nanoseconds ("2160h0m0s", "5s", "90m")."""
 
     name = "duration"
@@ -47,7 +47,7 @@ def duration_default(ns: int) -> str:
     return format_go_duration(ns)
 
 
-class UInt(click.ParamType):
+class UInt(click.ParamType[int]):
     def __init__(self, bits: int) -> None:
         self.bits = bits
         self.name = f"uint{bits}" if bits != 64 else "uint"
@@ -62,7 +62,7 @@ class UInt(click.ParamType):
         return int(text)
 
 
-class Int(click.ParamType):
+class Int(click.ParamType[int]):
     name = "int"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
@@ -74,7 +74,7 @@ class Int(click.ParamType):
             raise fail(value, param, f'strconv.ParseInt: parsing "{value}": invalid syntax') from None
 
 
-class NodeAddr(click.ParamType):
+class NodeAddr(click.ParamType[str]):
     """--listen-addr: Docker's ParseTCPAddr with default tcp://0.0.0.0:2377."""
 
     name = "node-addr"
@@ -86,7 +86,7 @@ class NodeAddr(click.ParamType):
             raise FlagValueError(str(e), param) from None
 
 
-class IPNetList(click.ParamType):
+class IPNetList(click.ParamType[list[str]]):
     """--default-addr-pool: comma-separated CIDRs, repeatable (pflag's ipNetSlice)."""
 
     name = "ipNetSlice"

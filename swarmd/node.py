@@ -230,7 +230,7 @@ class NodeRuntime:
         self._start_manager(local, root_pem, cert_pem, key_pem)
         assert self.manager is not None
         now = now_rfc3339()
-        cluster = {
+        cluster: dict[str, Any] = {
             "id": cluster_id, "name": "default", "created_at": now, "updated_at": now,
             "spec": plan.spec,
             "root_ca": {"cert": root_pem.decode(), "key": root_key.decode()},

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import platform
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 import pysyncobj.version
@@ -16,7 +16,7 @@ from swarmd.server import abort_on_error
 if TYPE_CHECKING:
     from swarmd.node import NodeRuntime
 
-Ctx = grpc.ServicerContext
+Ctx: TypeAlias = Any  # grpc ships no type information
 
 
 class ControlServicer(pb_grpc.ControlServicer):

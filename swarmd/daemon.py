@@ -138,7 +138,11 @@ def main(argv: list[str] | None = None) -> None:
         log.error("swarmd cannot start: %s", e)
         systemd.notify(f"STATUS=failed: {e}")
         code = 1
-    sys.exit(code)
+    # Every write is already on disk; exit without waiting on stray non-daemon threads (a
+    # wedged library thread must not keep a stopping daemon alive).
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from swarmd.store.transport import ClusterTransport
 log = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = 1
+TICK_PERIOD = 0.05
 MIN_FREE_BYTES = 4 << 20
 
 _FAIL_TEXT = {
@@ -90,11 +91,13 @@ class RaftStore:
         self._on_leader_change = on_leader_change
         self._consumer = _Replicated(machine)
         self._syncobj: SyncObj | None = None
+        self._stopping = threading.Event()
+        self._tick_thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         conf = SyncObjConf(
-            autoTick=True,
+            autoTick=False,                   # our own tick thread: no 100 ms start-up sleep, bounded stop
             appendEntriesUseBatch=False,      # ~0.5 ms commits instead of one tick (50 ms)
             dynamicMembershipChange=True,
             useFork=False,                    # never fork a process that runs gRPC threads
@@ -114,10 +117,21 @@ class RaftStore:
                                 transportClass=ClusterTransport)
         self._syncobj.addOnTickCallback(self._commit_alone)
         if not self._peers:
-            # A lone member need not wait out a random election timeout (0.4–1.4 s): ask the
-            # tick thread to campaign now.
+            # A lone member need not wait out a random election timeout (0.4–1.4 s).
             self._syncobj._SyncObj__raftElectionDeadline = 0
-            self._syncobj._SyncObj__pipeNotifier.notify()
+        self._stopping.clear()
+        self._tick_thread = threading.Thread(target=self._tick_loop, args=(self._syncobj,),
+                                             name="raft-tick", daemon=True)
+        self._tick_thread.start()
+
+    def _tick_loop(self, obj: SyncObj) -> None:
+        """All Raft state lives on this thread (pysyncobj has no locks)."""
+        while not self._stopping.is_set():
+            try:
+                obj.doTick(TICK_PERIOD)
+            except Exception:  # noqa: BLE001 - pysyncobj's own policy: log and tick again
+                log.exception("raft tick failed")
+                self._stopping.wait(TICK_PERIOD)
 
     def _commit_alone(self) -> None:
         """Runs on the tick thread. A lone leader commits an entry on the tick after appending
@@ -129,10 +143,19 @@ class RaftStore:
         if obj._SyncObj__raftCommitIndex < obj._SyncObj__getCurrentLogIndex():
             obj._SyncObj__pipeNotifier.notify()
 
-    def stop(self) -> None:
-        if self._syncobj is not None:
-            self._syncobj.destroy()
-            self._syncobj = None
+    def stop(self, timeout: float = 5.0) -> None:
+        obj, self._syncobj = self._syncobj, None
+        if obj is None:
+            return
+        self._stopping.set()
+        obj._SyncObj__pipeNotifier.notify()
+        thread = self._tick_thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                log.error("the raft tick thread did not stop within %.0fs", timeout)
+                return
+        obj._doDestroy()
 
     def wait_ready(self, timeout: float) -> bool:
         """True once this member applied everything the leader had committed when it started."""
@@ -141,12 +164,10 @@ class RaftStore:
     def wait_leader(self, timeout: float) -> bool:
         """Poll (the tick thread offers no event for it) until some leader is known."""
         deadline = time.monotonic() + timeout
-        step = 0.002
         while self.leader_id() is None:
             if time.monotonic() >= deadline:
                 return False
-            time.sleep(step)
-            step = min(step * 2, 0.05)
+            time.sleep(0.005)
         return True
 
     # -- status ------------------------------------------------------------------------------

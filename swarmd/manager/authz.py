@@ -42,7 +42,14 @@ RULES: dict[str, frozenset[str]] = {
     "/swarm.v1.Control/CreateNetwork": _ADMIN,
     "/swarm.v1.Control/RemoveNetwork": _ADMIN,
     "/swarm.v1.Control/GetUnlockKey": _ADMIN,
+    "/swarm.v1.Control/Join": frozenset({LOCAL}),
+    "/swarm.v1.Control/RemoveNode": _ADMIN,
     "/swarm.v1.CA/GetRootCACertificate": _NODES_AND_JOINERS,
+    "/swarm.v1.CA/IssueNodeCertificate": _NODES_AND_JOINERS,
+    "/swarm.v1.RaftMembership/Join": frozenset({MANAGER}),
+    "/swarm.v1.RaftMembership/Leave": frozenset({MANAGER}),
+    "/swarm.v1.Raft/Stream": frozenset({MANAGER}),
+    "/swarm.v1.Dispatcher/Session": frozenset({WORKER, MANAGER}),
 }
 
 Identify = Callable[[grpc.ServicerContext], "str | None"]

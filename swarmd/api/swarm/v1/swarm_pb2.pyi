@@ -663,6 +663,65 @@ class InitResponse(_message.Message):
 Global___InitResponse: _TypeAlias = InitResponse  # noqa: Y015
 
 @_typing.final
+class JoinRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOTE_ADDR_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    LISTEN_ADDR_FIELD_NUMBER: _builtins.int
+    ADVERTISE_ADDR_FIELD_NUMBER: _builtins.int
+    DATA_PATH_ADDR_FIELD_NUMBER: _builtins.int
+    AVAILABILITY_FIELD_NUMBER: _builtins.int
+    remote_addr: _builtins.str
+    """HOST[:PORT] of a manager; port 2377 by default"""
+    token: _builtins.str
+    """travels only over the local control socket"""
+    listen_addr: _builtins.str
+    advertise_addr: _builtins.str
+    data_path_addr: _builtins.str
+    availability: _builtins.str
+    def __init__(
+        self,
+        *,
+        remote_addr: _builtins.str = ...,
+        token: _builtins.str = ...,
+        listen_addr: _builtins.str = ...,
+        advertise_addr: _builtins.str = ...,
+        data_path_addr: _builtins.str = ...,
+        availability: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advertise_addr", b"advertise_addr", "availability", b"availability", "data_path_addr", b"data_path_addr", "listen_addr", b"listen_addr", "remote_addr", b"remote_addr", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinRequest: _TypeAlias = JoinRequest  # noqa: Y015
+
+@_typing.final
+class JoinResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    role: _builtins.str
+    """worker | manager"""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        role: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinResponse: _TypeAlias = JoinResponse  # noqa: Y015
+
+@_typing.final
 class LeaveRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -863,9 +922,12 @@ class UpdateNodeRequest(_message.Message):
     AVAILABILITY_FIELD_NUMBER: _builtins.int
     LABEL_ADD_FIELD_NUMBER: _builtins.int
     LABEL_RM_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
     ref: _builtins.str
     availability: _builtins.str
     """empty: unchanged"""
+    role: _builtins.str
+    """empty: unchanged; worker | manager (promote / demote)"""
     @_builtins.property
     def label_add(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """key or key=value"""
@@ -879,10 +941,11 @@ class UpdateNodeRequest(_message.Message):
         availability: _builtins.str = ...,
         label_add: _abc.Iterable[_builtins.str] | None = ...,
         label_rm: _abc.Iterable[_builtins.str] | None = ...,
+        role: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["availability", b"availability", "label_add", b"label_add", "label_rm", b"label_rm", "ref", b"ref"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["availability", b"availability", "label_add", b"label_add", "label_rm", b"label_rm", "ref", b"ref", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -907,6 +970,47 @@ class UpdateNodeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateNodeResponse: _TypeAlias = UpdateNodeResponse  # noqa: Y015
+
+@_typing.final
+class RemoveNodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    ref: _builtins.str
+    force: _builtins.bool
+    def __init__(
+        self,
+        *,
+        ref: _builtins.str = ...,
+        force: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "ref", b"ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveNodeRequest: _TypeAlias = RemoveNodeRequest  # noqa: Y015
+
+@_typing.final
+class RemoveNodeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveNodeResponse: _TypeAlias = RemoveNodeResponse  # noqa: Y015
 
 @_typing.final
 class ListNetworksRequest(_message.Message):
@@ -1195,3 +1299,256 @@ class GetRootCACertificateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRootCACertificateResponse: _TypeAlias = GetRootCACertificateResponse  # noqa: Y015
+
+@_typing.final
+class NodeDescription(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    OS_FIELD_NUMBER: _builtins.int
+    ARCHITECTURE_FIELD_NUMBER: _builtins.int
+    NANO_CPUS_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    ENGINE_VERSION_FIELD_NUMBER: _builtins.int
+    hostname: _builtins.str
+    os: _builtins.str
+    architecture: _builtins.str
+    nano_cpus: _builtins.int
+    memory_bytes: _builtins.int
+    engine_version: _builtins.str
+    def __init__(
+        self,
+        *,
+        hostname: _builtins.str = ...,
+        os: _builtins.str = ...,
+        architecture: _builtins.str = ...,
+        nano_cpus: _builtins.int = ...,
+        memory_bytes: _builtins.int = ...,
+        engine_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "engine_version", b"engine_version", "hostname", b"hostname", "memory_bytes", b"memory_bytes", "nano_cpus", b"nano_cpus", "os", b"os"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeDescription: _TypeAlias = NodeDescription  # noqa: Y015
+
+@_typing.final
+class IssueNodeCertificateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CSR_FIELD_NUMBER: _builtins.int
+    AVAILABILITY_FIELD_NUMBER: _builtins.int
+    ADVERTISE_ADDR_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    csr: _builtins.bytes
+    availability: _builtins.str
+    advertise_addr: _builtins.str
+    """host:port for managers; may be empty (the peer address is used)"""
+    @_builtins.property
+    def description(self) -> Global___NodeDescription: ...
+    def __init__(
+        self,
+        *,
+        csr: _builtins.bytes = ...,
+        availability: _builtins.str = ...,
+        advertise_addr: _builtins.str = ...,
+        description: Global___NodeDescription | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["description", b"description"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advertise_addr", b"advertise_addr", "availability", b"availability", "csr", b"csr", "description", b"description"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueNodeCertificateRequest: _TypeAlias = IssueNodeCertificateRequest  # noqa: Y015
+
+@_typing.final
+class IssueNodeCertificateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    MANAGERS_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_PERIOD_NS_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    certificate: _builtins.bytes
+    cluster_id: _builtins.str
+    role: _builtins.str
+    """worker | manager"""
+    heartbeat_period_ns: _builtins.int
+    @_builtins.property
+    def managers(self) -> _containers.RepeatedCompositeFieldContainer[Global___RemoteManager]: ...
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        certificate: _builtins.bytes = ...,
+        cluster_id: _builtins.str = ...,
+        role: _builtins.str = ...,
+        managers: _abc.Iterable[Global___RemoteManager] | None = ...,
+        heartbeat_period_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "cluster_id", b"cluster_id", "heartbeat_period_ns", b"heartbeat_period_ns", "managers", b"managers", "node_id", b"node_id", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueNodeCertificateResponse: _TypeAlias = IssueNodeCertificateResponse  # noqa: Y015
+
+@_typing.final
+class RaftJoinRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDR_FIELD_NUMBER: _builtins.int
+    addr: _builtins.str
+    """the new manager's advertise host:port"""
+    def __init__(
+        self,
+        *,
+        addr: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RaftJoinRequest: _TypeAlias = RaftJoinRequest  # noqa: Y015
+
+@_typing.final
+class RaftJoinResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___RemoteManager]:
+        """every Raft member, this new one included"""
+
+    def __init__(
+        self,
+        *,
+        members: _abc.Iterable[Global___RemoteManager] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RaftJoinResponse: _TypeAlias = RaftJoinResponse  # noqa: Y015
+
+@_typing.final
+class RaftLeaveRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RaftLeaveRequest: _TypeAlias = RaftLeaveRequest  # noqa: Y015
+
+@_typing.final
+class RaftLeaveResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RaftLeaveResponse: _TypeAlias = RaftLeaveResponse  # noqa: Y015
+
+@_typing.final
+class RaftFrame(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    payload: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        payload: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RaftFrame: _TypeAlias = RaftFrame  # noqa: Y015
+
+@_typing.final
+class SessionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HELLO_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    LEAVING_FIELD_NUMBER: _builtins.int
+    heartbeat: _builtins.bool
+    leaving: _builtins.bool
+    """graceful leave: mark Down at once"""
+    @_builtins.property
+    def hello(self) -> Global___NodeDescription:
+        """first frame: who I am (identity comes from the certificate)"""
+
+    def __init__(
+        self,
+        *,
+        hello: Global___NodeDescription | None = ...,
+        heartbeat: _builtins.bool = ...,
+        leaving: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "leaving", b"leaving"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "leaving", b"leaving"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "heartbeat", "leaving"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___SessionRequest: _TypeAlias = SessionRequest  # noqa: Y015
+
+@_typing.final
+class SessionMessage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANAGERS_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_PERIOD_NS_FIELD_NUMBER: _builtins.int
+    DESIRED_ROLE_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    heartbeat_period_ns: _builtins.int
+    desired_role: _builtins.str
+    """worker | manager: a change means promote/demote"""
+    removed: _builtins.bool
+    """the node was removed from the swarm"""
+    @_builtins.property
+    def managers(self) -> _containers.RepeatedCompositeFieldContainer[Global___RemoteManager]: ...
+    def __init__(
+        self,
+        *,
+        managers: _abc.Iterable[Global___RemoteManager] | None = ...,
+        heartbeat_period_ns: _builtins.int = ...,
+        desired_role: _builtins.str = ...,
+        removed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired_role", b"desired_role", "heartbeat_period_ns", b"heartbeat_period_ns", "managers", b"managers", "removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionMessage: _TypeAlias = SessionMessage  # noqa: Y015

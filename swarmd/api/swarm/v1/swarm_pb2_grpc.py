@@ -53,6 +53,11 @@ class ControlStub:
                 request_serializer=swarm_dot_v1_dot_swarm__pb2.InitRequest.SerializeToString,
                 response_deserializer=swarm_dot_v1_dot_swarm__pb2.InitResponse.FromString,
                 _registered_method=True)
+        self.Join = channel.unary_unary(
+                '/swarm.v1.Control/Join',
+                request_serializer=swarm_dot_v1_dot_swarm__pb2.JoinRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_swarm__pb2.JoinResponse.FromString,
+                _registered_method=True)
         self.Leave = channel.unary_unary(
                 '/swarm.v1.Control/Leave',
                 request_serializer=swarm_dot_v1_dot_swarm__pb2.LeaveRequest.SerializeToString,
@@ -82,6 +87,11 @@ class ControlStub:
                 '/swarm.v1.Control/UpdateNode',
                 request_serializer=swarm_dot_v1_dot_swarm__pb2.UpdateNodeRequest.SerializeToString,
                 response_deserializer=swarm_dot_v1_dot_swarm__pb2.UpdateNodeResponse.FromString,
+                _registered_method=True)
+        self.RemoveNode = channel.unary_unary(
+                '/swarm.v1.Control/RemoveNode',
+                request_serializer=swarm_dot_v1_dot_swarm__pb2.RemoveNodeRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_swarm__pb2.RemoveNodeResponse.FromString,
                 _registered_method=True)
         self.ListNetworks = channel.unary_unary(
                 '/swarm.v1.Control/ListNetworks',
@@ -137,6 +147,12 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Join(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Leave(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -169,6 +185,12 @@ class ControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveNode(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -222,6 +244,11 @@ def add_ControlServicer_to_server(servicer, server):
                     request_deserializer=swarm_dot_v1_dot_swarm__pb2.InitRequest.FromString,
                     response_serializer=swarm_dot_v1_dot_swarm__pb2.InitResponse.SerializeToString,
             ),
+            'Join': grpc.unary_unary_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=swarm_dot_v1_dot_swarm__pb2.JoinRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_swarm__pb2.JoinResponse.SerializeToString,
+            ),
             'Leave': grpc.unary_unary_rpc_method_handler(
                     servicer.Leave,
                     request_deserializer=swarm_dot_v1_dot_swarm__pb2.LeaveRequest.FromString,
@@ -251,6 +278,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.UpdateNode,
                     request_deserializer=swarm_dot_v1_dot_swarm__pb2.UpdateNodeRequest.FromString,
                     response_serializer=swarm_dot_v1_dot_swarm__pb2.UpdateNodeResponse.SerializeToString,
+            ),
+            'RemoveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNode,
+                    request_deserializer=swarm_dot_v1_dot_swarm__pb2.RemoveNodeRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_swarm__pb2.RemoveNodeResponse.SerializeToString,
             ),
             'ListNetworks': grpc.unary_unary_rpc_method_handler(
                     servicer.ListNetworks,
@@ -363,6 +395,33 @@ class Control:
             '/swarm.v1.Control/Init',
             swarm_dot_v1_dot_swarm__pb2.InitRequest.SerializeToString,
             swarm_dot_v1_dot_swarm__pb2.InitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Join(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Control/Join',
+            swarm_dot_v1_dot_swarm__pb2.JoinRequest.SerializeToString,
+            swarm_dot_v1_dot_swarm__pb2.JoinResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -536,6 +595,33 @@ class Control:
             _registered_method=True)
 
     @staticmethod
+    def RemoveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Control/RemoveNode',
+            swarm_dot_v1_dot_swarm__pb2.RemoveNodeRequest.SerializeToString,
+            swarm_dot_v1_dot_swarm__pb2.RemoveNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListNetworks(request,
             target,
             options=(),
@@ -689,6 +775,11 @@ class CAStub:
                 request_serializer=swarm_dot_v1_dot_swarm__pb2.GetRootCACertificateRequest.SerializeToString,
                 response_deserializer=swarm_dot_v1_dot_swarm__pb2.GetRootCACertificateResponse.FromString,
                 _registered_method=True)
+        self.IssueNodeCertificate = channel.unary_unary(
+                '/swarm.v1.CA/IssueNodeCertificate',
+                request_serializer=swarm_dot_v1_dot_swarm__pb2.IssueNodeCertificateRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_swarm__pb2.IssueNodeCertificateResponse.FromString,
+                _registered_method=True)
 
 
 class CAServicer:
@@ -704,6 +795,14 @@ class CAServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueNodeCertificate(self, request, context):
+        """A joiner (token-bound certificate) gets its first certificate, with the role of the token;
+        a node (its own certificate) renews, with its current desired role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CAServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -711,6 +810,11 @@ def add_CAServicer_to_server(servicer, server):
                     servicer.GetRootCACertificate,
                     request_deserializer=swarm_dot_v1_dot_swarm__pb2.GetRootCACertificateRequest.FromString,
                     response_serializer=swarm_dot_v1_dot_swarm__pb2.GetRootCACertificateResponse.SerializeToString,
+            ),
+            'IssueNodeCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueNodeCertificate,
+                    request_deserializer=swarm_dot_v1_dot_swarm__pb2.IssueNodeCertificateRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_swarm__pb2.IssueNodeCertificateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -744,6 +848,322 @@ class CA:
             '/swarm.v1.CA/GetRootCACertificate',
             swarm_dot_v1_dot_swarm__pb2.GetRootCACertificateRequest.SerializeToString,
             swarm_dot_v1_dot_swarm__pb2.GetRootCACertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueNodeCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.CA/IssueNodeCertificate',
+            swarm_dot_v1_dot_swarm__pb2.IssueNodeCertificateRequest.SerializeToString,
+            swarm_dot_v1_dot_swarm__pb2.IssueNodeCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class RaftMembershipStub:
+    """---------------------------------------------------------------------------------------------
+    Raft between managers (manager certificates only)
+    ---------------------------------------------------------------------------------------------
+
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Join = channel.unary_unary(
+                '/swarm.v1.RaftMembership/Join',
+                request_serializer=swarm_dot_v1_dot_swarm__pb2.RaftJoinRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_swarm__pb2.RaftJoinResponse.FromString,
+                _registered_method=True)
+        self.Leave = channel.unary_unary(
+                '/swarm.v1.RaftMembership/Leave',
+                request_serializer=swarm_dot_v1_dot_swarm__pb2.RaftLeaveRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_swarm__pb2.RaftLeaveResponse.FromString,
+                _registered_method=True)
+
+
+class RaftMembershipServicer:
+    """---------------------------------------------------------------------------------------------
+    Raft between managers (manager certificates only)
+    ---------------------------------------------------------------------------------------------
+
+    """
+
+    def Join(self, request, context):
+        """Called on the leader by a manager that just got its certificate: the leader checks it can
+        reach addr, records it and adds it to the Raft membership.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Leave(self, request, context):
+        """Called on the leader by a manager leaving the swarm.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RaftMembershipServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Join': grpc.unary_unary_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=swarm_dot_v1_dot_swarm__pb2.RaftJoinRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_swarm__pb2.RaftJoinResponse.SerializeToString,
+            ),
+            'Leave': grpc.unary_unary_rpc_method_handler(
+                    servicer.Leave,
+                    request_deserializer=swarm_dot_v1_dot_swarm__pb2.RaftLeaveRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_swarm__pb2.RaftLeaveResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'swarm.v1.RaftMembership', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('swarm.v1.RaftMembership', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RaftMembership:
+    """---------------------------------------------------------------------------------------------
+    Raft between managers (manager certificates only)
+    ---------------------------------------------------------------------------------------------
+
+    """
+
+    @staticmethod
+    def Join(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.RaftMembership/Join',
+            swarm_dot_v1_dot_swarm__pb2.RaftJoinRequest.SerializeToString,
+            swarm_dot_v1_dot_swarm__pb2.RaftJoinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Leave(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.RaftMembership/Leave',
+            swarm_dot_v1_dot_swarm__pb2.RaftLeaveRequest.SerializeToString,
+            swarm_dot_v1_dot_swarm__pb2.RaftLeaveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class RaftStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Stream = channel.stream_stream(
+                '/swarm.v1.Raft/Stream',
+                request_serializer=swarm_dot_v1_dot_swarm__pb2.RaftFrame.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_swarm__pb2.RaftFrame.FromString,
+                _registered_method=True)
+
+
+class RaftServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Stream(self, request_iterator, context):
+        """One long-lived stream per pair of managers, opened by the one with the larger node ID.
+        Frames carry pysyncobj messages encoded with msgpack (never pickle). The caller's node ID
+        is its certificate's CN.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RaftServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Stream': grpc.stream_stream_rpc_method_handler(
+                    servicer.Stream,
+                    request_deserializer=swarm_dot_v1_dot_swarm__pb2.RaftFrame.FromString,
+                    response_serializer=swarm_dot_v1_dot_swarm__pb2.RaftFrame.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'swarm.v1.Raft', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('swarm.v1.Raft', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Raft:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Stream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/swarm.v1.Raft/Stream',
+            swarm_dot_v1_dot_swarm__pb2.RaftFrame.SerializeToString,
+            swarm_dot_v1_dot_swarm__pb2.RaftFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class DispatcherStub:
+    """---------------------------------------------------------------------------------------------
+    Dispatcher: worker sessions (served by the leader)
+    ---------------------------------------------------------------------------------------------
+
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Session = channel.stream_stream(
+                '/swarm.v1.Dispatcher/Session',
+                request_serializer=swarm_dot_v1_dot_swarm__pb2.SessionRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_swarm__pb2.SessionMessage.FromString,
+                _registered_method=True)
+
+
+class DispatcherServicer:
+    """---------------------------------------------------------------------------------------------
+    Dispatcher: worker sessions (served by the leader)
+    ---------------------------------------------------------------------------------------------
+
+    """
+
+    def Session(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_DispatcherServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=swarm_dot_v1_dot_swarm__pb2.SessionRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_swarm__pb2.SessionMessage.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'swarm.v1.Dispatcher', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('swarm.v1.Dispatcher', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Dispatcher:
+    """---------------------------------------------------------------------------------------------
+    Dispatcher: worker sessions (served by the leader)
+    ---------------------------------------------------------------------------------------------
+
+    """
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/swarm.v1.Dispatcher/Session',
+            swarm_dot_v1_dot_swarm__pb2.SessionRequest.SerializeToString,
+            swarm_dot_v1_dot_swarm__pb2.SessionMessage.FromString,
             options,
             channel_credentials,
             insecure,

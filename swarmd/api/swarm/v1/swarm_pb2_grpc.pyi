@@ -52,6 +52,7 @@ class ControlStub:
     Version: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.VersionRequest, _swarm_pb2.VersionResponse]
     Init: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.InitRequest, _swarm_pb2.InitResponse]
     """Node lifecycle."""
+    Join: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.JoinRequest, _swarm_pb2.JoinResponse]
     Leave: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.LeaveRequest, _swarm_pb2.LeaveResponse]
     GetCluster: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.GetClusterRequest, _swarm_pb2.GetClusterResponse]
     """Cluster-wide state; managers only."""
@@ -59,6 +60,7 @@ class ControlStub:
     ListNodes: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.ListNodesRequest, _swarm_pb2.ListNodesResponse]
     GetNode: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.GetNodeRequest, _swarm_pb2.GetNodeResponse]
     UpdateNode: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.UpdateNodeRequest, _swarm_pb2.UpdateNodeResponse]
+    RemoveNode: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.RemoveNodeRequest, _swarm_pb2.RemoveNodeResponse]
     ListNetworks: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.ListNetworksRequest, _swarm_pb2.ListNetworksResponse]
     GetNetwork: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.GetNetworkRequest, _swarm_pb2.GetNetworkResponse]
     CreateNetwork: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.CreateNetworkRequest, _swarm_pb2.CreateNetworkResponse]
@@ -78,6 +80,7 @@ class ControlAsyncStub(ControlStub):
     Version: _aio.UnaryUnaryMultiCallable[_swarm_pb2.VersionRequest, _swarm_pb2.VersionResponse]  # type: ignore[assignment]
     Init: _aio.UnaryUnaryMultiCallable[_swarm_pb2.InitRequest, _swarm_pb2.InitResponse]  # type: ignore[assignment]
     """Node lifecycle."""
+    Join: _aio.UnaryUnaryMultiCallable[_swarm_pb2.JoinRequest, _swarm_pb2.JoinResponse]  # type: ignore[assignment]
     Leave: _aio.UnaryUnaryMultiCallable[_swarm_pb2.LeaveRequest, _swarm_pb2.LeaveResponse]  # type: ignore[assignment]
     GetCluster: _aio.UnaryUnaryMultiCallable[_swarm_pb2.GetClusterRequest, _swarm_pb2.GetClusterResponse]  # type: ignore[assignment]
     """Cluster-wide state; managers only."""
@@ -85,6 +88,7 @@ class ControlAsyncStub(ControlStub):
     ListNodes: _aio.UnaryUnaryMultiCallable[_swarm_pb2.ListNodesRequest, _swarm_pb2.ListNodesResponse]  # type: ignore[assignment]
     GetNode: _aio.UnaryUnaryMultiCallable[_swarm_pb2.GetNodeRequest, _swarm_pb2.GetNodeResponse]  # type: ignore[assignment]
     UpdateNode: _aio.UnaryUnaryMultiCallable[_swarm_pb2.UpdateNodeRequest, _swarm_pb2.UpdateNodeResponse]  # type: ignore[assignment]
+    RemoveNode: _aio.UnaryUnaryMultiCallable[_swarm_pb2.RemoveNodeRequest, _swarm_pb2.RemoveNodeResponse]  # type: ignore[assignment]
     ListNetworks: _aio.UnaryUnaryMultiCallable[_swarm_pb2.ListNetworksRequest, _swarm_pb2.ListNetworksResponse]  # type: ignore[assignment]
     GetNetwork: _aio.UnaryUnaryMultiCallable[_swarm_pb2.GetNetworkRequest, _swarm_pb2.GetNetworkResponse]  # type: ignore[assignment]
     CreateNetwork: _aio.UnaryUnaryMultiCallable[_swarm_pb2.CreateNetworkRequest, _swarm_pb2.CreateNetworkResponse]  # type: ignore[assignment]
@@ -119,6 +123,13 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_swarm_pb2.InitResponse, _abc.Awaitable[_swarm_pb2.InitResponse]]:
         """Node lifecycle."""
+
+    @_abc_1.abstractmethod
+    def Join(
+        self,
+        request: _swarm_pb2.JoinRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_swarm_pb2.JoinResponse, _abc.Awaitable[_swarm_pb2.JoinResponse]]: ...
 
     @_abc_1.abstractmethod
     def Leave(
@@ -162,6 +173,13 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _swarm_pb2.UpdateNodeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_swarm_pb2.UpdateNodeResponse, _abc.Awaitable[_swarm_pb2.UpdateNodeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveNode(
+        self,
+        request: _swarm_pb2.RemoveNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_swarm_pb2.RemoveNodeResponse, _abc.Awaitable[_swarm_pb2.RemoveNodeResponse]]: ...
 
     @_abc_1.abstractmethod
     def ListNetworks(
@@ -211,6 +229,10 @@ class CAStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> CAAsyncStub: ...
     GetRootCACertificate: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.GetRootCACertificateRequest, _swarm_pb2.GetRootCACertificateResponse]
+    IssueNodeCertificate: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.IssueNodeCertificateRequest, _swarm_pb2.IssueNodeCertificateResponse]
+    """A joiner (token-bound certificate) gets its first certificate, with the role of the token;
+    a node (its own certificate) renews, with its current desired role.
+    """
 
 @_typing.type_check_only
 class CAAsyncStub(CAStub):
@@ -221,6 +243,10 @@ class CAAsyncStub(CAStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetRootCACertificate: _aio.UnaryUnaryMultiCallable[_swarm_pb2.GetRootCACertificateRequest, _swarm_pb2.GetRootCACertificateResponse]  # type: ignore[assignment]
+    IssueNodeCertificate: _aio.UnaryUnaryMultiCallable[_swarm_pb2.IssueNodeCertificateRequest, _swarm_pb2.IssueNodeCertificateResponse]  # type: ignore[assignment]
+    """A joiner (token-bound certificate) gets its first certificate, with the role of the token;
+    a node (its own certificate) renews, with its current desired role.
+    """
 
 class CAServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------------------------
@@ -235,4 +261,143 @@ class CAServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_swarm_pb2.GetRootCACertificateResponse, _abc.Awaitable[_swarm_pb2.GetRootCACertificateResponse]]: ...
 
+    @_abc_1.abstractmethod
+    def IssueNodeCertificate(
+        self,
+        request: _swarm_pb2.IssueNodeCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_swarm_pb2.IssueNodeCertificateResponse, _abc.Awaitable[_swarm_pb2.IssueNodeCertificateResponse]]:
+        """A joiner (token-bound certificate) gets its first certificate, with the role of the token;
+        a node (its own certificate) renews, with its current desired role.
+        """
+
 def add_CAServicer_to_server(servicer: CAServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class RaftMembershipStub:
+    """---------------------------------------------------------------------------------------------
+    Raft between managers (manager certificates only)
+    ---------------------------------------------------------------------------------------------
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> RaftMembershipAsyncStub: ...
+    Join: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.RaftJoinRequest, _swarm_pb2.RaftJoinResponse]
+    """Called on the leader by a manager that just got its certificate: the leader checks it can
+    reach addr, records it and adds it to the Raft membership.
+    """
+    Leave: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.RaftLeaveRequest, _swarm_pb2.RaftLeaveResponse]
+    """Called on the leader by a manager leaving the swarm."""
+
+@_typing.type_check_only
+class RaftMembershipAsyncStub(RaftMembershipStub):
+    """---------------------------------------------------------------------------------------------
+    Raft between managers (manager certificates only)
+    ---------------------------------------------------------------------------------------------
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Join: _aio.UnaryUnaryMultiCallable[_swarm_pb2.RaftJoinRequest, _swarm_pb2.RaftJoinResponse]  # type: ignore[assignment]
+    """Called on the leader by a manager that just got its certificate: the leader checks it can
+    reach addr, records it and adds it to the Raft membership.
+    """
+    Leave: _aio.UnaryUnaryMultiCallable[_swarm_pb2.RaftLeaveRequest, _swarm_pb2.RaftLeaveResponse]  # type: ignore[assignment]
+    """Called on the leader by a manager leaving the swarm."""
+
+class RaftMembershipServicer(metaclass=_abc_1.ABCMeta):
+    """---------------------------------------------------------------------------------------------
+    Raft between managers (manager certificates only)
+    ---------------------------------------------------------------------------------------------
+    """
+
+    @_abc_1.abstractmethod
+    def Join(
+        self,
+        request: _swarm_pb2.RaftJoinRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_swarm_pb2.RaftJoinResponse, _abc.Awaitable[_swarm_pb2.RaftJoinResponse]]:
+        """Called on the leader by a manager that just got its certificate: the leader checks it can
+        reach addr, records it and adds it to the Raft membership.
+        """
+
+    @_abc_1.abstractmethod
+    def Leave(
+        self,
+        request: _swarm_pb2.RaftLeaveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_swarm_pb2.RaftLeaveResponse, _abc.Awaitable[_swarm_pb2.RaftLeaveResponse]]:
+        """Called on the leader by a manager leaving the swarm."""
+
+def add_RaftMembershipServicer_to_server(servicer: RaftMembershipServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class RaftStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> RaftAsyncStub: ...
+    Stream: _grpc.StreamStreamMultiCallable[_swarm_pb2.RaftFrame, _swarm_pb2.RaftFrame]
+    """One long-lived stream per pair of managers, opened by the one with the larger node ID.
+    Frames carry pysyncobj messages encoded with msgpack (never pickle). The caller's node ID
+    is its certificate's CN.
+    """
+
+@_typing.type_check_only
+class RaftAsyncStub(RaftStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Stream: _aio.StreamStreamMultiCallable[_swarm_pb2.RaftFrame, _swarm_pb2.RaftFrame]  # type: ignore[assignment]
+    """One long-lived stream per pair of managers, opened by the one with the larger node ID.
+    Frames carry pysyncobj messages encoded with msgpack (never pickle). The caller's node ID
+    is its certificate's CN.
+    """
+
+class RaftServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def Stream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_swarm_pb2.RaftFrame],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_swarm_pb2.RaftFrame], _abc.AsyncIterator[_swarm_pb2.RaftFrame]]:
+        """One long-lived stream per pair of managers, opened by the one with the larger node ID.
+        Frames carry pysyncobj messages encoded with msgpack (never pickle). The caller's node ID
+        is its certificate's CN.
+        """
+
+def add_RaftServicer_to_server(servicer: RaftServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class DispatcherStub:
+    """---------------------------------------------------------------------------------------------
+    Dispatcher: worker sessions (served by the leader)
+    ---------------------------------------------------------------------------------------------
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> DispatcherAsyncStub: ...
+    Session: _grpc.StreamStreamMultiCallable[_swarm_pb2.SessionRequest, _swarm_pb2.SessionMessage]
+
+@_typing.type_check_only
+class DispatcherAsyncStub(DispatcherStub):
+    """---------------------------------------------------------------------------------------------
+    Dispatcher: worker sessions (served by the leader)
+    ---------------------------------------------------------------------------------------------
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Session: _aio.StreamStreamMultiCallable[_swarm_pb2.SessionRequest, _swarm_pb2.SessionMessage]  # type: ignore[assignment]
+
+class DispatcherServicer(metaclass=_abc_1.ABCMeta):
+    """---------------------------------------------------------------------------------------------
+    Dispatcher: worker sessions (served by the leader)
+    ---------------------------------------------------------------------------------------------
+    """
+
+    @_abc_1.abstractmethod
+    def Session(
+        self,
+        request_iterator: _MaybeAsyncIterator[_swarm_pb2.SessionRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_swarm_pb2.SessionMessage], _abc.AsyncIterator[_swarm_pb2.SessionMessage]]: ...
+
+def add_DispatcherServicer_to_server(servicer: DispatcherServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

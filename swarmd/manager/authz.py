@@ -50,6 +50,7 @@ RULES: dict[str, frozenset[str]] = {
     "/swarm.v1.RaftMembership/Leave": frozenset({MANAGER}),
     "/swarm.v1.Raft/Stream": frozenset({MANAGER}),
     "/swarm.v1.Dispatcher/Session": frozenset({WORKER, MANAGER}),
+    "/swarm.v1.Dispatcher/Heartbeat": frozenset({WORKER, MANAGER}),
 }
 
 Identify = Callable[[grpc.ServicerContext], "str | None"]

@@ -1495,30 +1495,22 @@ Global___RaftFrame: _TypeAlias = RaftFrame  # noqa: Y015
 class SessionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    HELLO_FIELD_NUMBER: _builtins.int
-    HEARTBEAT_FIELD_NUMBER: _builtins.int
-    LEAVING_FIELD_NUMBER: _builtins.int
-    heartbeat: _builtins.bool
-    leaving: _builtins.bool
-    """graceful leave: mark Down at once"""
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    ADVERTISE_ADDR_FIELD_NUMBER: _builtins.int
+    advertise_addr: _builtins.str
     @_builtins.property
-    def hello(self) -> Global___NodeDescription:
-        """first frame: who I am (identity comes from the certificate)"""
-
+    def description(self) -> Global___NodeDescription: ...
     def __init__(
         self,
         *,
-        hello: Global___NodeDescription | None = ...,
-        heartbeat: _builtins.bool = ...,
-        leaving: _builtins.bool = ...,
+        description: Global___NodeDescription | None = ...,
+        advertise_addr: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "leaving", b"leaving"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["description", b"description"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "leaving", b"leaving"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advertise_addr", b"advertise_addr", "description", b"description"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "heartbeat", "leaving"]  # noqa: Y015
-    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SessionRequest: _TypeAlias = SessionRequest  # noqa: Y015
 
@@ -1530,11 +1522,13 @@ class SessionMessage(_message.Message):
     HEARTBEAT_PERIOD_NS_FIELD_NUMBER: _builtins.int
     DESIRED_ROLE_FIELD_NUMBER: _builtins.int
     REMOVED_FIELD_NUMBER: _builtins.int
+    LEADER_ADDR_FIELD_NUMBER: _builtins.int
     heartbeat_period_ns: _builtins.int
     desired_role: _builtins.str
     """worker | manager: a change means promote/demote"""
     removed: _builtins.bool
     """the node was removed from the swarm"""
+    leader_addr: _builtins.str
     @_builtins.property
     def managers(self) -> _containers.RepeatedCompositeFieldContainer[Global___RemoteManager]: ...
     def __init__(
@@ -1544,11 +1538,51 @@ class SessionMessage(_message.Message):
         heartbeat_period_ns: _builtins.int = ...,
         desired_role: _builtins.str = ...,
         removed: _builtins.bool = ...,
+        leader_addr: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired_role", b"desired_role", "heartbeat_period_ns", b"heartbeat_period_ns", "managers", b"managers", "removed", b"removed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired_role", b"desired_role", "heartbeat_period_ns", b"heartbeat_period_ns", "leader_addr", b"leader_addr", "managers", b"managers", "removed", b"removed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SessionMessage: _TypeAlias = SessionMessage  # noqa: Y015
+
+@_typing.final
+class HeartbeatRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEAVING_FIELD_NUMBER: _builtins.int
+    leaving: _builtins.bool
+    """graceful leave: mark Down at once"""
+    def __init__(
+        self,
+        *,
+        leaving: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leaving", b"leaving"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatRequest: _TypeAlias = HeartbeatRequest  # noqa: Y015
+
+@_typing.final
+class HeartbeatResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_NS_FIELD_NUMBER: _builtins.int
+    period_ns: _builtins.int
+    def __init__(
+        self,
+        *,
+        period_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["period_ns", b"period_ns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatResponse: _TypeAlias = HeartbeatResponse  # noqa: Y015

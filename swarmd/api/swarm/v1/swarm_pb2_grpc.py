@@ -1093,7 +1093,8 @@ class Raft:
 
 class DispatcherStub:
     """---------------------------------------------------------------------------------------------
-    Dispatcher: worker sessions (served by the leader)
+    Dispatcher: worker sessions (served by the leader; other managers answer FAILED_PRECONDITION
+    with the leader's address so the node can move there)
     ---------------------------------------------------------------------------------------------
 
     """
@@ -1104,22 +1105,37 @@ class DispatcherStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Session = channel.stream_stream(
+        self.Session = channel.unary_stream(
                 '/swarm.v1.Dispatcher/Session',
                 request_serializer=swarm_dot_v1_dot_swarm__pb2.SessionRequest.SerializeToString,
                 response_deserializer=swarm_dot_v1_dot_swarm__pb2.SessionMessage.FromString,
+                _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/swarm.v1.Dispatcher/Heartbeat',
+                request_serializer=swarm_dot_v1_dot_swarm__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_swarm__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
 
 
 class DispatcherServicer:
     """---------------------------------------------------------------------------------------------
-    Dispatcher: worker sessions (served by the leader)
+    Dispatcher: worker sessions (served by the leader; other managers answer FAILED_PRECONDITION
+    with the leader's address so the node can move there)
     ---------------------------------------------------------------------------------------------
 
     """
 
-    def Session(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+    def Session(self, request, context):
+        """The node's session: the leader pushes the manager list, the heartbeat period and the
+        node's desired role whenever they change. The caller is its certificate's CN.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Heartbeat(self, request, context):
+        """Sent every heartbeat period; three missed periods mark the node Down.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -1127,10 +1143,15 @@ class DispatcherServicer:
 
 def add_DispatcherServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Session': grpc.stream_stream_rpc_method_handler(
+            'Session': grpc.unary_stream_rpc_method_handler(
                     servicer.Session,
                     request_deserializer=swarm_dot_v1_dot_swarm__pb2.SessionRequest.FromString,
                     response_serializer=swarm_dot_v1_dot_swarm__pb2.SessionMessage.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=swarm_dot_v1_dot_swarm__pb2.HeartbeatRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_swarm__pb2.HeartbeatResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1142,13 +1163,14 @@ def add_DispatcherServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Dispatcher:
     """---------------------------------------------------------------------------------------------
-    Dispatcher: worker sessions (served by the leader)
+    Dispatcher: worker sessions (served by the leader; other managers answer FAILED_PRECONDITION
+    with the leader's address so the node can move there)
     ---------------------------------------------------------------------------------------------
 
     """
 
     @staticmethod
-    def Session(request_iterator,
+    def Session(request,
             target,
             options=(),
             channel_credentials=None,
@@ -1158,12 +1180,39 @@ class Dispatcher:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
+        return grpc.experimental.unary_stream(
+            request,
             target,
             '/swarm.v1.Dispatcher/Session',
             swarm_dot_v1_dot_swarm__pb2.SessionRequest.SerializeToString,
             swarm_dot_v1_dot_swarm__pb2.SessionMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Dispatcher/Heartbeat',
+            swarm_dot_v1_dot_swarm__pb2.HeartbeatRequest.SerializeToString,
+            swarm_dot_v1_dot_swarm__pb2.HeartbeatResponse.FromString,
             options,
             channel_credentials,
             insecure,

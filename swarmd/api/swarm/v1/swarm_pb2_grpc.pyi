@@ -367,7 +367,8 @@ def add_RaftServicer_to_server(servicer: RaftServicer, server: _typing.Union[_gr
 
 class DispatcherStub:
     """---------------------------------------------------------------------------------------------
-    Dispatcher: worker sessions (served by the leader)
+    Dispatcher: worker sessions (served by the leader; other managers answer FAILED_PRECONDITION
+    with the leader's address so the node can move there)
     ---------------------------------------------------------------------------------------------
     """
 
@@ -375,29 +376,52 @@ class DispatcherStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> DispatcherAsyncStub: ...
-    Session: _grpc.StreamStreamMultiCallable[_swarm_pb2.SessionRequest, _swarm_pb2.SessionMessage]
+    Session: _grpc.UnaryStreamMultiCallable[_swarm_pb2.SessionRequest, _swarm_pb2.SessionMessage]
+    """The node's session: the leader pushes the manager list, the heartbeat period and the
+    node's desired role whenever they change. The caller is its certificate's CN.
+    """
+    Heartbeat: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.HeartbeatRequest, _swarm_pb2.HeartbeatResponse]
+    """Sent every heartbeat period; three missed periods mark the node Down."""
 
 @_typing.type_check_only
 class DispatcherAsyncStub(DispatcherStub):
     """---------------------------------------------------------------------------------------------
-    Dispatcher: worker sessions (served by the leader)
+    Dispatcher: worker sessions (served by the leader; other managers answer FAILED_PRECONDITION
+    with the leader's address so the node can move there)
     ---------------------------------------------------------------------------------------------
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    Session: _aio.StreamStreamMultiCallable[_swarm_pb2.SessionRequest, _swarm_pb2.SessionMessage]  # type: ignore[assignment]
+    Session: _aio.UnaryStreamMultiCallable[_swarm_pb2.SessionRequest, _swarm_pb2.SessionMessage]  # type: ignore[assignment]
+    """The node's session: the leader pushes the manager list, the heartbeat period and the
+    node's desired role whenever they change. The caller is its certificate's CN.
+    """
+    Heartbeat: _aio.UnaryUnaryMultiCallable[_swarm_pb2.HeartbeatRequest, _swarm_pb2.HeartbeatResponse]  # type: ignore[assignment]
+    """Sent every heartbeat period; three missed periods mark the node Down."""
 
 class DispatcherServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------------------------
-    Dispatcher: worker sessions (served by the leader)
+    Dispatcher: worker sessions (served by the leader; other managers answer FAILED_PRECONDITION
+    with the leader's address so the node can move there)
     ---------------------------------------------------------------------------------------------
     """
 
     @_abc_1.abstractmethod
     def Session(
         self,
-        request_iterator: _MaybeAsyncIterator[_swarm_pb2.SessionRequest],
+        request: _swarm_pb2.SessionRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_swarm_pb2.SessionMessage], _abc.AsyncIterator[_swarm_pb2.SessionMessage]]: ...
+    ) -> _typing.Union[_abc.Iterator[_swarm_pb2.SessionMessage], _abc.AsyncIterator[_swarm_pb2.SessionMessage]]:
+        """The node's session: the leader pushes the manager list, the heartbeat period and the
+        node's desired role whenever they change. The caller is its certificate's CN.
+        """
+
+    @_abc_1.abstractmethod
+    def Heartbeat(
+        self,
+        request: _swarm_pb2.HeartbeatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_swarm_pb2.HeartbeatResponse, _abc.Awaitable[_swarm_pb2.HeartbeatResponse]]:
+        """Sent every heartbeat period; three missed periods mark the node Down."""
 
 def add_DispatcherServicer_to_server(servicer: DispatcherServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -132,6 +132,28 @@ def check_availability(value: str) -> None:
         raise CLIError(f'invalid availability "{value}", only active, pause and drain are supported')
 
 
+@cli.command(short_help="Join a swarm as a node and/or manager", usage="[OPTIONS] HOST:PORT", nargs="one")
+@click.option("--token", default="", metavar="string", help="Token for entry into the swarm")
+@click.option("--advertise-addr", default="", metavar="string",
+              help='Advertised address (format: "<ip|interface>[:port]")')
+@click.option("--listen-addr", type=params.NODE_ADDR, default="0.0.0.0:2377", show_default=True,
+              help='Listen address (format: "<ip|interface>[:port]")')
+@click.option("--availability", default="active", show_default=True, metavar="string",
+              help='Availability of the node ("active", "pause", "drain")')
+@click.option("--data-path-addr", default="", metavar="string",
+              help='Address or interface to use for data path traffic (format: "<ip|interface>")')
+@click.argument("remote")
+@click.pass_context
+def join(ctx: click.Context, token: str, advertise_addr: str, listen_addr: str, availability: str,
+         data_path_addr: str, remote: str) -> None:
+    """Join a swarm as a worker or a manager: the role comes from the token."""
+    check_availability(availability)
+    resp = client(ctx).call("Join", pb.JoinRequest(
+        remote_addr=remote, token=token, listen_addr=listen_addr, advertise_addr=advertise_addr,
+        data_path_addr=data_path_addr, availability=availability.lower()))
+    out(f"This node joined a swarm as a {resp.role}.\n")
+
+
 @cli.command("join-token", short_help="Manage join tokens", usage="[OPTIONS] (worker|manager)", nargs="one")
 @click.option("-q", "--quiet", is_flag=True, help="Only display token")
 @click.option("--rotate", is_flag=True, help="Rotate join token")
@@ -175,7 +197,7 @@ def ca(ctx: click.Context, rotate: bool, cert_expiry: int | None, ca_cert: Path 
             if value is not None:
                 raise CLIError(f"`--{flag}` flag requires the `--rotate` flag to update the CA")
     else:
-        raise CLIError("Error response from daemon: root CA rotation is not supported yet by this swarmd version")
+        raise CLIError("root CA rotation is not supported yet by this swarmd version")
     resp = client(ctx).call("GetCluster", pb.GetClusterRequest())
     out(resp.cluster.tls_info.trust_root.rstrip("\n") + "\n")
 
@@ -267,6 +289,56 @@ def node_inspect(ctx: click.Context, pretty: bool, refs: tuple[str, ...]) -> Non
         raise CLIError("\n".join(failures))
 
 
+def _each_node(ctx: click.Context, refs: tuple[str, ...], act: Any) -> None:
+    """Run ``act`` per node, print its line; one error line per failed node, exit 1 if any."""
+    failures = []
+    for ref in refs:
+        try:
+            out(act(ref))
+        except CLIError as e:
+            failures.append(e.message)
+    if failures:
+        raise CLIError("\n".join(failures))
+
+
+def _change_role(ctx: click.Context, ref: str, role: str) -> str:
+    current = client(ctx).call("GetNode", pb.GetNodeRequest(ref=ref)).node
+    if current.role == role:
+        return f"Node {ref} is already a {role}.\n"
+    client(ctx).call("UpdateNode", pb.UpdateNodeRequest(ref=current.id, role=role))
+    return (f"Node {ref} promoted to a manager in the swarm.\n" if role == "manager"
+            else f"Manager {ref} demoted in the swarm.\n")
+
+
+@node.command("promote", short_help="Promote one or more nodes to manager in the swarm",
+              usage="NODE [NODE...]", nargs="min1")
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_context
+def node_promote(ctx: click.Context, refs: tuple[str, ...]) -> None:
+    """Promote nodes to managers (they join the Raft cluster)."""
+    _each_node(ctx, refs, lambda ref: _change_role(ctx, ref, "manager"))
+
+
+@node.command("demote", short_help="Demote one or more nodes from manager in the swarm",
+              usage="NODE [NODE...]", nargs="min1")
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_context
+def node_demote(ctx: click.Context, refs: tuple[str, ...]) -> None:
+    """Demote managers to workers (they leave the Raft cluster)."""
+    _each_node(ctx, refs, lambda ref: _change_role(ctx, ref, "worker"))
+
+
+@node.command("rm", short_help="Remove one or more nodes from the swarm", usage="[OPTIONS] NODE [NODE...]",
+              nargs="min1")
+@click.option("-f", "--force", is_flag=True, help="Force remove a node from the swarm")
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_context
+def node_rm(ctx: click.Context, force: bool, refs: tuple[str, ...]) -> None:
+    """Remove nodes: a node must be Down (or use --force) and must not be a manager."""
+    _each_node(ctx, refs, lambda ref: client(ctx).call(
+        "RemoveNode", pb.RemoveNodeRequest(ref=ref, force=force)).node_id + "\n")
+
+
 @node.command("update", short_help="Update a node", usage="[OPTIONS] NODE", nargs="one")
 @click.option("--availability", default="", metavar="string",
               help='Availability of the node ("active", "pause", "drain")')
@@ -304,7 +376,8 @@ def network_ls(ctx: click.Context, quiet: bool, fmt: str) -> None:
     elif fmt == "json":
         import json
 
-        out("".join(json.dumps(render.network_json(n)) + "\n" for n in resp.networks))
+        ordered = sorted(resp.networks, key=lambda n: n.name)
+        out("".join(json.dumps(render.network_json(n)) + "\n" for n in ordered))
     else:
         out(render.network_table(resp.networks))
 

@@ -284,7 +284,7 @@ def node_pretty(n: pb.Node) -> str:
         f" State:\t\t\t{_cap(n.state)}",
     ]
     if n.message:
-        lines.append(f" Message:              \t{n.message}")
+        lines.append(f" Message:              \t{_cap(n.message)}")
     lines += [f" Availability:         \t{_cap(n.availability)}", f" Address:\t\t{n.addr}"]
     if n.HasField("manager_status"):
         m = n.manager_status

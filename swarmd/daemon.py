@@ -53,9 +53,8 @@ def read_config(path: Path | None) -> dict[str, str]:
 
 class Daemon:
     def __init__(self, args: argparse.Namespace) -> None:
-        from swarmd.manager.authz import AuthzInterceptor, certificate_identity, local_identity
+        from swarmd.manager.authz import AuthzInterceptor, local_identity
         from swarmd.node import NodeRuntime
-        from swarmd.server import ServerCredentials, start_remote_server
 
         self.args = args
         self.state_dir: Path = (args.state_dir or paths.default_state_dir()).absolute()
@@ -64,19 +63,17 @@ class Daemon:
         self._reload = threading.Event()
         self._control: Any = None
 
-        def start_remote(listen: str, creds: ServerCredentials) -> Any:
-            interceptor = AuthzInterceptor(certificate_identity(self.runtime.cluster_id))
-            return start_remote_server(listen, creds, interceptor, self._register)
-
-        self.runtime = NodeRuntime(self.state_dir, args.hostname or socket.gethostname(), start_remote)
+        self.runtime = NodeRuntime(self.state_dir, args.hostname or socket.gethostname(), self._register)
         self._local_interceptor = AuthzInterceptor(local_identity)
 
     def _register(self, server: Any) -> None:
         from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
-        from swarmd.manager.control import CAServicer, ControlServicer
+        from swarmd.manager.control import CAServicer, ControlServicer, RaftMembershipServicer
 
         pb_grpc.add_ControlServicer_to_server(ControlServicer(self.runtime), server)
         pb_grpc.add_CAServicer_to_server(CAServicer(self.runtime), server)
+        pb_grpc.add_RaftMembershipServicer_to_server(RaftMembershipServicer(self.runtime), server)
+        pb_grpc.add_DispatcherServicer_to_server(self.runtime.dispatcher, server)
 
     def run(self) -> int:
         from swarmd.server import start_control_server

@@ -1,17 +1,16 @@
-"""The node's lifecycle: inactive → manager (→ worker with joining), and back on leave.
+"""The node's lifecycle: inactive → manager or worker, promotion and demotion, and leave.
 
-One ``NodeRuntime`` per daemon. Lifecycle changes (init, leave, resume, shutdown) are serialised
-by one lock; every other request reads the current role and is answered by the manager.
+One ``NodeRuntime`` per daemon. Lifecycle changes (init, join, leave, resume, role changes,
+shutdown) are serialised by one lock; every other request reads the current role and is answered
+by the manager (or forwarded to the leader).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import platform
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,69 +18,52 @@ from typing import Any
 import grpc
 
 from swarmd import __version__, errors, netaddr
+from swarmd.agent import Agent
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
+from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 from swarmd.ca import ids, pki, tokens
 from swarmd.ca.store import CertificateStore
 from swarmd.errors import SwarmError
 from swarmd.fsutil import ensure_dir, remove_tree
-from swarmd.manager import ipam
+from swarmd.initplan import DEFAULT_LISTEN_ADDR, InitPlan, check_availability, host_description, plan_init
+from swarmd.joiner import JoinResult, request_certificate
+from swarmd.manager.authz import AuthzInterceptor
+from swarmd.manager.dispatcher import NOT_LEADER, Dispatcher
 from swarmd.manager.manager import Manager
+from swarmd.manager.security import ManagerSecurity
 from swarmd.nodestate import LocalState
-from swarmd.server import ServerCredentials
+from swarmd.server import start_remote_server
+from swarmd.store.transport import PeerNetwork
 from swarmd.timeutil import now_rfc3339
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LISTEN_ADDR = "0.0.0.0:2377"
-DEFAULT_CERT_EXPIRY_NS = 2160 * 3600 * 10**9
-MIN_CERT_EXPIRY_NS = 3600 * 10**9
-DEFAULT_HEARTBEAT_NS = 5 * 10**9
-DEFAULT_DATA_PATH_PORT = 4789
-AVAILABILITIES = ("active", "pause", "drain")
-
-# Starts the remote API for a manager; returns a handle with stop(grace).
-RemoteStarter = Callable[[str, ServerCredentials], Any]
-
-
-@dataclass
-class InitPlan:
-    """A fully validated init request: nothing is written before all of it checks out."""
-
-    listen_addr: str
-    advertise_addr: str
-    local_addr: str
-    data_path_addr: str
-    data_path_port: int
-    availability: str
-    default_addr_pool: list[str]
-    subnet_size: int
-    spec: dict[str, Any]
-
-
-def host_description(hostname: str) -> dict[str, Any]:
-    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return {
-        "hostname": hostname,
-        "os": platform.system().lower(),
-        "architecture": platform.machine(),
-        "nano_cpus": (os.cpu_count() or 1) * 10**9,
-        "memory_bytes": pages,
-        "engine_version": __version__,
-    }
+Register = Callable[[grpc.Server], None]
+RAFT_JOIN_TIMEOUT = 15.0
+CALL_TIMEOUT = 15.0
+FORWARD_WINDOW = 8.0          # an election takes 0.4–1.4 s; leave room for a few
+FORWARD_CONNECT_TIMEOUT = 1.0
 
 
 class NodeRuntime:
-    def __init__(self, state_dir: Path, hostname: str, start_remote: RemoteStarter) -> None:
+    def __init__(self, state_dir: Path, hostname: str, register: Register) -> None:
         self.state_dir = state_dir
         self.hostname = hostname
-        self._start_remote = start_remote
+        self._register = register
         self._lock = threading.RLock()
         self.local: LocalState | None = None
         self.manager: Manager | None = None
+        self.security: ManagerSecurity | None = None
+        self.agent: Agent | None = None
+        self._network: PeerNetwork | None = None
         self._remote: Any = None
+        self._bootstrap_addrs: dict[str, str] = {}
         self.certs = CertificateStore(state_dir / "certificates")
+        self.dispatcher = Dispatcher(self)
+        self._channels: dict[str, grpc.Channel] = {}
+        self._channels_lock = threading.Lock()
 
-    # -- paths ---------------------------------------------------------------------------------
+    # -- paths and identity --------------------------------------------------------------------------
     @property
     def raft_dir(self) -> Path:
         return self.state_dir / "raft"
@@ -91,50 +73,41 @@ class NodeRuntime:
         self.certs.wipe()
         remove_tree(self.raft_dir)
 
-    # -- start and stop ------------------------------------------------------------------------
-    def resume(self) -> None:
-        """Pick the swarm up again from the state dir after a (re)start of the daemon."""
-        with self._lock:
-            ensure_dir(self.state_dir)
-            local = LocalState.load(self.state_dir)
-            if local is None:
-                if self.certs.exists() or self.raft_dir.exists():
-                    log.warning("removing the leftovers of an unfinished init or join")
-                    self._wipe_swarm_state()
-                return
-            root, cert, key = self.certs.load()
-            self.local = local
-            if local.role == "manager":
-                self._start_manager(local, root, cert, key)
-                assert self.manager is not None
-                self.manager.set_node_status(local.node_id, state="ready", addr=local.advertise_host)
-            log.info("resumed swarm %s as %s %s", local.cluster_id, local.role, local.node_id)
+    def _description(self) -> pb.NodeDescription:
+        return pb.NodeDescription(**host_description(self.hostname))
 
-    def _start_manager(self, local: LocalState, root: bytes, cert: bytes, key: bytes) -> None:
-        creds = ServerCredentials(root, cert, key)
-        self._remote = self._start_remote(local.listen_addr, creds)
-        manager = Manager(local.node_id, self.raft_dir)
-        try:
-            manager.start()
-        except BaseException:
-            self._remote.stop(None)
-            self._remote = None
-            raise
-        self.manager = manager
+    def node_channel_credentials(self) -> grpc.ChannelCredentials:
+        root, cert, key = self.certs.load()
+        return grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=cert)
 
-    def _stop_manager(self) -> None:
-        if self._remote is not None:
-            self._remote.stop(1.0).wait(2.0)
-            self._remote = None
-        if self.manager is not None:
-            self.manager.stop()
-            self.manager = None
+    def remote_role(self, context: grpc.ServicerContext) -> str | None:
+        security = self.security
+        return security.identify(context) if security is not None else None
 
-    def shutdown(self) -> None:
-        with self._lock:
-            self._stop_manager()
+    def security_identity(self, context: grpc.ServicerContext) -> str:
+        certs = context.auth_context().get("x509_pem_cert")
+        if not certs:
+            raise SwarmError("no client certificate", grpc.StatusCode.UNAUTHENTICATED)
+        return pki.identity_from_cert(certs[0]).node_id
 
-    # -- state checks --------------------------------------------------------------------------
+    def _trust(self) -> tuple[str, dict[str, str], Callable[[str], bool]]:
+        """For the TLS layer. Until this manager's store holds the cluster (a manager that is
+        still catching up), any certificate of this cluster's root counts as a member."""
+        local, manager = self.local, self.manager
+        cluster_id = local.cluster_id if local else ""
+        if manager is None:
+            return cluster_id, {}, lambda node_id: True
+        store_cluster, join_tokens, is_member = manager.trust()
+        if not store_cluster:
+            return cluster_id, {}, lambda node_id: True
+        return store_cluster, join_tokens, is_member
+
+    def _manager_addr_of(self, node_id: str) -> str | None:
+        manager = self.manager
+        addr = manager.manager_addr_of(node_id) if manager is not None else None
+        return addr or self._bootstrap_addrs.get(node_id)
+
+    # -- state checks --------------------------------------------------------------------------------
     def cluster_id(self) -> str | None:
         local = self.local
         return local.cluster_id if local else None
@@ -147,69 +120,204 @@ class NodeRuntime:
             raise SwarmError(errors.NOT_MANAGER_WORKER, grpc.StatusCode.FAILED_PRECONDITION)
         return manager
 
-    # -- init ----------------------------------------------------------------------------------
-    def plan_init(self, req: pb.InitRequest) -> InitPlan:
-        """Docker's validation order (swarm-behaviour.md §3.2), all before anything is created."""
-        listen = req.listen_addr or DEFAULT_LISTEN_ADDR
-        try:
-            interfaces = netaddr.list_interfaces()
-            listen_ip, listen_port = netaddr.resolve_listen_addr(listen, interfaces)
-            adv_host, adv_port = netaddr.resolve_advertise_addr(req.advertise_addr, listen_port, interfaces)
-            data_path = netaddr.resolve_data_path_addr(req.data_path_addr, interfaces)
-            local_addr = netaddr.local_addr(listen_ip, adv_host, interfaces)
-        except netaddr.AddrError as e:
-            raise errors.invalid(str(e)) from None
-        try:
-            pools, size = ipam.validate_pool(list(req.default_addr_pool), req.subnet_size)
-        except ipam.IPAMError as e:
-            raise errors.invalid(str(e)) from None
-        port = req.data_path_port or DEFAULT_DATA_PATH_PORT
-        if not 1024 <= port <= 49151:
-            raise errors.invalid(f"Datapath port number is not in valid range (1024-49151) : {port}")
-        availability = (req.availability or "active").lower()
-        if availability not in AVAILABILITIES:
-            raise errors.invalid(f'invalid availability "{req.availability}", only active, pause and drain are supported')
-        expiry = req.cert_expiry_ns if req.has_cert_expiry else DEFAULT_CERT_EXPIRY_NS
-        if expiry < MIN_CERT_EXPIRY_NS:
-            raise errors.invalid(errors.rpc_text("INVALID_ARGUMENT", errors.MIN_CERT_EXPIRY))
-        heartbeat = req.dispatcher_heartbeat_ns if req.has_dispatcher_heartbeat else DEFAULT_HEARTBEAT_NS
-        if heartbeat < 0:
-            raise errors.invalid(errors.rpc_text("INVALID_ARGUMENT", errors.NEGATIVE_HEARTBEAT))
-        if req.has_task_history_limit and req.task_history_limit < 0:
-            raise errors.invalid("task history retention limit cannot be negative")
-        if req.autolock:
-            raise SwarmError(errors.AUTOLOCK_UNSUPPORTED, grpc.StatusCode.UNIMPLEMENTED)
-        spec = {
-            "task_history_limit": req.task_history_limit if req.has_task_history_limit else 5,
-            "dispatcher_heartbeat_ns": heartbeat,
-            "node_cert_expiry_ns": expiry,
-            "snapshot_interval": req.snapshot_interval if req.has_snapshot_interval and req.snapshot_interval else 10000,
-            "keep_old_snapshots": req.max_snapshots if req.has_max_snapshots else 0,
-            "log_entries_for_slow_followers": 500,
-            "heartbeat_tick": 1,
-            "election_tick": 10,
-            "autolock_managers": False,
-        }
-        listen_addr = netaddr.join_host_port(listen_ip, listen_port)
-        return InitPlan(listen_addr=listen_addr, advertise_addr=netaddr.join_host_port(adv_host, adv_port),
-                        local_addr=local_addr, data_path_addr=data_path, data_path_port=port,
-                        availability=availability, default_addr_pool=pools, subnet_size=size, spec=spec)
+    def require_leader(self, manager: Manager) -> None:
+        if not manager.is_leader():
+            addr = manager.leader_addr()
+            if addr is None:
+                raise SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN)
+            raise SwarmError(f"{NOT_LEADER}; leader: {addr}", grpc.StatusCode.FAILED_PRECONDITION)
 
+    # -- talking to other managers ---------------------------------------------------------------------
+    def _manager_channel(self, addr: str, node_id: str | None = None) -> grpc.Channel:
+        security = self.security
+        creds = security.channel_credentials() if security is not None else self.node_channel_credentials()
+        return grpc.secure_channel(addr, creds, options=[
+            ("grpc.ssl_target_name_override", node_id or "swarm-manager")])
+
+    def forward_control(self, method: str, request: Any) -> Any:
+        """Run a control call on the leader (reads the CLI shows and all writes).
+
+        The leader may be changing (a manager just got cut off): connect with a short deadline,
+        and on failure look the leader up again until an election had time to finish."""
+        deadline = time.monotonic() + FORWARD_WINDOW
+        while True:
+            manager = self.require_manager()
+            leader = manager.store.leader_id()
+            addr = manager.manager_addr_of(leader) if leader else None
+            if leader is not None and addr is not None and leader != manager.node_id:
+                channel = self._leader_channel(addr, leader)
+                try:
+                    grpc.channel_ready_future(channel).result(timeout=FORWARD_CONNECT_TIMEOUT)
+                except grpc.FutureTimeoutError:
+                    self._drop_leader_channel(addr)
+                else:
+                    try:
+                        return getattr(pb_grpc.ControlStub(channel), method)(request, timeout=CALL_TIMEOUT)
+                    except grpc.RpcError as e:
+                        if e.code() != grpc.StatusCode.UNAVAILABLE:
+                            raise SwarmError(str(e.details()), e.code()) from None
+                        self._drop_leader_channel(addr)
+            elif leader == manager.node_id:
+                raise SwarmError("this manager became the leader; retry", grpc.StatusCode.ABORTED)
+            if time.monotonic() >= deadline:
+                raise SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN)
+            time.sleep(0.1)
+
+    def _leader_channel(self, addr: str, node_id: str) -> grpc.Channel:
+        with self._channels_lock:
+            channel = self._channels.get(addr)
+            if channel is None:
+                channel = self._channels[addr] = self._manager_channel(addr, node_id)
+            return channel
+
+    def _drop_leader_channel(self, addr: str) -> None:
+        with self._channels_lock:
+            channel = self._channels.pop(addr, None)
+        if channel is not None:
+            channel.close()
+
+    def check_manager_reachable(self, node_id: str, addr: str) -> None:
+        """The leader's check that a joining manager answers on its advertise address."""
+        with self._manager_channel(addr, node_id) as channel:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=5)
+            except grpc.FutureTimeoutError:
+                raise SwarmError("could not connect to prospective new cluster member using its advertised "
+                                 "address: rpc error: code = DeadlineExceeded desc = context deadline exceeded",
+                                 grpc.StatusCode.UNKNOWN) from None
+
+    def _call_leader(self, service: str, method: str, request: Any, managers: list[tuple[str, str]]) -> Any:
+        """Call a leader-only RPC, following "not the leader" hints through ``managers``."""
+        candidates = [a for _, a in managers]
+        tried: set[str] = set()
+        last: SwarmError | None = None
+        while candidates:
+            addr = candidates.pop(0)
+            if addr in tried:
+                continue
+            tried.add(addr)
+            with self._manager_channel(addr) as channel:
+                stub = getattr(pb_grpc, f"{service}Stub")(channel)
+                try:
+                    return getattr(stub, method)(request, timeout=RAFT_JOIN_TIMEOUT)
+                except grpc.RpcError as e:
+                    details = e.details() or ""
+                    last = SwarmError(details, e.code())
+                    if NOT_LEADER in details and "leader: " in details:
+                        candidates.insert(0, details.rsplit("leader: ", 1)[1].strip())
+                    elif e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        raise last from None
+        raise last or SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN)
+
+    # -- manager and agent components ------------------------------------------------------------------
+    def _start_manager(self, local: LocalState, root: bytes, cert: bytes, key: bytes,
+                       peers: list[tuple[str, str]], raft_join: bool = False) -> None:
+        """Remote API first (a joining manager must answer the leader's check), then Raft."""
+        security = ManagerSecurity(root, cert, key, self._trust)
+        network = PeerNetwork(local.node_id, self._manager_addr_of, security.channel_credentials)
+        self._bootstrap_addrs = {i: a for i, a in peers if i != local.node_id}
+        self.security, self._network = security, network
+
+        def register(server: grpc.Server) -> None:
+            self._register(server)
+            pb_grpc.add_RaftServicer_to_server(network.servicer(), server)
+
+        self._remote = start_remote_server(local.listen_addr, security.server_credentials(),
+                                           AuthzInterceptor(self.remote_role), register)
+        try:
+            if raft_join:
+                resp = self._call_leader("RaftMembership", "Join",
+                                         pb.RaftJoinRequest(addr=local.advertise_addr), peers)
+                peers = [(m.node_id, m.addr) for m in resp.members]
+                self._bootstrap_addrs = {i: a for i, a in peers if i != local.node_id}
+            others = [i for i, _ in peers if i != local.node_id]
+            manager = Manager(local.node_id, self.raft_dir, others, network)
+            manager.machine.add_listener(self.dispatcher.notify)
+            self.manager = manager
+            manager.start()
+        except BaseException:
+            self._stop_manager()
+            raise
+
+    def _stop_manager(self) -> None:
+        if self._remote is not None:
+            self._remote.stop(1.0).wait(2.0)
+            self._remote = None
+        if self.manager is not None:
+            self.manager.stop()
+            self.manager = None
+        elif self._network is not None:
+            self._network.close()
+        self._network = None
+        self.security = None
+        with self._channels_lock:
+            channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            channel.close()
+
+    def _start_agent(self, local: LocalState, managers: list[tuple[str, str]], heartbeat_ns: int) -> Agent:
+        agent = Agent(local.node_id, self.node_channel_credentials, managers, heartbeat_ns, self._description(),
+                      local.advertise_addr, self._on_session)
+        self.agent = agent
+        agent.start()
+        return agent
+
+    def _stop_agent(self) -> None:
+        if self.agent is not None:
+            self.agent.stop()
+            self.agent = None
+
+    # -- start and stop --------------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Pick the swarm up again from the state dir after a (re)start of the daemon."""
+        with self._lock:
+            ensure_dir(self.state_dir)
+            local = LocalState.load(self.state_dir)
+            if local is None:
+                if self.certs.exists() or self.raft_dir.exists():
+                    log.warning("removing the leftovers of an unfinished init or join")
+                    self._wipe_swarm_state()
+                return
+            root, cert, key = self.certs.load()
+            self.local = local
+            managers = [(m["node_id"], m["addr"]) for m in local.remote_managers]
+            if local.role == "manager":
+                self._start_manager(local, root, cert, key, managers)
+                assert self.manager is not None
+                managers = self.manager.managers() or managers
+            self._start_agent(local, managers, self._heartbeat_hint())
+            log.info("resumed swarm %s as %s %s", local.cluster_id, local.role, local.node_id)
+
+    def _heartbeat_hint(self) -> int:
+        manager = self.manager
+        return manager.heartbeat_ns() if manager is not None else 5 * 10**9
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._stop_agent()
+            self._stop_manager()
+        self.dispatcher.close()
+
+    # -- init ----------------------------------------------------------------------------------------
     def init(self, req: pb.InitRequest) -> pb.InitResponse:
         with self._lock:
             if self.local is not None:
                 if req.force_new_cluster and self.manager is not None:
                     return self._force_new_cluster()
                 raise SwarmError(errors.ALREADY_IN_SWARM)
-            plan = self.plan_init(req)
+            plan = plan_init(req)
             try:
                 return self._create_swarm(plan)
             except BaseException:
                 log.warning("init failed; returning the node to inactive")
-                self._stop_manager()
-                self._wipe_swarm_state()
-                self.local = None
+                self._abandon()
                 raise
+
+    def _abandon(self) -> None:
+        self._stop_agent()
+        self._stop_manager()
+        self._wipe_swarm_state()
+        self.local = None
 
     def _create_swarm(self, plan: InitPlan) -> pb.InitResponse:
         node_id, cluster_id = ids.new_id(), ids.new_id()
@@ -226,8 +334,8 @@ class NodeRuntime:
                            local_addr=plan.local_addr, data_path_addr=plan.data_path_addr,
                            data_path_port=plan.data_path_port,
                            remote_managers=[{"node_id": node_id, "addr": plan.advertise_addr}])
-        self.local = local  # the remote API's authorisation needs the cluster ID from now on
-        self._start_manager(local, root_pem, cert_pem, key_pem)
+        self.local = local
+        self._start_manager(local, root_pem, cert_pem, key_pem, [])
         assert self.manager is not None
         now = now_rfc3339()
         cluster: dict[str, Any] = {
@@ -248,45 +356,207 @@ class NodeRuntime:
         ingress = {"id": ids.new_id(), "name": "ingress", "ingress": True, "now": now}
         self.manager.propose("bootstrap", cluster=cluster, node=node, ingress=ingress)
         local.save(self.state_dir)
+        self._start_agent(local, [(node_id, plan.advertise_addr)], plan.spec["dispatcher_heartbeat_ns"])
         log.info("swarm %s created; this node %s is its leader", cluster_id, node_id)
         return pb.InitResponse(node_id=node_id, manager_addr=plan.advertise_addr,
                                worker_token=cluster["join_tokens"]["worker"])
 
     def _force_new_cluster(self) -> pb.InitResponse:
-        """Restart this manager's store as a one-member cluster keeping its data.
-
-        With a single member the membership is already just this node, so a restart of the
-        store is all it takes."""
+        """Restart this manager as a one-member cluster keeping its data: the state moves into
+        a fresh Raft log whose only member is this node; other managers become Down workers."""
         local, manager = self.local, self.manager
         assert local is not None and manager is not None
-        manager.stop()
-        self.manager = None
-        manager = Manager(local.node_id, self.raft_dir)
-        manager.start()
-        self.manager = manager
-        cluster = manager.cluster()
+        state = manager.machine.dump()
+        if state["cluster"] is None:
+            raise SwarmError("this manager has no cluster state to keep")
+        now = now_rfc3339()
+        for node in state["nodes"].values():
+            if node["id"] != local.node_id and node.get("manager"):
+                node.update(role="worker", manager=None, state="down", updated_at=now,
+                            message="removed by --force-new-cluster")
+        root, cert, key = self.certs.load()
+        self._stop_agent()
+        self._stop_manager()
+        old = self.raft_dir.with_name(f"raft.old-{ids.new_id()[:8]}")
+        self.raft_dir.rename(old)
+        try:
+            self._start_manager(local, root, cert, key, [])
+            assert self.manager is not None
+            self.manager.propose("restore", state=state)
+        except BaseException:
+            self._stop_manager()
+            remove_tree(self.raft_dir)
+            old.rename(self.raft_dir)
+            raise
+        remove_tree(old)
+        local.remote_managers = [{"node_id": local.node_id, "addr": local.advertise_addr}]
+        local.save(self.state_dir)
+        self._start_agent(local, [(local.node_id, local.advertise_addr)], self._heartbeat_hint())
+        log.warning("forced a new one-manager cluster from this node's state")
         return pb.InitResponse(node_id=local.node_id, manager_addr=local.advertise_addr,
-                               worker_token=cluster["join_tokens"]["worker"])
+                               worker_token=state["cluster"]["join_tokens"]["worker"])
 
-    # -- leave ---------------------------------------------------------------------------------
+    # -- join ------------------------------------------------------------------------------------------
+    def join(self, req: pb.JoinRequest) -> pb.JoinResponse:
+        with self._lock:
+            if self.local is not None:
+                raise SwarmError(errors.ALREADY_IN_SWARM)
+            availability = check_availability(req.availability)
+            listen = req.listen_addr or DEFAULT_LISTEN_ADDR
+            try:
+                interfaces = netaddr.list_interfaces()
+                listen_ip, listen_port = netaddr.resolve_listen_addr(listen, interfaces)
+                data_path = netaddr.resolve_data_path_addr(req.data_path_addr, interfaces)
+            except netaddr.AddrError as e:
+                raise errors.invalid(str(e)) from None
+            try:
+                adv_host, adv_port = netaddr.resolve_advertise_addr(req.advertise_addr, listen_port, interfaces)
+            except netaddr.AddrError:
+                adv_host, adv_port = "", listen_port  # Docker ignores it: the manager sees our address
+            advertise = netaddr.join_host_port(adv_host, adv_port) if adv_host else f":{adv_port}"
+            result = request_certificate(req.remote_addr, req.token, availability, advertise, self._description())
+            try:
+                return self._become_member(result, netaddr.join_host_port(listen_ip, listen_port),
+                                           result.advertise_addr or advertise, data_path)
+            except BaseException:
+                log.warning("join failed after the certificate was issued; returning to inactive")
+                self._abandon()
+                raise
+
+    def _become_member(self, result: JoinResult, listen: str, advertise: str, data_path: str) -> pb.JoinResponse:
+        ensure_dir(self.state_dir)
+        self.certs.save(result.root_pem, result.cert_pem, result.key_pem)
+        local = LocalState(node_id=result.node_id, cluster_id=result.cluster_id, role=result.role,
+                           listen_addr=listen, advertise_addr=advertise, local_addr=advertise.rpartition(":")[0],
+                           data_path_addr=data_path,
+                           remote_managers=[{"node_id": i, "addr": a} for i, a in result.managers])
+        self.local = local
+        managers = result.managers
+        if result.role == "manager":
+            self._start_manager(local, result.root_pem, result.cert_pem, result.key_pem, result.managers,
+                                raft_join=True)
+            assert self.manager is not None
+            if not self.manager.store.wait_ready(RAFT_JOIN_TIMEOUT):
+                raise SwarmError("timed out catching up with the swarm's raft log", grpc.StatusCode.DEADLINE_EXCEEDED)
+            managers = self.manager.managers() or managers
+            local.remote_managers = [{"node_id": i, "addr": a} for i, a in managers]
+        local.save(self.state_dir)
+        agent = self._start_agent(local, managers, result.heartbeat_ns)
+        agent.wait_connected(5.0)
+        log.info("joined swarm %s as %s %s", result.cluster_id, result.role, result.node_id)
+        return pb.JoinResponse(node_id=result.node_id, role=result.role)
+
+    # -- leave -----------------------------------------------------------------------------------------
     def leave(self, force: bool) -> None:
         with self._lock:
-            if self.local is None:
+            local = self.local
+            if local is None:
                 raise SwarmError(errors.NOT_PART_OF_SWARM)
-            if self.manager is not None and not force:
-                _, managers = self.manager.counts()
-                if managers <= 1:
-                    raise SwarmError(errors.LEAVE_LAST_MANAGER)
+            manager = self.manager
+            if manager is not None:
+                if not force:
+                    raise SwarmError(self._leave_warning(manager))
+                self._leave_raft(manager)
+            if self.agent is not None:
+                self.agent.leave()
+                self.agent = None
             self._stop_manager()
             self._wipe_swarm_state()
-            log.info("left swarm %s", self.local.cluster_id)
+            log.info("left swarm %s", local.cluster_id)
             self.local = None
 
-    # -- info ----------------------------------------------------------------------------------
+    @staticmethod
+    def _leave_warning(manager: Manager) -> str:
+        msg = "You are attempting to leave the swarm on a node that is participating as a manager. "
+        reachable, unreachable = manager.manager_stats()
+        if reachable - 2 <= unreachable:
+            if reachable == 1 and unreachable == 0:
+                return msg + ("Removing the last manager erases all current state of the swarm. Use `--force` "
+                              "to ignore this message.")
+            msg += (f"Removing this node leaves {reachable - 1} managers out of {reachable + unreachable}. "
+                    "Without a Raft quorum your swarm will be inaccessible. ")
+        return msg + ("The only way to restore a swarm that has lost consensus is to reinitialize it with "
+                      "`--force-new-cluster`. Use `--force` to suppress this message.")
+
+    def _leave_raft(self, manager: Manager) -> None:
+        """Best effort: take this manager out of Raft so the others keep a correct quorum."""
+        others = [(i, a) for i, a in manager.managers() if i != manager.node_id]
+        if not others:
+            return
+        try:
+            if manager.is_leader():
+                manager.store.transfer_leadership()
+                manager.store.wait_leader(5.0)
+            self._call_leader("RaftMembership", "Leave", pb.RaftLeaveRequest(), others)
+        except (SwarmError, Exception) as e:  # noqa: BLE001 - leaving goes on regardless
+            log.warning("could not leave the raft cluster cleanly: %s", e)
+
+    # -- session updates (promotion, demotion, manager list) ----------------------------------------------
+    def _on_session(self, message: pb.SessionMessage) -> None:
+        local = self.local
+        if local is None:
+            return
+        managers = [{"node_id": m.node_id, "addr": m.addr} for m in message.managers]
+        if managers and managers != local.remote_managers:
+            local.remote_managers = managers
+            local.save(self.state_dir)
+        wanted = message.desired_role
+        if wanted in ("worker", "manager") and wanted != local.role:
+            threading.Thread(target=self._change_role, args=(wanted,), name="role-change", daemon=True).start()
+
+    def _renew(self, managers: list[tuple[str, str]]) -> tuple[bytes, bytes, bytes, str]:
+        key = pki.generate_key()
+        resp = self._call_ca_renewal(pki.make_csr(key), managers)
+        root, _, _ = self.certs.load()
+        pki.verify_node_cert(resp.certificate, root)
+        return root, resp.certificate, pki.key_to_pem(key), resp.role
+
+    def _call_ca_renewal(self, csr: bytes, managers: list[tuple[str, str]]) -> Any:
+        last: Exception | None = None
+        for _, addr in managers:
+            with grpc.secure_channel(addr, self.node_channel_credentials(),
+                                     options=[("grpc.ssl_target_name_override", "swarm-manager")]) as channel:
+                try:
+                    return pb_grpc.CAStub(channel).IssueNodeCertificate(
+                        pb.IssueNodeCertificateRequest(csr=csr), timeout=CALL_TIMEOUT)
+                except grpc.RpcError as e:
+                    last = SwarmError(str(e.details()), e.code())
+        raise last or SwarmError("no manager to renew the certificate with")
+
+    def _change_role(self, wanted: str) -> None:
+        with self._lock:
+            local = self.local
+            if local is None or local.role == wanted:
+                return
+            agent_managers = self.agent.managers if self.agent is not None else []
+            try:
+                if wanted == "manager":
+                    root, cert, key, role = self._renew(agent_managers)
+                    if role != "manager":
+                        return
+                    self.certs.save(root, cert, key)
+                    local.role = "manager"
+                    self._start_manager(local, root, cert, key, agent_managers, raft_join=True)
+                    assert self.manager is not None
+                    self.manager.store.wait_ready(RAFT_JOIN_TIMEOUT)
+                else:
+                    self._stop_manager()
+                    others = [(i, a) for i, a in agent_managers if i != local.node_id]
+                    root, cert, key, _ = self._renew(others)
+                    self.certs.save(root, cert, key)
+                    local.role = "worker"
+                local.save(self.state_dir)
+                log.info("this node is now a %s", wanted)
+            except Exception as e:  # noqa: BLE001 - retried on the next session update
+                log.error("could not become a %s: %s", wanted, e)
+                if wanted == "manager":
+                    local.role = "worker"
+                    self._stop_manager()
+
+    # -- info ------------------------------------------------------------------------------------------
     def info(self) -> pb.InfoResponse:
         local, manager = self.local, self.manager
-        resp = pb.InfoResponse(local_node_state="inactive", hostname=self.hostname,
-                               server_version=__version__)
+        resp = pb.InfoResponse(local_node_state="inactive", hostname=self.hostname, server_version=__version__)
         if local is None:
             return resp
         resp.local_node_state = "active"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import logging
 import os
-import threading
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -13,45 +15,16 @@ import grpc
 from swarmd import errors
 from swarmd.errors import SwarmError
 
+log = logging.getLogger("swarmd.api")
+
 MAX_MESSAGE_BYTES = 4 << 20
+REMOTE_WORKERS = 4096
 
 _COMMON_OPTIONS = [
     ("grpc.so_reuseport", 0),  # a second daemon on the same address must fail, not share it
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 ]
-
-
-class ServerCredentials:
-    """The remote API's TLS material, swappable at run time (renewal, join CAs later on)."""
-
-    def __init__(self, root_pem: bytes, cert_pem: bytes, key_pem: bytes) -> None:
-        self._lock = threading.Lock()
-        self._config = self._build(root_pem, cert_pem, key_pem)
-        self._changed = False
-
-    @staticmethod
-    def _build(root_pem: bytes, cert_pem: bytes, key_pem: bytes) -> Any:
-        return grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)], root_certificates=root_pem)
-
-    def update(self, root_pem: bytes, cert_pem: bytes, key_pem: bytes) -> None:
-        with self._lock:
-            self._config = self._build(root_pem, cert_pem, key_pem)
-            self._changed = True
-
-    def _fetch(self) -> Any:
-        # gRPC asks before every handshake; None means "keep the current configuration".
-        with self._lock:
-            if not self._changed:
-                return None
-            self._changed = False
-            return self._config
-
-    def credentials(self) -> grpc.ServerCredentials:
-        with self._lock:
-            initial = self._config
-        return grpc.dynamic_ssl_server_credentials(initial, self._fetch,
-                                                   require_client_authentication=True)
 
 
 def _new_server(interceptor: grpc.ServerInterceptor, workers: int) -> grpc.Server:
@@ -77,12 +50,14 @@ def start_control_server(socket_path: Path, interceptor: grpc.ServerInterceptor,
     return server
 
 
-def start_remote_server(listen: str, credentials: ServerCredentials,
+def start_remote_server(listen: str, credentials: grpc.ServerCredentials,
                         interceptor: grpc.ServerInterceptor, register: Any) -> grpc.Server:
-    server = _new_server(interceptor, workers=16)
+    # Every node's session stream holds one worker thread for its lifetime (sync gRPC), so the
+    # pool is sized for thousands of nodes; idle threads cost little.
+    server = _new_server(interceptor, workers=REMOTE_WORKERS)
     register(server)
     try:
-        port = server.add_secure_port(listen, credentials.credentials())
+        port = server.add_secure_port(listen, credentials)
     except RuntimeError:
         port = 0
     if port == 0:
@@ -93,26 +68,42 @@ def start_remote_server(listen: str, credentials: ServerCredentials,
     return server
 
 
+def _abort(context: grpc.ServicerContext, e: Exception, name: str) -> None:
+    if isinstance(e, SwarmError):
+        context.abort(e.code, e.message)
+    log.exception("internal error in %s", name)
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
+
+
 def abort_on_error(fn: Any) -> Any:
     """Servicer decorator: a SwarmError becomes its gRPC status; anything else is logged and
-    reported as INTERNAL, and the daemon keeps serving."""
-    import functools
-    import logging
-
-    log = logging.getLogger("swarmd.api")
+    reported as INTERNAL, and the daemon keeps serving. Works for streaming handlers too."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                yield from fn(self, request, context)
+            except Exception as e:  # noqa: BLE001 - a request must never take the daemon down
+                if _is_abort(e):
+                    raise
+                _abort(context, e, fn.__name__)
+        return stream
 
     @functools.wraps(fn)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return fn(self, request, context)
-        except SwarmError as e:
-            context.abort(e.code, e.message)
         except Exception as e:  # noqa: BLE001 - a request must never take the daemon down
-            if isinstance(e, grpc.RpcError) or type(e).__name__ == "_AbortError":
+            if _is_abort(e):
                 raise
-            log.exception("internal error in %s", fn.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
-    return wrapper
+            _abort(context, e, fn.__name__)
+    return unary
 
 
-__all__ = ["ServerCredentials", "start_control_server", "start_remote_server", "abort_on_error", "errors"]
+def _is_abort(e: Exception) -> bool:
+    """context.abort() raises an exception of gRPC's own to unwind the handler: let it through."""
+    return isinstance(e, grpc.RpcError) or type(e).__name__ == "_AbortError" or (
+        type(e) is Exception and not e.args)
+
+
+__all__ = ["start_control_server", "start_remote_server", "abort_on_error", "errors"]

@@ -120,3 +120,34 @@ class Daemon:
 
     def init(self, *args: str) -> str:
         return self.ok("init", "--advertise-addr", self.ip, "--listen-addr", self.listen, *args)
+
+
+def join(node: Daemon, manager: Daemon, role: str = "worker", *extra: str) -> str:
+    token = manager.ok("join-token", "-q", role).strip()
+    return node.ok("join", "--token", token, "--advertise-addr", node.ip, "--listen-addr", node.listen,
+                   *extra, manager.listen)
+
+
+def node_rows(d: Daemon) -> dict[str, list[str]]:
+    """`node ls` as {hostname: [status, availability, manager status]} (hostnames are unique in tests)."""
+    import json
+
+    rows = {}
+    for line in d.ok("node", "ls", "--format", "json").splitlines():
+        row = json.loads(line)
+        rows[row["Hostname"]] = [row["Status"], row["Availability"], row["ManagerStatus"]]
+    return rows
+
+
+def leader_of(managers: list[Daemon]) -> Daemon:
+    def find() -> Daemon | None:
+        for d in managers:
+            try:
+                rows = node_rows(d)
+            except AssertionError:
+                continue
+            if rows.get(d.hostname, ["", "", ""])[2] == "Leader":
+                return d
+        return None
+    leader: Daemon = wait_for(find, 15, step=0.1, what="a leader")
+    return leader

@@ -7,14 +7,11 @@ is refused.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import grpc
-
-from swarmd.ca import pki
 
 log = logging.getLogger(__name__)
 
@@ -58,28 +55,6 @@ Identify = Callable[[grpc.ServicerContext], "str | None"]
 
 def local_identity(context: grpc.ServicerContext) -> str | None:
     return LOCAL
-
-
-def certificate_identity(cluster_id: Callable[[], str | None]) -> Identify:
-    """Role of a mutual-TLS peer: its certificate's OU, if its O is this cluster."""
-
-    @functools.lru_cache(maxsize=4096)
-    def parse(pem: bytes) -> pki.Identity | None:
-        try:
-            return pki.identity_from_cert(pem)
-        except ValueError:
-            return None
-
-    def identify(context: grpc.ServicerContext) -> str | None:
-        certs = context.auth_context().get("x509_pem_cert")
-        if not certs:
-            return None
-        identity = parse(certs[0])
-        if identity is None or identity.cluster_id != cluster_id():
-            return None
-        return identity.role if identity.role in (MANAGER, WORKER) else None
-
-    return identify
 
 
 class AuthzInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]

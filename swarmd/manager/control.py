@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import platform
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
@@ -11,12 +13,41 @@ import pysyncobj.version
 from swarmd import API_VERSION, __version__
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
+from swarmd.manager import authz
+from swarmd.manager.dispatcher import peer_ip
+from swarmd.errors import SwarmError
 from swarmd.server import abort_on_error
 
 if TYPE_CHECKING:
     from swarmd.node import NodeRuntime
 
 Ctx: TypeAlias = Any  # grpc ships no type information
+
+
+def on_leader(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Serve on the leader; elsewhere forward the call there. "self" means the node that was
+    asked, so it is resolved here, and answers that name "this manager" are made local again."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(self: ControlServicer, request: Any, context: Ctx) -> Any:
+        manager = self.rt.require_manager()
+        if manager.is_leader():
+            return fn(self, request, context)
+        if getattr(request, "ref", None) == "self":
+            request.ref = manager.node_id
+        try:
+            response = self.rt.forward_control(name, request)
+        except SwarmError as e:
+            if e.code != grpc.StatusCode.ABORTED:
+                raise
+            return fn(self, request, context)  # this manager was elected meanwhile
+        if hasattr(response, "self_id"):
+            response.self_id = manager.node_id
+        if hasattr(response, "manager_addr") and self.rt.local is not None:
+            response.manager_addr = self.rt.local.advertise_addr
+        return response
+    return wrapper
 
 
 class ControlServicer(pb_grpc.ControlServicer):
@@ -39,15 +70,21 @@ class ControlServicer(pb_grpc.ControlServicer):
         return self.rt.init(request)
 
     @abort_on_error
+    def Join(self, request: pb.JoinRequest, context: Ctx) -> pb.JoinResponse:
+        return self.rt.join(request)
+
+    @abort_on_error
     def Leave(self, request: pb.LeaveRequest, context: Ctx) -> pb.LeaveResponse:
         self.rt.leave(request.force)
         return pb.LeaveResponse()
 
     @abort_on_error
+    @on_leader
     def GetCluster(self, request: pb.GetClusterRequest, context: Ctx) -> pb.GetClusterResponse:
         return pb.GetClusterResponse(cluster=self.rt.require_manager().cluster_pb())
 
     @abort_on_error
+    @on_leader
     def GetJoinToken(self, request: pb.GetJoinTokenRequest, context: Ctx) -> pb.GetJoinTokenResponse:
         manager = self.rt.require_manager()
         token = manager.join_token(request.role, request.rotate)
@@ -55,37 +92,54 @@ class ControlServicer(pb_grpc.ControlServicer):
         return pb.GetJoinTokenResponse(token=token, manager_addr=local.advertise_addr if local else "")
 
     @abort_on_error
+    @on_leader
     def ListNodes(self, request: pb.ListNodesRequest, context: Ctx) -> pb.ListNodesResponse:
         manager = self.rt.require_manager()
         return pb.ListNodesResponse(nodes=manager.list_nodes(), self_id=manager.node_id)
 
     @abort_on_error
+    @on_leader
     def GetNode(self, request: pb.GetNodeRequest, context: Ctx) -> pb.GetNodeResponse:
         return pb.GetNodeResponse(node=self.rt.require_manager().get_node(request.ref))
 
     @abort_on_error
+    @on_leader
     def UpdateNode(self, request: pb.UpdateNodeRequest, context: Ctx) -> pb.UpdateNodeResponse:
-        node = self.rt.require_manager().update_node(request.ref, request.availability,
-                                                     list(request.label_add), list(request.label_rm))
+        manager = self.rt.require_manager()
+        if request.role:
+            node_id, _ = manager.set_role(request.ref, request.role)
+            return pb.UpdateNodeResponse(node=manager.get_node(node_id))
+        node = manager.update_node(request.ref, request.availability, list(request.label_add),
+                                   list(request.label_rm))
         return pb.UpdateNodeResponse(node=node)
 
     @abort_on_error
+    @on_leader
+    def RemoveNode(self, request: pb.RemoveNodeRequest, context: Ctx) -> pb.RemoveNodeResponse:
+        return pb.RemoveNodeResponse(node_id=self.rt.require_manager().remove_node(request.ref, request.force))
+
+    @abort_on_error
+    @on_leader
     def ListNetworks(self, request: pb.ListNetworksRequest, context: Ctx) -> pb.ListNetworksResponse:
         return pb.ListNetworksResponse(networks=self.rt.require_manager().list_networks())
 
     @abort_on_error
+    @on_leader
     def GetNetwork(self, request: pb.GetNetworkRequest, context: Ctx) -> pb.GetNetworkResponse:
         return pb.GetNetworkResponse(network=self.rt.require_manager().get_network(request.ref))
 
     @abort_on_error
+    @on_leader
     def CreateNetwork(self, request: pb.CreateNetworkRequest, context: Ctx) -> pb.CreateNetworkResponse:
         return pb.CreateNetworkResponse(network=self.rt.require_manager().create_network(request))
 
     @abort_on_error
+    @on_leader
     def RemoveNetwork(self, request: pb.RemoveNetworkRequest, context: Ctx) -> pb.RemoveNetworkResponse:
         return pb.RemoveNetworkResponse(network=self.rt.require_manager().remove_network(request.ref))
 
     @abort_on_error
+    @on_leader
     def GetUnlockKey(self, request: pb.GetUnlockKeyRequest, context: Ctx) -> pb.GetUnlockKeyResponse:
         cluster = self.rt.require_manager().cluster()
         return pb.GetUnlockKeyResponse(unlock_key=cluster.get("unlock_key", ""))
@@ -100,3 +154,39 @@ class CAServicer(pb_grpc.CAServicer):
                              context: Ctx) -> pb.GetRootCACertificateResponse:
         root = self.rt.require_manager().cluster()["root_ca"]["cert"].encode()
         return pb.GetRootCACertificateResponse(certificate=root)
+
+    @abort_on_error
+    def IssueNodeCertificate(self, request: pb.IssueNodeCertificateRequest,
+                             context: Ctx) -> pb.IssueNodeCertificateResponse:
+        manager = self.rt.require_manager()
+        role = self.rt.remote_role(context)
+        if role in (authz.JOIN_WORKER, authz.JOIN_MANAGER):
+            d = request.description
+            description = {"hostname": d.hostname, "os": d.os, "architecture": d.architecture,
+                           "nano_cpus": d.nano_cpus, "memory_bytes": d.memory_bytes,
+                           "engine_version": d.engine_version}
+            return manager.admit_node("manager" if role == authz.JOIN_MANAGER else "worker", request.csr,
+                                      request.availability, request.advertise_addr, description,
+                                      peer_ip(context))
+        return manager.renew_certificate(self.rt.security_identity(context), request.csr)
+
+
+class RaftMembershipServicer(pb_grpc.RaftMembershipServicer):
+    def __init__(self, runtime: NodeRuntime) -> None:
+        self.rt = runtime
+
+    @abort_on_error
+    def Join(self, request: pb.RaftJoinRequest, context: Ctx) -> pb.RaftJoinResponse:
+        manager = self.rt.require_manager()
+        node_id = self.rt.security_identity(context)
+        self.rt.require_leader(manager)
+        members = manager.raft_join(node_id, request.addr, self.rt.check_manager_reachable)
+        return pb.RaftJoinResponse(members=[pb.RemoteManager(node_id=i, addr=a) for i, a in members])
+
+    @abort_on_error
+    def Leave(self, request: pb.RaftLeaveRequest, context: Ctx) -> pb.RaftLeaveResponse:
+        manager = self.rt.require_manager()
+        node_id = self.rt.security_identity(context)
+        self.rt.require_leader(manager)
+        manager.raft_leave(node_id)
+        return pb.RaftLeaveResponse()

@@ -7,7 +7,10 @@ live leader; writes are proposed as JSON ops and their results mapped to Docker'
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,11 +18,12 @@ import grpc
 
 from swarmd import errors
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
-from swarmd.ca import ids, tokens
+from swarmd.ca import ids, pki, tokens
 from swarmd.errors import SwarmError
 from swarmd.manager import convert
 from swarmd.store.machine import Result, State, StateMachine, encode_op
 from swarmd.store.raft import RaftStore, StoreError
+from swarmd.store.transport import PeerNetwork
 from swarmd.timeutil import now_rfc3339
 
 log = logging.getLogger(__name__)
@@ -36,10 +40,12 @@ _CODES = {
 
 
 class Manager:
-    def __init__(self, node_id: str, raft_dir: Path, peers: Sequence[str] = ()) -> None:
+    def __init__(self, node_id: str, raft_dir: Path, peers: Sequence[str] = (),
+                 network: PeerNetwork | None = None) -> None:
         self.node_id = node_id
         self.machine = StateMachine()
-        self.store = RaftStore(node_id, raft_dir, self.machine, peers)
+        self.network = network
+        self.store = RaftStore(node_id, raft_dir, self.machine, peers, network=network)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:
@@ -49,6 +55,8 @@ class Manager:
 
     def stop(self) -> None:
         self.store.stop()
+        if self.network is not None:
+            self.network.close()
 
     # -- plumbing ------------------------------------------------------------------------------
     def propose(self, kind: str, **fields: Any) -> Result:
@@ -77,7 +85,40 @@ class Manager:
         return self.read(get)
 
     def _reachable(self, node_id: str) -> bool:
-        return node_id == self.node_id
+        return node_id == self.node_id or self.store.is_connected(node_id)
+
+    def is_leader(self) -> bool:
+        return self.store.is_leader()
+
+    def leader_addr(self) -> str | None:
+        leader = self.store.leader_id()
+        if leader is None:
+            return None
+        return self.manager_addr_of(leader)
+
+    def manager_addr_of(self, node_id: str) -> str | None:
+        def addr(state: State) -> str | None:
+            node = state["nodes"].get(node_id)
+            manager = node.get("manager") if node else None
+            return str(manager["addr"]) if manager else None
+        return self.machine.read(addr)
+
+    def is_member(self, node_id: str) -> bool:
+        return self.machine.read(lambda state: node_id in state["nodes"])
+
+    def trust(self) -> tuple[str, dict[str, str], Callable[[str], bool]]:
+        """What the TLS layer needs: cluster ID, live join tokens, node membership."""
+        def get(state: State) -> tuple[str, dict[str, str]]:
+            cluster = state["cluster"]
+            if cluster is None:
+                return "", {}
+            return str(cluster["id"]), dict(cluster["join_tokens"])
+        cluster_id, join_tokens = self.machine.read(get)
+        return cluster_id, join_tokens, self.is_member
+
+    def heartbeat_ns(self) -> int:
+        return int(self.machine.read(lambda state: state["cluster"]["spec"]["dispatcher_heartbeat_ns"]
+                                     if state["cluster"] else 5 * 10**9))
 
     # -- cluster -------------------------------------------------------------------------------
     def cluster_pb(self) -> pb.Cluster:
@@ -112,9 +153,9 @@ class Manager:
     def list_nodes(self) -> list[pb.Node]:
         return self.read(lambda state: [self._node_pb(state, n) for n in state["nodes"].values()])
 
-    def _resolve_node(self, state: State, ref: str) -> dict[str, Any]:
+    def _resolve_node(self, state: State, ref: str, allow_self: bool = True) -> dict[str, Any]:
         nodes: dict[str, dict[str, Any]] = state["nodes"]
-        if ref == "self":
+        if ref == "self" and allow_self:
             ref = self.node_id
         if ref in nodes:
             return nodes[ref]
@@ -187,3 +228,145 @@ class Manager:
         network = self.get_network(ref)
         self.propose("remove_network", id=network.id)
         return network
+
+    # -- membership ----------------------------------------------------------------------------
+    def managers(self) -> list[tuple[str, str]]:
+        """(node ID, address) of every Raft member the store knows."""
+        return self.manager_addrs()
+
+    def _sign(self, csr: bytes, node_id: str, role: str) -> tuple[bytes, str]:
+        cluster = self.cluster()
+        expiry = timedelta(microseconds=cluster["spec"]["node_cert_expiry_ns"] // 1000)
+        try:
+            cert = pki.sign_node_certificate(cluster["root_ca"]["cert"].encode(), cluster["root_ca"]["key"].encode(),
+                                             csr, node_id, cluster["id"],
+                                             pki.MANAGER_ROLE if role == "manager" else pki.WORKER_ROLE, expiry)
+        except ValueError as e:
+            raise errors.invalid(str(e)) from None
+        return cert, str(cluster["id"])
+
+    def admit_node(self, role: str, csr: bytes, availability: str, advertise_addr: str,
+                   description: dict[str, Any], peer_ip: str) -> pb.IssueNodeCertificateResponse:
+        """A joiner holding a valid token: create its node and issue its first certificate."""
+        availability = availability or "active"
+        if availability not in ("active", "pause", "drain"):
+            raise errors.invalid(f'invalid availability "{availability}"')
+        node_id = ids.new_id()
+        cert, cluster_id = self._sign(csr, node_id, role)  # a bad CSR fails before anything is stored
+        host, port = _split_advertise(advertise_addr)
+        now = now_rfc3339()
+        node = {
+            "id": node_id, "created_at": now, "updated_at": now, "role": role, "availability": availability,
+            "labels": {}, **description, "state": "unknown", "addr": host or peer_ip, "message": "",
+            "manager": None, "advertise": netaddr_join(host or peer_ip, port) if port else "",
+        }
+        self.propose("add_node", node=node)
+        log.info("admitted node %s as %s from %s", node_id, role, peer_ip)
+        return pb.IssueNodeCertificateResponse(
+            node_id=node_id, certificate=cert, cluster_id=cluster_id, role=role,
+            managers=[pb.RemoteManager(node_id=i, addr=a) for i, a in self.managers()],
+            heartbeat_period_ns=self.heartbeat_ns())
+
+    def renew_certificate(self, node_id: str, csr: bytes) -> pb.IssueNodeCertificateResponse:
+        """A node of this swarm asks again: the certificate carries its current desired role."""
+        role = self.machine.read(lambda state: (state["nodes"].get(node_id) or {}).get("role"))
+        if role is None:
+            raise errors.not_found(f"node {node_id} not found when attempting to renew certificate")
+        cert, cluster_id = self._sign(csr, node_id, str(role))
+        return pb.IssueNodeCertificateResponse(
+            node_id=node_id, certificate=cert, cluster_id=cluster_id, role=str(role),
+            managers=[pb.RemoteManager(node_id=i, addr=a) for i, a in self.managers()],
+            heartbeat_period_ns=self.heartbeat_ns())
+
+    def raft_join(self, node_id: str, addr: str, check: Callable[[str, str], None]) -> list[tuple[str, str]]:
+        """Leader side of a manager joining Raft: reachability check, record, add member."""
+        role = self.machine.read(lambda state: (state["nodes"].get(node_id) or {}).get("role"))
+        if role != "manager":
+            raise SwarmError(f"node {node_id} is not a manager", grpc.StatusCode.PERMISSION_DENIED)
+        check(node_id, addr)
+        self.propose("set_node_role", id=node_id, manager_addr=addr, now=now_rfc3339())
+        if node_id not in self.store.members():
+            self._add_member_async(node_id)
+        log.info("manager %s joins raft at %s", node_id, addr)
+        return [(i, a) for i, a in self.managers()]
+
+    def _add_member_async(self, node_id: str) -> None:
+        """Raft commits the new membership only once the new member acks, and it starts only
+        after this answer: append the change, answer as soon as it is appended (pysyncobj applies
+        membership on append), and let the commit complete in the background."""
+        failure: list[str] = []
+
+        def add() -> None:
+            try:
+                self.store.add_member(node_id, timeout=30.0)
+            except StoreError as e:
+                failure.append(str(e))
+                log.warning("adding %s to raft did not complete: %s", node_id, e)
+
+        thread = threading.Thread(target=add, name="raft-add-member", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 5.0
+        while node_id not in self.store.members():
+            if failure or time.monotonic() > deadline:
+                raise SwarmError(f"could not add {node_id} to the raft cluster: "
+                                 f"{failure[0] if failure else 'timed out'}", grpc.StatusCode.UNKNOWN)
+            time.sleep(0.005)
+
+    def manager_stats(self) -> tuple[int, int]:
+        """(reachable, unreachable) managers, as the leader sees them."""
+        reachable = unreachable = 0
+        for node_id, _ in self.managers():
+            if self._reachable(node_id):
+                reachable += 1
+            else:
+                unreachable += 1
+        return reachable, unreachable
+
+    def raft_leave(self, node_id: str) -> None:
+        """Leader side of a manager leaving: out of Raft, then a Down worker in the node list."""
+        if node_id in self.store.members():
+            self.store.remove_member(node_id)
+        self.propose("set_node_role", id=node_id, role="worker", manager_addr="", state="down",
+                     message="node left the swarm", now=now_rfc3339())
+
+    def set_role(self, ref: str, role: str) -> tuple[str, bool]:
+        """Promote or demote; returns (node ID, changed). Runs on the leader."""
+        node = self.read(lambda state: dict(self._resolve_node(state, ref)))
+        if node["role"] == role:
+            return node["id"], False
+        if role == "worker":
+            managers = self.managers()
+            if len(managers) <= 1 and node.get("manager"):
+                raise SwarmError(errors.rpc_text("FAILED_PRECONDITION",
+                                                 "attempting to demote the last manager of the swarm"))
+            if node.get("manager"):
+                reachable, unreachable = self.manager_stats()
+                remaining = reachable - (1 if self._reachable(node["id"]) else 0)
+                if remaining < (len(managers) - 1) // 2 + 1:
+                    raise SwarmError(errors.rpc_text("FAILED_PRECONDITION", "can't remove member from the raft: "
+                                                     "this would result in a loss of quorum"))
+            self.propose("set_node_role", id=node["id"], role="worker", manager_addr="", now=now_rfc3339())
+            if node["id"] in self.store.members():
+                self.store.remove_member(node["id"])
+        else:
+            self.propose("set_node_role", id=node["id"], role="manager", now=now_rfc3339())
+        return node["id"], True
+
+    def remove_node(self, ref: str, force: bool) -> str:
+        node = self.read(lambda state: dict(self._resolve_node(state, ref, allow_self=False)))
+        self.propose("remove_node", id=node["id"], force=force)
+        return str(node["id"])
+
+
+def netaddr_join(host: str, port: str) -> str:
+    from swarmd import netaddr
+
+    return netaddr.join_host_port(host, port)
+
+
+def _split_advertise(addr: str) -> tuple[str, str]:
+    """'host:port', ':port' (use the peer's address) or ''."""
+    if not addr:
+        return "", ""
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), port

@@ -53,7 +53,16 @@ class StateMachine:
             "set_node_status": _set_node_status,
             "create_network": _create_network,
             "remove_network": _remove_network,
+            "add_node": _add_node,
+            "set_node_role": _set_node_role,
+            "remove_node": _remove_node,
+            "restore": _restore,
         }
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """Called after every successful apply, on the applying thread: keep it cheap."""
+        self._listeners.append(fn)
 
     # -- replicated entry point ------------------------------------------------------------
     def apply(self, op: bytes) -> Result:
@@ -70,7 +79,9 @@ class StateMachine:
                 draft["index"] += 1
                 result = handler(draft, cmd)
                 self._state = draft
-                return {"ok": True, "index": draft["index"], **result}
+            for listener in self._listeners:
+                listener()
+            return {"ok": True, "index": draft["index"], **result}
         except OpError as e:
             return _failed(e.code, e.message)
         except Exception as e:  # noqa: BLE001 - apply must never raise (see module docstring)
@@ -89,6 +100,8 @@ class StateMachine:
     def load(self, state: State) -> None:
         with self._lock:
             self._state = state
+        for listener in self._listeners:
+            listener()
 
 
 def _failed(code: str, message: str) -> Result:
@@ -222,4 +235,50 @@ def _remove_network(state: State, cmd: dict[str, Any]) -> Result:
     network_id = cmd["id"]
     _require(network_id in state["networks"], "NOT_FOUND", f"network {network_id} not found")
     del state["networks"][network_id]
+    return {}
+
+
+def _add_node(state: State, cmd: dict[str, Any]) -> Result:
+    node = dict(cmd["node"], version=state["index"])
+    _require(node["id"] not in state["nodes"], "ALREADY_EXISTS", f"node {node['id']} already exists")
+    state["nodes"][node["id"]] = node
+    return {"node_id": node["id"]}
+
+
+def _set_node_role(state: State, cmd: dict[str, Any]) -> Result:
+    """Desired role and manager address change together (promote, demote, Raft join/leave)."""
+    node = _node(state, cmd["id"])
+    if "role" in cmd:
+        _require(cmd["role"] in ("worker", "manager"), "INVALID_ARGUMENT", f"invalid role {cmd['role']!r}")
+        node["role"] = cmd["role"]
+    if "manager_addr" in cmd:
+        node["manager"] = {"addr": cmd["manager_addr"]} if cmd["manager_addr"] else None
+    for key in ("state", "message"):
+        if key in cmd:
+            node[key] = cmd[key]
+    node["version"] = state["index"]
+    node["updated_at"] = cmd["now"]
+    return {}
+
+
+def _remove_node(state: State, cmd: dict[str, Any]) -> Result:
+    node = _node(state, cmd["id"])
+    _require(not node.get("manager"), "FAILED_PRECONDITION",
+             f"rpc error: code = FailedPrecondition desc = node {node['id']} is a cluster manager and is a "
+             "member of the raft cluster. It must be demoted to worker before removal")
+    if not cmd.get("force"):
+        _require(node.get("state") == "down", "FAILED_PRECONDITION",
+                 f"rpc error: code = FailedPrecondition desc = node {node['id']} is not down and can't be removed")
+    del state["nodes"][node["id"]]
+    return {}
+
+
+def _restore(state: State, cmd: dict[str, Any]) -> Result:
+    """Load a whole state into a fresh store (force-new-cluster)."""
+    _require(state["cluster"] is None, "FAILED_PRECONDITION", "restore needs an empty store")
+    restored = cmd["state"]
+    index = max(state["index"], int(restored["index"]) + 1)
+    state.clear()
+    state.update(restored)
+    state["index"] = index
     return {}

@@ -2,20 +2,28 @@
 
 One ``RaftStore`` per manager. Writes are JSON ops proposed through one replicated ``apply``;
 the journal and snapshot live under ``<state>/raft/`` (0700), made durable and safe to reload
-by ``hardening``. Raft identity is the swarm node ID.
+by ``hardening``. Raft identity is the swarm node ID; messages to the other members travel
+through a ``PeerNetwork`` (``transport``).
+
+pysyncobj keeps its state on our tick thread without locks. Other threads only read single
+attributes (leader, state) or hand work to the tick thread (``_on_tick_thread``): membership
+changes, leadership transfer, member lists and status are all computed there.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import queue
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.node import Node
@@ -23,9 +31,11 @@ from pysyncobj.node import Node
 from swarmd.fsutil import ensure_dir, fsync_dir
 from swarmd.store import hardening
 from swarmd.store.machine import Result, StateMachine
-from swarmd.store.transport import ClusterTransport
+from swarmd.store.transport import LoneTransport, PeerNetwork, transport_class
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SNAPSHOT_FORMAT = 1
 TICK_PERIOD = 0.05
@@ -38,7 +48,9 @@ _FAIL_TEXT = {
     FAIL_REASON.NOT_LEADER: "this manager is not the leader",
     FAIL_REASON.LEADER_CHANGED: "the leader changed before the write committed",
     FAIL_REASON.REQUEST_DENIED: "the request was denied",
+    FAIL_REASON.UNKNOWN_OUTCOME: "the outcome of the write is unknown",
 }
+_LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
 
 
 class StoreError(Exception):
@@ -79,14 +91,27 @@ def _entry_from_json(item: list[Any]) -> tuple[bytes, int, int]:
 
 
 class RaftStore:
+    """One manager's member of the Raft cluster.
+
+    ``peers`` are the other members to start with (ignored when the journal or snapshot already
+    knows the membership). Without ``network`` the member is alone and sends nothing (tests of a
+    single manager); with one, it talks to its peers through it.
+    """
+
     def __init__(self, node_id: str, raft_dir: Path, machine: StateMachine,
                  peers: Sequence[str] = (),
-                 on_leader_change: Callable[[bool], None] | None = None) -> None:
+                 on_leader_change: Callable[[bool], None] | None = None,
+                 network: PeerNetwork | None = None) -> None:
         hardening.install()
+        if network is not None and network.self_id != node_id:
+            raise ValueError(f"the raft network belongs to {network.self_id}, not {node_id}")
         self.node_id = node_id
         self.raft_dir = ensure_dir(raft_dir)
         self.machine = machine
-        self._peers = list(peers)
+        self._peers = [p for p in peers if p != node_id]
+        self._network = network
+        self._tick_calls: queue.SimpleQueue[tuple[Callable[[SyncObj], Any], Future[Any]]] = queue.SimpleQueue()
+        self._membership_lock = threading.Lock()
         self._ready = threading.Event()
         self._on_leader_change = on_leader_change
         self._consumer = _Replicated(machine)
@@ -112,10 +137,12 @@ class RaftStore:
             logCompactionMinEntries=5000,
             logCompactionMinTime=300,
         )
+        transport = LoneTransport if self._network is None else transport_class(self._network)
         self._syncobj = SyncObj(Node(self.node_id), [Node(p) for p in self._peers], conf,
                                 consumers=[self._consumer], nodeClass=Node,
-                                transportClass=ClusterTransport)
+                                transportClass=transport)
         self._syncobj.addOnTickCallback(self._commit_alone)
+        self._syncobj.addOnTickCallback(self._run_tick_calls)
         if not self._peers:
             # A lone member need not wait out a random election timeout (0.4–1.4 s).
             self._syncobj._SyncObj__raftElectionDeadline = 0
@@ -156,6 +183,7 @@ class RaftStore:
                 log.error("the raft tick thread did not stop within %.0fs", timeout)
                 return
         obj._doDestroy()
+        self._fail_tick_calls()
 
     def wait_ready(self, timeout: float) -> bool:
         """True once this member applied everything the leader had committed when it started."""
@@ -186,7 +214,145 @@ class RaftStore:
         return None if leader is None else str(leader.id)
 
     def status(self) -> dict[str, Any]:
-        return dict(self._obj().getStatus())
+        return self._on_tick_thread(lambda obj: dict(obj.getStatus()))
+
+    def members(self) -> list[str]:
+        """The Raft membership as this member sees it (itself included), sorted."""
+        return self._on_tick_thread(
+            lambda obj: sorted({self.node_id, *(str(n.id) for n in obj.otherNodes)}))
+
+    def is_connected(self, node_id: str) -> bool:
+        """Whether this member has a live stream to ``node_id`` (always True for itself)."""
+        if node_id == self.node_id:
+            return True
+        return self._network is not None and self._network.is_connected(node_id)
+
+    # -- the tick thread -------------------------------------------------------------------------
+    def _on_tick_thread(self, fn: Callable[[SyncObj], T], timeout: float = 5.0) -> T:
+        """Run ``fn(syncobj)`` on the tick thread, where pysyncobj's state may be touched."""
+        obj = self._obj()
+        future: Future[T] = Future()
+        self._tick_calls.put((fn, future))
+        obj._SyncObj__pipeNotifier.notify()
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise StoreError("the raft tick thread did not answer in time") from None
+        except CancelledError:
+            raise StoreError("the store is not running") from None
+
+    def _run_tick_calls(self) -> None:
+        obj = self._syncobj
+        while True:
+            try:
+                fn, future = self._tick_calls.get_nowait()
+            except queue.Empty:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(obj))
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                future.set_exception(e)
+
+    def _fail_tick_calls(self) -> None:
+        while True:
+            try:
+                _, future = self._tick_calls.get_nowait()
+            except queue.Empty:
+                return
+            future.cancel()
+
+    # -- membership ------------------------------------------------------------------------------
+    def add_member(self, node_id: str, timeout: float = 10.0) -> None:
+        """Add ``node_id`` to the Raft membership; on the leader only, one change at a time.
+
+        Returns once the change is committed. The new member should then be started with the
+        member list (``members()``). Raises ``StoreError`` if this member is not the leader,
+        ``node_id`` is already a member, or the change did not commit within ``timeout``.
+        """
+        self._change_membership("add", node_id, timeout)
+
+    def remove_member(self, node_id: str, timeout: float = 10.0) -> None:
+        """Remove ``node_id`` from the Raft membership; on the leader only, one change at a time.
+
+        The leader cannot remove itself (a member never sees the commit of its own removal):
+        for ``node_id == self.node_id`` this raises ``StoreError`` without changing anything;
+        call ``transfer_leadership()`` and have the new leader remove this member.
+        """
+        if node_id == self.node_id:
+            raise StoreError(f"{node_id} is the leader and cannot remove itself from the raft cluster; "
+                             "transfer leadership first and remove it from the new leader")
+        self._change_membership("rem", node_id, timeout)
+
+    def _change_membership(self, kind: str, node_id: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        what = "add" if kind == "add" else "remove"
+        if not self._membership_lock.acquire(timeout=timeout):
+            raise StoreError(f"cannot {what} {node_id}: another membership change is in progress")
+        try:
+            while True:
+                done = threading.Event()
+                outcome: list[int] = []
+
+                def callback(result: Any, error: int) -> None:
+                    outcome.append(error)
+                    done.set()
+
+                def submit(obj: SyncObj) -> str | None:
+                    if obj._SyncObj__raftState != _LEADER:
+                        return "this manager is not the raft leader"
+                    present = node_id == self.node_id or any(str(n.id) == node_id for n in obj.otherNodes)
+                    if kind == "add" and present:
+                        return f"{node_id} is already a member of the raft cluster"
+                    if kind == "rem" and not present:
+                        return f"{node_id} is not a member of the raft cluster"
+                    if kind == "add":
+                        obj.addNodeToCluster(Node(node_id), callback=callback)
+                    else:
+                        obj.removeNodeFromCluster(Node(node_id), callback=callback)
+                    return None
+
+                refused = self._on_tick_thread(submit, max(0.1, deadline - time.monotonic()))
+                if refused is not None:
+                    raise StoreError(f"cannot {what} {node_id}: {refused}",
+                                     no_leader="not the raft leader" in refused)
+                if not done.wait(max(0.0, deadline - time.monotonic())):
+                    raise StoreError(f"cannot {what} {node_id}: the change did not commit within {timeout:.0f}s")
+                error = outcome[0]
+                if error == FAIL_REASON.SUCCESS:
+                    log.info("raft: %s %s", "added" if kind == "add" else "removed", node_id)
+                    return
+                # REQUEST_DENIED right after an election (the leader's no-op is not applied yet)
+                # or while a previous change is still being applied: retry until the deadline.
+                if error != FAIL_REASON.REQUEST_DENIED or time.monotonic() >= deadline:
+                    raise StoreError(f"cannot {what} {node_id}: {_FAIL_TEXT.get(error, f'error {error}')}",
+                                     no_leader=error in (FAIL_REASON.NOT_LEADER, FAIL_REASON.MISSING_LEADER))
+                time.sleep(0.02)
+        finally:
+            self._membership_lock.release()
+
+    def transfer_leadership(self, timeout: float = 5.0) -> bool:
+        """Hand leadership to the most up-to-date connected member.
+
+        True once another member is the leader (also when this one was not the leader to begin
+        with); False if that did not happen within ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        last_try = 0.0
+        while True:
+            leader = self.leader_id()
+            if leader is not None and leader != self.node_id:
+                return True
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            if self.is_leader() and now - last_try >= 0.25:
+                last_try = now
+                # Denied while no follower has caught up yet; a later attempt may succeed.
+                self._on_tick_thread(lambda obj: obj.transferLeadership(), max(0.1, deadline - now))
+            time.sleep(0.01)
 
     def _state_changed(self, old: int, new: int) -> None:
         if self._on_leader_change is not None:

@@ -1,32 +1,769 @@
-"""The pysyncobj transport of a manager.
+"""Raft messages between managers: one gRPC bidirectional stream per pair (DESIGN §5).
 
 pysyncobj's own TCP transport listens on a port of its own and unpickles whatever arrives; it is
-never used. Raft messages between managers travel as a gRPC stream on the remote API (2377),
-under the managers' mutual TLS (DESIGN §5). A one-member cluster has no peer to reach, so the
-transport has nothing to send; peer streams plug in here with multi-manager swarms.
+never used. Here pysyncobj's messages travel as ``swarm.v1.Raft/Stream`` frames on the remote API,
+under the managers' mutual TLS, encoded with msgpack (never pickle).
+
+Threads and ownership:
+
+* pysyncobj state lives on the store's tick thread and has no locks. Every pysyncobj callback
+  (``_onMessageReceived``, ``_onNodeConnected``, ``_onNodeDisconnected``) is made on that thread:
+  gRPC threads append events to the transport's queue and write one byte to a pipe that is
+  subscribed on ``syncObj._poller``; the poll callback drains the queue on the tick thread.
+* ``send`` runs on the tick thread: it encodes the message and appends it to the peer's outbound
+  queue, from which gRPC's writer (request iterator on the dialer, response iterator on the
+  acceptor) takes it. It returns False when there is no live stream to that peer.
+* Exactly one stream per pair: the member with the larger node ID dials (one ``raft-dial-<id>``
+  thread per such peer, reconnecting with backoff from 0.1 s to 1 s); the other side accepts.
+  The acceptor learns the caller's node ID from its verified certificate and refuses callers
+  that are not current Raft members (the member set follows pysyncobj's ``addNode``/``dropNode``).
+  The dialer proves the server's identity by TLS: ``ssl_target_name_override`` is the peer's
+  node ID, which manager certificates carry as a DNS SAN.
+* The acceptor answers a stream with an empty frame (the "accepted" mark); the dialer reports
+  the peer connected only once that arrives. Both ends send an empty frame every
+  ``HEARTBEAT_INTERVAL`` when idle and close a stream that stays silent for ``DEAD_AFTER``; gRPC
+  keepalive pings catch dead TCP connections as well. A closed stream is reported disconnected
+  to pysyncobj and the dialer redials.
 """
 
 from __future__ import annotations
 
+import collections
+import fcntl
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import grpc
+import msgpack  # type: ignore[import-untyped]  # no stubs; used through encode/decode only
+from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.transport import Transport
 
+from swarmd.api.swarm.v1 import swarm_pb2 as pb
+from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
+from swarmd.ca import pki
 
-class ClusterTransport(Transport):  # type: ignore[misc]
-    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:  # noqa: N803
+log = logging.getLogger(__name__)
+
+MAX_FRAME = 64 << 20              # largest accepted or sent payload
+BATCH_BYTES = int(os.environ.get("XB", 1 << 20))            # messages queued together share a frame up to this size
+MAX_BACKLOG = 2 * MAX_FRAME       # queued bytes to a peer before the stream is dropped as stuck
+HEARTBEAT_INTERVAL = 0.5          # an idle stream carries an empty frame this often ...
+DEAD_AFTER = 3.0                  # ... and is closed after this long without any frame
+ACK_TIMEOUT = 5.0                 # a dialled stream must be accepted within this
+MIN_BACKOFF = 0.1
+MAX_BACKOFF = 1.0
+JOIN_TIMEOUT = 2.0                # bound on joining dialer and reader threads when stopping
+_MAX_EVENTS_PER_WAKE = 2000       # the tick thread has its own work too
+_GRPC_SLACK = 1 << 16
+
+# Options of the dialling channel. Each channel gets its own subchannel pool so a failed attempt
+# does not leave a shared subchannel in backoff for the next one.
+_CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 2000),
+    ("grpc.keepalive_timeout_ms", 2000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", MAX_FRAME + _GRPC_SLACK),
+    ("grpc.max_send_message_length", MAX_FRAME + _GRPC_SLACK),
+    ("grpc.use_local_subchannel_pool", 1),
+]
+
+#: Options the server carrying the Raft service should have: accept the dialers' keepalive pings
+#: and frames up to ``MAX_FRAME``. (Heartbeat frames keep the ping policy satisfied even without
+#: the first two, as both ends send data at least every ``HEARTBEAT_INTERVAL``.)
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.max_receive_message_length", MAX_FRAME + _GRPC_SLACK),
+    ("grpc.max_send_message_length", MAX_FRAME + _GRPC_SLACK),
+]
+
+
+# -- codec ---------------------------------------------------------------------------------------
+
+class CodecError(ValueError):
+    """A frame that is not a well-formed pysyncobj message."""
+
+
+_NONE = type(None)
+# pysyncobj 0.3.17's messages (syncobj.py): type -> (required fields, optional fields).
+# Tuples (log entries, snapshot chunks) arrive as lists; pysyncobj only indexes and unpacks them.
+_Fields = dict[str, tuple[type, ...]]
+_SCHEMA: dict[str, tuple[_Fields, _Fields]] = {
+    "request_vote": ({"term": (int,), "last_log_index": (int,), "last_log_term": (int,)}, {}),
+    "response_vote": ({"term": (int,)}, {}),
+    "timeout_now": ({"term": (int,)}, {}),
+    "append_entries": (
+        {"term": (int,), "commit_index": (int,)},
+        {"entries": (list,), "prevLogIdx": (int, _NONE), "prevLogTerm": (int, _NONE),
+         "transmission": (str,), "data": (bytes,), "serialized": (list, _NONE)},
+    ),
+    "apply_command": ({"command": (bytes,)}, {"request_id": (int,)}),
+    "apply_command_response": ({"request_id": (int,)},
+                               {"error": (int,), "log_idx": (int,), "log_term": (int,)}),
+    "next_node_idx": ({"next_node_idx": (int,), "reset": (bool,), "success": (bool,)}, {}),
+}
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise CodecError(f"msgpack extension type {code} is not allowed")
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """A pysyncobj message as msgpack. Raises TypeError/ValueError for anything else."""
+    return msgpack.packb(message, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def decode(payload: bytes) -> list[dict[str, Any]]:
+    """Parse and check one frame (one or more concatenated messages); raises ``CodecError``
+    if any part is malformed, and then nothing of the frame is used. Never unpickles."""
+    if len(payload) > MAX_FRAME:
+        raise CodecError(f"frame of {len(payload)} bytes exceeds the {MAX_FRAME} byte limit")
+    unpacker = msgpack.Unpacker(
+        raw=False, strict_map_key=False, use_list=True, ext_hook=_reject_ext,
+        max_buffer_size=MAX_FRAME, max_bin_len=MAX_FRAME, max_str_len=MAX_FRAME,
+        max_array_len=1 << 21, max_map_len=64, max_ext_len=0)
+    try:
+        unpacker.feed(payload)
+        messages = list(unpacker)
+        complete = unpacker.tell() == len(payload)
+    except CodecError:
+        raise
+    except Exception as e:  # noqa: BLE001 - msgpack raises several unrelated types
+        raise CodecError(f"undecodable frame: {type(e).__name__}: {e}") from None
+    if not complete:
+        raise CodecError("truncated frame")
+    for message in messages:
+        _check(message)
+    return messages
+
+
+def _check(message: Any) -> None:
+    if not isinstance(message, dict):
+        raise CodecError(f"frame is a {type(message).__name__}, not a map")
+    kind = message.get("type")
+    if not isinstance(kind, str) or kind not in _SCHEMA:
+        raise CodecError(f"unknown message type {kind!r}")
+    required, optional = _SCHEMA[kind]
+    for name in required:
+        if name not in message:
+            raise CodecError(f"{kind} without {name}")
+    for name, value in message.items():
+        allowed = required.get(name) or optional.get(name)
+        if allowed is not None and not isinstance(value, allowed):
+            raise CodecError(f"{kind}.{name} is a {type(value).__name__}")
+    if kind == "append_entries":
+        for entry in message.get("entries", ()):
+            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], bytes)
+                    and isinstance(entry[1], int) and isinstance(entry[2], int)):
+                raise CodecError("append_entries with a malformed log entry")
+        serialized = message.get("serialized")
+        if serialized is not None and not (
+                len(serialized) == 3 and isinstance(serialized[0], bytes)
+                and isinstance(serialized[1], bool) and isinstance(serialized[2], bool)):
+            raise CodecError("append_entries with a malformed snapshot chunk")
+
+
+# -- one stream ----------------------------------------------------------------------------------
+
+class _Link:
+    """One live stream to a peer, either direction. Thread-safe."""
+
+    def __init__(self, peer: str, on_close: Callable[[_Link, str], None]) -> None:
+        self.peer = peer
+        self._on_close = on_close
+        self._out: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._backlog = 0
+        self._closed = threading.Event()
+        self.last_recv = time.monotonic()
+        self.last_sent = time.monotonic()
+        self.bad_frames = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def enqueue(self, payload: bytes) -> bool:
+        if self._closed.is_set():
+            return False
+        with self._lock:
+            self._backlog += len(payload)
+            backlog = self._backlog
+        if backlog > MAX_BACKLOG:
+            self.close(f"more than {MAX_BACKLOG} bytes queued (peer not reading)")
+            return False
+        self.last_sent = time.monotonic()
+        self._out.put(payload)
+        return True
+
+    def frames(self, accepted_mark: bool) -> Iterator[pb.RaftFrame]:
+        """The outbound frames, for gRPC's writer; ends when the link closes.
+
+        Messages queued while the previous frame was being written travel together in one
+        frame (up to ``BATCH_BYTES``): fewer gRPC messages, fewer thread hand-offs."""
+        if accepted_mark:
+            yield pb.RaftFrame()
+        carry: bytes | None = None
+        while True:
+            payload = carry if carry is not None else self._out.get()
+            carry = None
+            if payload is None or self._closed.is_set():
+                return
+            parts = [payload]
+            size = len(payload)
+            while size < BATCH_BYTES:
+                try:
+                    more = self._out.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None or size + len(more) > BATCH_BYTES:
+                    carry = more
+                    break
+                parts.append(more)
+                size += len(more)
+            with self._lock:
+                self._backlog -= size
+            yield pb.RaftFrame(payload=parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def close(self, reason: str) -> None:
+        if self._closed.is_set():
+            return
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+        self._out.put(None)
+        self._on_close(self, reason)
+
+
+# -- the pysyncobj side --------------------------------------------------------------------------
+
+_CONNECTED, _DISCONNECTED, _MESSAGE = 0, 1, 2
+
+
+class _RaftTransport(Transport):  # type: ignore[misc]
+    """pysyncobj's view of the network. Everything but ``post`` runs on the tick thread."""
+
+    def __init__(self, network: PeerNetwork, syncObj: Any, selfNode: Any,  # noqa: N803
+                 otherNodes: Any) -> None:  # noqa: N803
         super().__init__(syncObj, selfNode, otherNodes)
-        self._peers: set[Any] = set(otherNodes)
+        if selfNode is None or selfNode.id != network.self_id:
+            raise ValueError(f"the raft transport of {network.self_id} needs that node as selfNode")
+        self._network = network
+        self._syncobj = syncObj
+        self._nodes: dict[str, Any] = {str(n.id): n for n in otherNodes}
+        self._current: dict[str, _Link] = {}    # links reported connected to pysyncobj
+        self.connected_ids: frozenset[str] = frozenset()  # read by other threads
+        self._events: collections.deque[tuple[int, _Link, Any]] = collections.deque()
+        self._rfd, self._wfd = os.pipe()
+        for fd in (self._rfd, self._wfd):
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+        self._poller = syncObj._poller
+        self._poller.subscribe(self._rfd, self._on_wake, POLL_EVENT_TYPE.READ)
+        self._destroyed = False
+        self._fd_lock = threading.Lock()
+        self._next_heartbeat = 0.0
+        syncObj.addOnTickCallback(self._on_tick)
+        try:
+            network._attach(self, list(self._nodes))
+        except BaseException:
+            self._release()
+            raise
+
+    # -- from any thread ---------------------------------------------------------------------------
+    def post(self, kind: int, link: _Link, message: Any = None) -> None:
+        with self._fd_lock:  # never write to a closed (maybe reused) descriptor
+            if self._destroyed:
+                return
+            self._events.append((kind, link, message))
+            try:
+                os.write(self._wfd, b"\0")
+            except BlockingIOError:
+                pass  # the pipe is full: a wake-up is pending anyway
+
+    # -- tick thread -------------------------------------------------------------------------------
+    def _on_wake(self, fd: int, event: int) -> None:
+        try:
+            while os.read(self._rfd, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        for _ in range(_MAX_EVENTS_PER_WAKE):
+            try:
+                kind, link, message = self._events.popleft()
+            except IndexError:
+                return
+            try:
+                self._handle(kind, link, message)
+            except Exception:  # noqa: BLE001 - one bad message must not stop the others
+                log.exception("raft: handling a message from %s failed", link.peer)
+        if self._events:
+            self.post_wakeup()
+
+    def post_many(self, link: _Link, messages: list[dict[str, Any]]) -> None:
+        with self._fd_lock:
+            if self._destroyed:
+                return
+            self._events.extend((_MESSAGE, link, m) for m in messages)
+            try:
+                os.write(self._wfd, b"\0")
+            except BlockingIOError:
+                pass
+
+    def post_wakeup(self) -> None:
+        with self._fd_lock:
+            if self._destroyed:
+                return
+            try:
+                os.write(self._wfd, b"\0")
+            except BlockingIOError:
+                pass
+
+    def _handle(self, kind: int, link: _Link, message: Any) -> None:
+        peer = link.peer
+        node = self._nodes.get(peer)
+        if kind == _MESSAGE:
+            if node is not None and self._current.get(peer) is link:
+                self._deliver(node, message)
+        elif kind == _CONNECTED:
+            if node is None:
+                link.close("not a raft member")
+                return
+            if link.closed:
+                return
+            previous = self._current.get(peer)
+            if previous is not None and previous is not link:
+                previous.close("replaced by a new stream")
+            self._current[peer] = link
+            self._set_connected()
+            self._onNodeConnected(node)
+        elif kind == _DISCONNECTED:
+            if self._current.get(peer) is link:
+                del self._current[peer]
+                self._set_connected()
+                if node is not None:
+                    self._onNodeDisconnected(node)
+
+    def _deliver(self, node: Any, message: dict[str, Any]) -> None:
+        """Hand ``message`` to pysyncobj, keeping its leader from rewinding on stale acks.
+
+        pysyncobj advances a follower's next index when it sends entries, but sets it back to
+        whatever a successful ``next_node_idx`` reply names. With appends pipelined on one
+        stream, the reply to an earlier append often arrives after later entries were sent: the
+        leader then sends those entries again and the follower truncates and rewrites its log
+        (pysyncobj-notes §4, "truncating already-applied log entries"). A success reply only
+        proves the follower holds everything before the index it names, so the index is kept
+        where it was; a follower that really misses entries answers the next append with a
+        reset, which pysyncobj still honours.
+        """
+        if message["type"] != "next_node_idx" or not message["success"] or message["reset"]:
+            self._onMessageReceived(node, message)
+            return
+        next_index: dict[Any, int] = self._syncobj._SyncObj__raftNextIndex
+        before = next_index.get(node)
+        self._onMessageReceived(node, message)
+        after = next_index.get(node)
+        if before is not None and after is not None and after < before:
+            next_index[node] = before
+
+    def _set_connected(self) -> None:
+        self.connected_ids = frozenset(self._current)
+
+    def _on_tick(self) -> None:
+        now = time.monotonic()
+        if now < self._next_heartbeat:
+            return
+        self._next_heartbeat = now + HEARTBEAT_INTERVAL / 2
+        for link in list(self._current.values()):
+            if now - link.last_recv > DEAD_AFTER:
+                link.close(f"no frame for {DEAD_AFTER:.0f}s")
+            elif now - link.last_sent >= HEARTBEAT_INTERVAL:
+                link.enqueue(b"")
 
     def addNode(self, node: Any) -> None:  # noqa: N802 - pysyncobj's interface
-        self._peers.add(node)
+        peer = str(node.id)
+        if peer == self._network.self_id:
+            return
+        self._nodes[peer] = node
+        self._network._set_member(peer, True)
 
     def dropNode(self, node: Any) -> None:  # noqa: N802
-        self._peers.discard(node)
+        peer = str(node.id)
+        self._nodes.pop(peer, None)
+        self._network._set_member(peer, False)
+        link = self._current.pop(peer, None)
+        if link is not None:
+            link.close("removed from the raft cluster")
+            self._set_connected()
+            self._onNodeDisconnected(node)
 
     def send(self, node: Any, message: Any) -> bool:
-        # No stream to any peer exists in a single-manager swarm.
-        return False
+        link = self._current.get(str(node.id))
+        if link is None or link.closed:
+            return False
+        try:
+            payload = encode(message)
+        except (TypeError, ValueError, OverflowError) as e:
+            log.error("raft: cannot encode a %r message for %s: %s",
+                      message.get("type") if isinstance(message, dict) else type(message), node.id, e)
+            return False
+        if len(payload) > MAX_FRAME:
+            log.error("raft: dropping a %d byte %r message for %s (limit %d)",
+                      len(payload), message.get("type"), node.id, MAX_FRAME)
+            return False
+        return link.enqueue(payload)
 
     def destroy(self) -> None:
-        self._peers.clear()
+        if self._destroyed:
+            return
+        self._network._detach(self)
+        self._current.clear()
+        self._set_connected()
+        self._events.clear()
+        self._release()
+
+    def _release(self) -> None:
+        with self._fd_lock:
+            if self._destroyed:
+                return
+            self._destroyed = True
+        try:
+            self._poller.unsubscribe(self._rfd)
+        except Exception:  # noqa: BLE001 - the poller may already be gone
+            pass
+        for fd in (self._rfd, self._wfd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class LoneTransport(Transport):  # type: ignore[misc]
+    """A member without a network (single-manager tests): sends nothing, hears nothing."""
+
+    def send(self, node: Any, message: Any) -> bool:
+        return False
+
+
+# -- the gRPC side -------------------------------------------------------------------------------
+
+class _Dialer:
+    """Keeps one stream open to a peer with a smaller node ID."""
+
+    def __init__(self, network: PeerNetwork, peer: str) -> None:
+        self._net = network
+        self.peer = peer
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._call: Any = None
+        self._link: _Link | None = None
+        self.thread = threading.Thread(target=self._run, name=f"raft-dial-{peer[:12]}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            call, link = self._call, self._link
+        if link is not None:
+            link.close("stopping")
+        if call is not None:
+            call.cancel()
+
+    def _run(self) -> None:
+        backoff = MIN_BACKOFF
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                connected, reason = self._session()
+            except Exception as e:  # noqa: BLE001 - keep dialling whatever happened
+                log.exception("raft: dialling %s failed", self.peer)
+                connected, reason = False, str(e)
+            if self._stop.is_set():
+                break
+            if connected:
+                log.info("raft: stream to %s closed: %s", self.peer, reason)
+                backoff, failures = MIN_BACKOFF, 0
+            else:
+                failures += 1
+                level = logging.INFO if failures == 1 else logging.DEBUG
+                log.log(level, "raft: cannot reach %s: %s (retrying)", self.peer, reason)
+                backoff = min(backoff * 2, MAX_BACKOFF) if failures > 1 else MIN_BACKOFF
+            self._stop.wait(backoff)
+
+    def _session(self) -> tuple[bool, str]:
+        """One stream; (whether it was accepted, why it ended)."""
+        try:
+            addr = self._net._address_of(self.peer)
+        except Exception as e:  # noqa: BLE001
+            return False, f"no address: {e}"
+        if not addr:
+            return False, "its address is not known yet"
+        channel = grpc.secure_channel(
+            addr, self._net._channel_credentials(),
+            options=[("grpc.ssl_target_name_override", self.peer), *_CHANNEL_OPTIONS])
+        link = _Link(self.peer, self._net._link_closed)
+        connected = False
+        try:
+            call = pb_grpc.RaftStub(channel).Stream(link.frames(accepted_mark=False))
+            with self._lock:
+                self._call, self._link = call, link
+            if self._stop.is_set():
+                return False, "stopping"
+            timer = threading.Timer(ACK_TIMEOUT, call.cancel)
+            timer.daemon = True
+            timer.start()
+            try:
+                next(call)  # the accepted mark
+            finally:
+                timer.cancel()
+            if not self._net._register(link, dialled=True):
+                return False, "stopping"
+            connected = True
+            log.info("raft: connected to %s at %s", self.peer, addr)
+            for frame in call:
+                if link.closed:
+                    break
+                self._net._receive(link, frame.payload)
+            return True, "the peer ended it"
+        except StopIteration:
+            return connected, "the peer ended it"
+        except grpc.RpcError as e:
+            code = e.code() if hasattr(e, "code") else None
+            details = e.details() if hasattr(e, "details") else str(e)
+            name = code.name if code is not None else "UNKNOWN"
+            return connected, f"{name}: {details}"
+        finally:
+            link.close("stream ended")
+            with self._lock:
+                self._call = self._link = None
+            channel.close()
+
+
+class _RaftServicer(pb_grpc.RaftServicer):
+    def __init__(self, network: PeerNetwork) -> None:
+        self._net = network
+
+    def Stream(self, request_iterator: Any, context: Any) -> Iterator[pb.RaftFrame]:  # noqa: N802
+        return self._net._accept(request_iterator, context)
+
+
+def _caller_id(context: Any) -> tuple[str | None, str | None]:
+    """(node ID, role) from the caller's verified certificate."""
+    auth = context.auth_context()
+    pems = auth.get("x509_pem_cert") or []
+    if pems:
+        try:
+            identity = pki.identity_from_cert(pems[0])
+        except ValueError:
+            return None, None
+        return identity.node_id, identity.role
+    names = auth.get("x509_common_name") or []
+    if names:
+        return names[0].decode("utf-8", "replace"), None
+    return None, None
+
+
+class PeerNetwork:
+    """The manager's Raft links: dials peers, accepts their streams, feeds pysyncobj.
+
+    Lives as long as the manager's remote API; a ``RaftStore`` attaches to it when it starts and
+    detaches when it stops. Without an attached store, incoming streams are refused
+    (UNAVAILABLE) and nothing is dialled.
+    """
+
+    def __init__(self, self_id: str,
+                 address_of: Callable[[str], str | None],
+                 channel_credentials: Callable[[], grpc.ChannelCredentials]) -> None:
+        self.self_id = self_id
+        self._address_of = address_of
+        self._channel_credentials = channel_credentials
+        self._lock = threading.Lock()
+        self._sink: _RaftTransport | None = None
+        self._members: set[str] = set()
+        self._links: dict[str, _Link] = {}
+        self._dialers: dict[str, _Dialer] = {}
+        self._readers: set[threading.Thread] = set()
+        self._closed = False
+
+    # -- public ------------------------------------------------------------------------------------
+    def servicer(self) -> pb_grpc.RaftServicer:
+        """Register with ``add_RaftServicer_to_server`` on the remote API server."""
+        return _RaftServicer(self)
+
+    def is_connected(self, node_id: str) -> bool:
+        """Whether a live stream to ``node_id`` is reported connected to pysyncobj."""
+        sink = self._sink
+        return sink is not None and node_id in sink.connected_ids
+
+    def close(self) -> None:
+        """Refuse new streams, close every stream, stop the dialers (bounded)."""
+        with self._lock:
+            self._closed = True
+        self._shutdown()
+
+    # -- RaftStore side (tick thread) -------------------------------------------------------------
+    def _attach(self, sink: _RaftTransport, members: list[str]) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the raft network is closed")
+            if self._sink is not None:
+                raise RuntimeError("a raft store is already attached to this network")
+            self._sink = sink
+        for peer in members:
+            self._set_member(peer, True)
+
+    def _detach(self, sink: _RaftTransport) -> None:
+        with self._lock:
+            if self._sink is not sink:
+                return
+            self._sink = None
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        with self._lock:
+            dialers = list(self._dialers.values())
+            self._dialers.clear()
+            self._members.clear()
+            links = list(self._links.values())
+            readers = list(self._readers)
+        for dialer in dialers:
+            dialer.stop()
+        for link in links:
+            link.close("stopping")
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        for thread in [d.thread for d in dialers] + readers:
+            if thread is not threading.current_thread() and thread.ident is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
+                if thread.is_alive():
+                    log.warning("raft: thread %s did not stop within %.0fs", thread.name, JOIN_TIMEOUT)
+
+    def _set_member(self, peer: str, member: bool) -> None:
+        if peer == self.self_id:
+            return
+        stop: _Dialer | None = None
+        link: _Link | None = None
+        with self._lock:
+            if self._closed or self._sink is None:
+                return
+            if member:
+                self._members.add(peer)
+                if self.self_id > peer and peer not in self._dialers:
+                    dialer = _Dialer(self, peer)
+                    self._dialers[peer] = dialer
+                    dialer.start()
+            else:
+                self._members.discard(peer)
+                stop = self._dialers.pop(peer, None)
+                link = self._links.get(peer)
+        if stop is not None:
+            stop.stop()  # its thread ends on its own; not joined on the tick thread
+        if link is not None:
+            link.close("removed from the raft cluster")
+
+    # -- gRPC side ---------------------------------------------------------------------------------
+    def _register(self, link: _Link, dialled: bool) -> bool:
+        """Make ``link`` the peer's live stream and report it connected."""
+        with self._lock:
+            sink = self._sink
+            if self._closed or sink is None or link.closed or link.peer not in self._members:
+                return False
+            previous = self._links.get(link.peer)
+            self._links[link.peer] = link
+            sink.post(_CONNECTED, link)
+        if previous is not None and previous is not link:
+            previous.close("replaced by a new stream")
+        return True
+
+    def _link_closed(self, link: _Link, reason: str) -> None:
+        with self._lock:
+            if self._links.get(link.peer) is not link:
+                return
+            del self._links[link.peer]
+            sink = self._sink
+        log.debug("raft: stream with %s closed: %s", link.peer, reason)
+        if sink is not None:
+            sink.post(_DISCONNECTED, link)
+
+    def _receive(self, link: _Link, payload: bytes) -> None:
+        link.last_recv = time.monotonic()
+        if not payload:
+            return  # accepted mark or heartbeat
+        try:
+            messages = decode(payload)
+        except CodecError as e:
+            link.bad_frames += 1
+            if link.bad_frames <= 10 or link.bad_frames % 1000 == 0:
+                log.warning("raft: dropped a bad frame from %s (%d so far): %s", link.peer, link.bad_frames, e)
+            return
+        sink = self._sink
+        if sink is not None:
+            sink.post_many(link, messages)
+
+    def _accept(self, request_iterator: Any, context: Any) -> Iterator[pb.RaftFrame]:
+        peer, role = _caller_id(context)
+        if not peer:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "raft: no verified peer certificate")
+        assert peer is not None
+        if role is not None and role != pki.MANAGER_ROLE:
+            log.warning("raft: refused a stream from %s (role %s)", peer, role)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"raft: {role} certificates may not join raft")
+        with self._lock:
+            attached = self._sink is not None and not self._closed
+            member = peer in self._members
+        if not attached:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "raft: the store of this manager is not running")
+        if not member:
+            log.info("raft: refused a stream from %s: not a raft member", peer)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"raft: {peer} is not a member of the raft cluster")
+        if peer <= self.self_id:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"raft: {self.self_id} dials {peer}, not the other way round")
+        link = _Link(peer, self._link_closed)
+        if not context.add_callback(lambda: link.close("stream ended")):
+            link.close("stream ended")
+        if not self._register(link, dialled=False):
+            link.close("not registered")
+            context.abort(grpc.StatusCode.UNAVAILABLE, "raft: this manager is stopping or changed membership")
+        reader = threading.Thread(target=self._read, args=(link, request_iterator),
+                                  name=f"raft-recv-{peer[:12]}", daemon=True)
+        with self._lock:
+            self._readers.add(reader)
+        reader.start()
+        log.info("raft: accepted a stream from %s", peer)
+        return link.frames(accepted_mark=True)
+
+    def _read(self, link: _Link, request_iterator: Any) -> None:
+        reason = "the peer ended it"
+        try:
+            for frame in request_iterator:
+                if link.closed:
+                    break
+                self._receive(link, frame.payload)
+        except grpc.RpcError as e:
+            reason = f"rpc error: {e}"
+        except Exception as e:  # noqa: BLE001 - gRPC raises plain exceptions on cancellation
+            reason = f"{type(e).__name__}: {e}"
+        finally:
+            link.close(reason)
+            with self._lock:
+                self._readers.discard(threading.current_thread())
+
+
+def transport_class(network: PeerNetwork) -> Callable[[Any, Any, Any], Transport]:
+    """The ``transportClass`` that makes a SyncObj talk through ``network``."""
+
+    def build(syncObj: Any, selfNode: Any, otherNodes: Any) -> Transport:  # noqa: N803
+        return _RaftTransport(network, syncObj, selfNode, otherNodes)
+
+    return build
+
+
+__all__ = ["PeerNetwork", "LoneTransport", "transport_class", "encode", "decode", "CodecError",
+           "MAX_FRAME", "SERVER_OPTIONS"]

@@ -1,0 +1,160 @@
+"""The node's side of its session with the leader (DESIGN §6).
+
+One thread holds the ``Session`` stream (the leader pushes managers, heartbeat period, desired
+role); another sends a ``Heartbeat`` every period on the same channel. When the stream or a
+heartbeat fails, the agent moves on: first to the leader a manager named, then through the
+manager list, with a short backoff between rounds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from swarmd.api.swarm.v1 import swarm_pb2 as pb
+from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+NOT_LEADER_MARK = "leader: "
+Credentials = Callable[[], grpc.ChannelCredentials]
+
+
+class Agent:
+    def __init__(self, node_id: str, credentials: Credentials, managers: list[tuple[str, str]],
+                 heartbeat_ns: int, description: pb.NodeDescription, advertise_addr: str,
+                 on_message: Callable[[pb.SessionMessage], None]) -> None:
+        self.node_id = node_id
+        self._credentials = credentials
+        self._managers = list(managers)
+        self._leader_hint: str | None = None
+        self._period = max(heartbeat_ns, 10**8) / 1e9
+        self._description = description
+        self._advertise = advertise_addr
+        self._on_message = on_message
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._lock = threading.Lock()
+        self._call: Any = None
+        self._channel: grpc.Channel | None = None
+        self._thread = threading.Thread(target=self._run, name="agent-session", daemon=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._cancel()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def leave(self, timeout: float = 2.0) -> None:
+        """Graceful leave: tell the leader first so the node shows Down at once."""
+        channel = self._channel
+        if channel is not None and self._connected.is_set():
+            try:
+                pb_grpc.DispatcherStub(channel).Heartbeat(pb.HeartbeatRequest(leaving=True), timeout=timeout)
+            except grpc.RpcError as e:
+                log.info("could not announce the leave: %s", e.details())
+        self.stop()
+
+    @property
+    def managers(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self._managers)
+
+    # -- the session loop ------------------------------------------------------------------------------
+    def _candidates(self) -> list[str]:
+        with self._lock:
+            addrs = [a for _, a in self._managers]
+            hint = self._leader_hint
+        ordered = ([hint] if hint else []) + [a for a in addrs if a != hint]
+        return ordered
+
+    def _cancel(self) -> None:
+        with self._lock:
+            call, self._call = self._call, None
+        if call is not None:
+            call.cancel()
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            for addr in self._candidates():
+                if self._stop.is_set():
+                    return
+                if self._session(addr):
+                    backoff = 0.1
+                    break
+            else:
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _session(self, addr: str) -> bool:
+        """Run one session against ``addr``; True if it was established at some point."""
+        established = False
+        channel = grpc.secure_channel(addr, self._credentials(), options=[
+            ("grpc.ssl_target_name_override", "swarm-manager"),
+            ("grpc.keepalive_time_ms", 2000), ("grpc.keepalive_timeout_ms", 2000),
+            ("grpc.keepalive_permit_without_calls", 1)])
+        self._channel = channel
+        heartbeat_stop = threading.Event()
+        try:
+            call = pb_grpc.DispatcherStub(channel).Session(
+                pb.SessionRequest(description=self._description, advertise_addr=self._advertise))
+            with self._lock:
+                self._call = call
+            for message in call:
+                if not established:
+                    established = True
+                    self._connected.set()
+                    threading.Thread(target=self._heartbeats, args=(channel, heartbeat_stop),
+                                     name="agent-heartbeat", daemon=True).start()
+                self._absorb(message)
+                if message.removed:
+                    log.warning("this node was removed from the swarm")
+                    self._stop.set()
+        except grpc.RpcError as e:
+            details = e.details() or ""
+            if NOT_LEADER_MARK in details:
+                self._leader_hint = details.rsplit(NOT_LEADER_MARK, 1)[1].strip() or None
+            elif not self._stop.is_set():
+                log.info("session with %s ended: %s", addr, details or e.code())
+        finally:
+            heartbeat_stop.set()
+            self._connected.clear()
+            with self._lock:
+                self._call = None
+            self._channel = None
+            channel.close()
+        return established
+
+    def _absorb(self, message: pb.SessionMessage) -> None:
+        with self._lock:
+            if message.managers:
+                self._managers = [(m.node_id, m.addr) for m in message.managers]
+            self._leader_hint = message.leader_addr or self._leader_hint
+            if message.heartbeat_period_ns:
+                self._period = message.heartbeat_period_ns / 1e9
+        try:
+            self._on_message(message)
+        except Exception:  # noqa: BLE001 - a failing reaction must not end the session
+            log.exception("handling a session update failed")
+
+    def _heartbeats(self, channel: grpc.Channel, stop: threading.Event) -> None:
+        stub = pb_grpc.DispatcherStub(channel)
+        while not stop.wait(self._period) and not self._stop.is_set():
+            try:
+                stub.Heartbeat(pb.HeartbeatRequest(), timeout=max(self._period, 1.0))
+            except grpc.RpcError as e:
+                log.info("heartbeat failed (%s); looking for a manager", e.details() or e.code())
+                self._cancel()
+                return

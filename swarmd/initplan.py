@@ -1,0 +1,104 @@
+"""Validation of ``swarmctl init`` in Docker's order (swarm-behaviour.md §3.2): everything is
+checked before anything is created, so a refused init leaves the node exactly as it was."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from swarmd import __version__, errors, netaddr
+from swarmd.api.swarm.v1 import swarm_pb2 as pb
+from swarmd.errors import SwarmError
+from swarmd.manager import ipam
+
+DEFAULT_LISTEN_ADDR = "0.0.0.0:2377"
+DEFAULT_CERT_EXPIRY_NS = 2160 * 3600 * 10**9
+MIN_CERT_EXPIRY_NS = 3600 * 10**9
+DEFAULT_HEARTBEAT_NS = 5 * 10**9
+DEFAULT_DATA_PATH_PORT = 4789
+AVAILABILITIES = ("active", "pause", "drain")
+
+
+@dataclass
+class InitPlan:
+    """A fully validated init request."""
+
+    listen_addr: str
+    advertise_addr: str
+    local_addr: str
+    data_path_addr: str
+    data_path_port: int
+    availability: str
+    default_addr_pool: list[str]
+    subnet_size: int
+    spec: dict[str, Any]
+
+
+def host_description(hostname: str) -> dict[str, Any]:
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return {
+        "hostname": hostname,
+        "os": platform.system().lower(),
+        "architecture": platform.machine(),
+        "nano_cpus": (os.cpu_count() or 1) * 10**9,
+        "memory_bytes": pages,
+        "engine_version": __version__,
+    }
+
+
+def check_availability(value: str) -> str:
+    availability = (value or "active").lower()
+    if availability not in AVAILABILITIES:
+        raise errors.invalid(f'invalid availability "{value}", only active, pause and drain are supported')
+    return availability
+
+
+def plan_init(req: pb.InitRequest) -> InitPlan:
+    """Docker's validation order (swarm-behaviour.md §3.2), all before anything is created."""
+    listen = req.listen_addr or DEFAULT_LISTEN_ADDR
+    try:
+        interfaces = netaddr.list_interfaces()
+        listen_ip, listen_port = netaddr.resolve_listen_addr(listen, interfaces)
+        adv_host, adv_port = netaddr.resolve_advertise_addr(req.advertise_addr, listen_port, interfaces)
+        data_path = netaddr.resolve_data_path_addr(req.data_path_addr, interfaces)
+        local_addr = netaddr.local_addr(listen_ip, adv_host, interfaces)
+    except netaddr.AddrError as e:
+        raise errors.invalid(str(e)) from None
+    try:
+        pools, size = ipam.validate_pool(list(req.default_addr_pool), req.subnet_size)
+    except ipam.IPAMError as e:
+        raise errors.invalid(str(e)) from None
+    port = req.data_path_port or DEFAULT_DATA_PATH_PORT
+    if not 1024 <= port <= 49151:
+        raise errors.invalid(f"Datapath port number is not in valid range (1024-49151) : {port}")
+    availability = check_availability(req.availability)
+    expiry = req.cert_expiry_ns if req.has_cert_expiry else DEFAULT_CERT_EXPIRY_NS
+    if expiry < MIN_CERT_EXPIRY_NS:
+        raise errors.invalid(errors.rpc_text("INVALID_ARGUMENT", errors.MIN_CERT_EXPIRY))
+    heartbeat = req.dispatcher_heartbeat_ns if req.has_dispatcher_heartbeat else DEFAULT_HEARTBEAT_NS
+    if heartbeat < 0:
+        raise errors.invalid(errors.rpc_text("INVALID_ARGUMENT", errors.NEGATIVE_HEARTBEAT))
+    if req.has_task_history_limit and req.task_history_limit < 0:
+        raise errors.invalid("task history retention limit cannot be negative")
+    if req.autolock:
+        raise SwarmError(errors.AUTOLOCK_UNSUPPORTED, grpc.StatusCode.UNIMPLEMENTED)
+    spec = {
+        "task_history_limit": req.task_history_limit if req.has_task_history_limit else 5,
+        "dispatcher_heartbeat_ns": heartbeat,
+        "node_cert_expiry_ns": expiry,
+        "snapshot_interval": req.snapshot_interval if req.has_snapshot_interval and req.snapshot_interval else 10000,
+        "keep_old_snapshots": req.max_snapshots if req.has_max_snapshots else 0,
+        "log_entries_for_slow_followers": 500,
+        "heartbeat_tick": 1,
+        "election_tick": 10,
+        "autolock_managers": False,
+    }
+    listen_addr = netaddr.join_host_port(listen_ip, listen_port)
+    return InitPlan(listen_addr=listen_addr, advertise_addr=netaddr.join_host_port(adv_host, adv_port),
+                    local_addr=local_addr, data_path_addr=data_path, data_path_port=port,
+                    availability=availability, default_addr_pool=pools, subnet_size=size, spec=spec)
+

@@ -1,0 +1,145 @@
+"""A manager's TLS: what its remote API serves and trusts, and who a verified peer is.
+
+The remote API serves the node certificate by default and, for each live join token, a server
+certificate under that token's join-CA SNI name; it trusts the cluster root and the live join
+CAs as client anchors. The configuration is rebuilt before the next handshake whenever a token
+is rotated or the node's certificate changes (gRPC asks ``fetch`` before every handshake).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from swarmd.ca import join, pki, tokens
+from swarmd.manager import authz
+
+log = logging.getLogger(__name__)
+
+# (cluster_id, {"worker": token, "manager": token}, is_member(node_id) -> bool)
+TrustSource = Callable[[], tuple[str, dict[str, str], Callable[[str], bool]]]
+
+
+@functools.lru_cache(maxsize=16)
+def _join_ca(secret: str) -> join.JoinCA:
+    return join.join_ca(secret)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(pem: bytes) -> x509.Certificate | None:
+    try:
+        return x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        return None
+
+
+def _issuer_cn(cert: x509.Certificate) -> str:
+    values = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(values[0].value) if values else ""
+
+
+class ManagerSecurity:
+    def __init__(self, root_pem: bytes, cert_pem: bytes, key_pem: bytes, trust: TrustSource) -> None:
+        self._lock = threading.Lock()
+        self._root_pem, self._cert_pem, self._key_pem = root_pem, cert_pem, key_pem
+        self._root = x509.load_pem_x509_certificate(root_pem)
+        self._trust = trust
+        self._served: tuple[Any, ...] | None = None   # what the current config was built from
+        self._join_servers: dict[str, tuple[bytes, bytes]] = {}  # secret -> served (key, cert)
+
+    # -- material ------------------------------------------------------------------------------
+    @property
+    def root_pem(self) -> bytes:
+        return self._root_pem
+
+    def node_credentials(self) -> tuple[bytes, bytes]:
+        with self._lock:
+            return self._cert_pem, self._key_pem
+
+    def update_node_certificate(self, cert_pem: bytes, key_pem: bytes) -> None:
+        with self._lock:
+            self._cert_pem, self._key_pem = cert_pem, key_pem
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """For this manager's own calls to other managers (Raft, forwarding, membership)."""
+        cert, key = self.node_credentials()
+        return grpc.ssl_channel_credentials(root_certificates=self._root_pem, private_key=key,
+                                            certificate_chain=cert)
+
+    def _join_cas(self, join_tokens: dict[str, str]) -> dict[str, join.JoinCA]:
+        cas = {}
+        for role, token in join_tokens.items():
+            if token:
+                cas[role] = _join_ca(tokens.token_secret(token))
+        return cas
+
+    # -- the server's configuration ----------------------------------------------------------------
+    def _current(self) -> tuple[tuple[Any, ...], Any]:
+        _, join_tokens, _ = self._trust()
+        with self._lock:
+            key = (self._cert_pem, self._key_pem, tuple(sorted(join_tokens.items())))
+            if key == self._served:
+                return key, None
+            pairs = [(self._key_pem, self._cert_pem)]
+            anchors = [self._root_pem]
+            for ca in self._join_cas(join_tokens).values():
+                secret_key = ca.short
+                if secret_key not in self._join_servers:
+                    self._join_servers[secret_key] = ca.server_credentials()
+                pairs.append(self._join_servers[secret_key])
+                anchors.append(ca.cert_pem)
+            config = grpc.ssl_server_certificate_configuration(pairs, root_certificates=b"".join(anchors))
+            self._served = key
+            return key, config
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        _, initial = self._current()
+
+        def fetch() -> Any:
+            try:
+                _, config = self._current()
+                return config
+            except Exception:  # noqa: BLE001 - keep serving the last good configuration
+                log.exception("could not rebuild the TLS configuration")
+                return None
+
+        return grpc.dynamic_ssl_server_credentials(initial, fetch, require_client_authentication=True)
+
+    # -- who is calling ----------------------------------------------------------------------------
+    def identify(self, context: grpc.ServicerContext) -> str | None:
+        certs = context.auth_context().get("x509_pem_cert")
+        if not certs:
+            return None
+        cert = _parse(certs[0])
+        if cert is None:
+            return None
+        cluster_id, join_tokens, is_member = self._trust()
+        issuer = _issuer_cn(cert)
+        if issuer == pki.CA_ROLE:
+            try:
+                cert.verify_directly_issued_by(self._root)
+                identity = pki.identity_from_cert(certs[0])
+            except Exception:  # noqa: BLE001 - any failure means "not a node of this cluster"
+                return None
+            if identity.cluster_id != cluster_id or identity.role not in (authz.MANAGER, authz.WORKER):
+                return None
+            if not is_member(identity.node_id):
+                return None  # removed from the swarm: refused even with a valid certificate
+            return identity.role
+        if issuer.startswith(join.JOIN_CA_PREFIX):
+            for role, ca in self._join_cas(join_tokens).items():
+                if ca.name == issuer and ca.issued(cert):
+                    return authz.JOIN_MANAGER if role == "manager" else authz.JOIN_WORKER
+        return None
+
+    def peer_node_id(self, context: grpc.ServicerContext) -> str:
+        """The CN of an already-authorised node certificate."""
+        certs = context.auth_context().get("x509_pem_cert")
+        return pki.identity_from_cert(certs[0]).node_id

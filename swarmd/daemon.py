@@ -7,6 +7,7 @@ Signals: SIGTERM/SIGINT stop cleanly; SIGHUP re-reads the log level from ``--con
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
 import os
 import signal
@@ -75,20 +76,49 @@ class Daemon:
         pb_grpc.add_RaftMembershipServicer_to_server(RaftMembershipServicer(self.runtime), server)
         pb_grpc.add_DispatcherServicer_to_server(self.runtime.dispatcher, server)
 
+    def _lock_state_dir(self) -> None:
+        """One daemon per state dir: a second one would corrupt the Raft log."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        self._lock_fd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another swarmd is already using the state dir {self.state_dir}") from None
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(self.socket_path))
+        except OSError:
+            pass  # nothing serves there: a stale socket file is replaced
+        else:
+            raise RuntimeError(f"another swarmd is already serving {self.socket_path}")
+        finally:
+            probe.close()
+
+    def _status(self) -> str:
+        local = self.runtime.local
+        if local is None:
+            return f"swarm inactive; control socket {self.socket_path}"
+        return f"swarm active as {local.role} {local.node_id}; control socket {self.socket_path}"
+
     def run(self) -> int:
         from swarmd.server import start_control_server
 
         systemd.notify("STATUS=starting")
+        self._lock_state_dir()
         self.runtime.resume()
         self._control = start_control_server(self.socket_path, self._local_interceptor, self._register)
-        state = "active" if self.runtime.local else "inactive"
-        log.info("swarmd %s ready (swarm %s); control socket %s", __version__, state, self.socket_path)
-        systemd.notify(f"READY=1\nSTATUS=swarm {state}; control socket {self.socket_path}")
+        status = self._status()
+        log.info("swarmd %s ready: %s", __version__, status)
+        systemd.notify(f"READY=1\nSTATUS={status}")
         while not self._stop.is_set():
             self._stop.wait(1.0)
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
+            if self._status() != status:
+                status = self._status()
+                systemd.notify(f"STATUS={status}")
         systemd.notify("STOPPING=1")
         log.info("shutting down")
         self._control.stop(2.0).wait(3.0)
@@ -118,7 +148,8 @@ class Daemon:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        level = args.log_level or read_config(args.config).get("log-level") or "info"
+        # The same precedence as a SIGHUP reload: --config's log-level, then --log-level.
+        level = read_config(args.config).get("log-level") or args.log_level or "info"
     except OSError as e:
         sys.exit(f"swarmd: cannot read --config: {e}")
     if level not in logs.LEVELS:

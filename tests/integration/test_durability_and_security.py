@@ -131,3 +131,15 @@ def test_daemon_survives_garbage_and_unknown_calls(manager: Daemon) -> None:
 
 def test_control_socket_is_private(daemon: Daemon) -> None:
     assert daemon.socket.stat().st_mode & 0o777 == 0o600
+
+
+def test_one_daemon_per_state_dir_and_socket(daemon: Daemon, tmp_path: Path) -> None:
+    from tests.harness import SWARMD
+
+    r = subprocess.run([SWARMD, "--state-dir", str(daemon.state_dir), "--control-socket", str(tmp_path / "other.sock")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "another swarmd is already using the state dir" in r.stderr
+    r = subprocess.run([SWARMD, "--state-dir", str(tmp_path / "other-state"), "--control-socket", str(daemon.socket)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "another swarmd is already serving" in r.stderr
+    assert daemon.info().local_node_state == "inactive"  # the first one is untouched

@@ -50,7 +50,7 @@ from swarmd.ca import pki
 log = logging.getLogger(__name__)
 
 MAX_FRAME = 64 << 20              # largest accepted or sent payload
-BATCH_BYTES = int(os.environ.get("XB", 1 << 20))            # messages queued together share a frame up to this size
+BATCH_BYTES = 1 << 20            # messages queued together share a frame up to this size
 MAX_BACKLOG = 2 * MAX_FRAME       # queued bytes to a peer before the stream is dropped as stuck
 HEARTBEAT_INTERVAL = 0.5          # an idle stream carries an empty frame this often ...
 DEAD_AFTER = 3.0                  # ... and is closed after this long without any frame

@@ -252,3 +252,34 @@ def test_certificates_decide_who_may_call_what(cluster: dict[str, Daemon]) -> No
         with pytest.raises(grpc.RpcError) as exc:
             pb_grpc.DispatcherStub(ch).Heartbeat(pb.HeartbeatRequest(), timeout=5)
         assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_missed_heartbeats_mark_a_node_down_and_reconnects_ready(daemons: Factory) -> None:
+    m1 = daemons("m1")
+    m1.init("--dispatcher-heartbeat", "1s")
+    w1 = daemons("w1")
+    join(w1, m1)
+    wait_for(lambda: node_rows(m1).get("w1", [""])[0] == "Ready", 10, what="w1 Ready")
+    w1.kill9()
+    killed = time.monotonic()
+    wait_for(lambda: node_rows(m1)["w1"][0] == "Down", 10, step=0.1, what="w1 Down")
+    assert 2.0 < time.monotonic() - killed < 6.0  # three missed 1 s periods, not at once
+    pretty = m1.ok("node", "inspect", "--pretty", "w1")
+    assert " State:\t\t\tDown\n Message:              \tHeartbeat failure\n" in pretty
+    w1.start()
+    wait_for(lambda: node_rows(m1)["w1"][0] == "Ready", 10, what="w1 Ready again")
+
+
+def test_manager_join_needs_a_reachable_advertise_address(daemons: Factory) -> None:
+    m1 = daemons("m1")
+    m1.init()
+    m2 = daemons("m2")
+    token = m1.ok("join-token", "-q", "manager").strip()
+    nowhere = m2.ip.rsplit(".", 1)[0] + ".250"  # a loopback address nothing listens on
+    r = m2.ctl("join", "--token", token, "--advertise-addr", nowhere, "--listen-addr", m2.listen, m1.listen)
+    assert r.returncode == 1
+    assert r.stderr == ("Error response from daemon: could not connect to prospective new cluster member using its "
+                        "advertised address: rpc error: code = DeadlineExceeded desc = context deadline exceeded\n")
+    assert m2.info().local_node_state == "inactive"
+    assert sorted(node_rows(m1)) == ["m1"]
+    assert join(m2, m1, "manager") == "This node joined a swarm as a manager.\n"

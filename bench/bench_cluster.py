@@ -20,6 +20,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from clusterlib import (PROCS, BenchError, Daemon, Metrics, check_binaries, control_stub,  # noqa: E402
-                        install_signal_handlers, log, percentile, render_table, start_all)
+                        install_signal_handlers, log, percentile, start_all)
 
 from swarmd.api.swarm.v1 import swarm_pb2 as pb  # noqa: E402
 
@@ -40,13 +41,13 @@ WRITE_TIMEOUT = 10.0
 M_WJOIN = "swarmctl join (worker, 3-manager swarm)"
 M_WLEAVE = "swarmctl leave (worker)"
 M_MJOIN = "swarmctl join (manager, 1-manager swarm -> 2)"
-M_M3JOIN = "swarmctl join (manager, 2 -> 3)"
+M_M3JOIN = "Control.Join RPC (manager, 2 -> 3, no CLI)"
 M_RPC_JOIN = "Control.Join RPC (worker, no CLI)"
 M_RPC_LEAVE = "Control.Leave RPC (worker, no CLI)"
 M_INIT = "swarmctl init"
 M_HELP = "swarmctl --help (CLI floor, no RPC)"
 M_FAILOVER = "kill -9 leader -> next committed write"
-M_ELECT = "kill -9 leader -> survivor reports a new leader"
+M_ELECT = "kill -9 leader -> ListNodes names a new leader"
 M_WPS = "sequential writes/s (3 managers)"
 M_WP50 = "write latency p50"
 M_WP99 = "write latency p99"
@@ -87,6 +88,22 @@ def find_leader(managers: list[Daemon], via: Daemon, timeout: float = 15.0) -> D
         channel.close()
 
 
+def rpc_join(node: Daemon, manager: Daemon, token: str, role: str) -> float:
+    """Control.Join on ``node``'s socket over a warm channel: the join without swarmctl's start-up."""
+    channel, stub = control_stub(node.sock)
+    try:
+        stub.Info(pb.InfoRequest(), timeout=5)
+        t0 = time.perf_counter()
+        resp = stub.Join(pb.JoinRequest(remote_addr=manager.listen, token=token, listen_addr=node.listen,
+                                        advertise_addr=node.ip), timeout=30)
+        elapsed = time.perf_counter() - t0
+    finally:
+        channel.close()
+    if resp.role != role:
+        raise BenchError(f"{node.name} joined as {resp.role!r}, not {role}")
+    return elapsed
+
+
 def writes(leader: Daemon, n: int) -> tuple[float, list[float]]:
     """``n`` sequential GetJoinToken(rotate) calls on one warm channel: (writes/s, latencies ms)."""
     channel, stub = control_stub(leader.sock)
@@ -108,17 +125,36 @@ def writes(leader: Daemon, n: int) -> tuple[float, list[float]]:
 def failover(leader: Daemon, survivor: Daemon, r: int) -> dict[str, Any]:
     """kill -9 the leader, then one CreateNetwork on ``survivor`` every ~20 ms until one commits.
 
-    A separate probe notes when the survivor first reports a leader that is not the dead one
-    (Info.control_available with an answer from the store); it shares the 20 ms cadence."""
+    A second thread polls ListNodes on the survivor (also every ~20 ms, own channel) and notes
+    when its answer first names a leader other than the dead one."""
     dead_id = leader.info().node_id
     channel, stub = control_stub(survivor.sock)
+    pchannel, pstub = control_stub(survivor.sock)
     errors: dict[str, list[float]] = {}  # message -> [count, first s, last s]
     attempts = 0
-    elected: float | None = None
+    elected: list[float] = []
+    stop = threading.Event()
+    killed = 0.0
+
+    def probe_leader() -> None:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                nodes = pstub.ListNodes(pb.ListNodesRequest(), timeout=2).nodes
+                if any(n.manager_status.leader and n.id != dead_id for n in nodes):
+                    elected.append(time.perf_counter() - killed)
+                    return
+            except grpc.RpcError:
+                pass
+            stop.wait(max(0.0, POLL_PERIOD - (time.perf_counter() - t0)))
+
+    prober = threading.Thread(target=probe_leader, name="leader-probe", daemon=True)
     try:
-        stub.Info(pb.InfoRequest(), timeout=5)  # warm channel: the first attempt does not connect
+        stub.Info(pb.InfoRequest(), timeout=5)  # warm channels: the first attempts do not connect
+        pstub.Info(pb.InfoRequest(), timeout=5)
         leader.kill9()
         killed = time.perf_counter()
+        prober.start()
         next_at = killed
         while True:
             now = time.perf_counter()
@@ -135,25 +171,19 @@ def failover(leader: Daemon, survivor: Daemon, r: int) -> dict[str, Any]:
                 rec = errors.setdefault(key, [0, now - killed, 0.0])
                 rec[0] += 1
                 rec[2] = time.perf_counter() - killed
-            if elected is None:
-                try:
-                    nodes = stub.ListNodes(pb.ListNodesRequest(), timeout=2).nodes
-                    if any(n.manager_status.leader and n.id != dead_id for n in nodes):
-                        elected = time.perf_counter() - killed
-                except grpc.RpcError:
-                    pass
             next_at += POLL_PERIOD
             pause = next_at - time.perf_counter()
             if pause > 0:
                 time.sleep(pause)
             else:
                 next_at = time.perf_counter()
+        prober.join(5.0)
     finally:
+        stop.set()
         channel.close()
-    if elected is None:
-        elected = done
+        pchannel.close()
     return {"round": r + 1, "killed": leader.name, "probed": survivor.name, "write_s": done,
-            "leader_s": elected, "attempts": attempts,
+            "leader_s": elected[0] if elected else float("nan"), "attempts": attempts,
             "errors": {k: {"count": v[0], "first_s": round(v[1], 3), "last_s": round(v[2], 3)}
                        for k, v in errors.items()}}
 
@@ -175,10 +205,7 @@ def one_round(r: int, args: argparse.Namespace, m: Metrics, kills: list[dict[str
         if out != "This node joined a swarm as a manager.\n":
             raise BenchError(f"m2 join said {out!r}")
         m.add(M_MJOIN, t)
-        t, out = m3.join(mtok, m1)
-        if out != "This node joined a swarm as a manager.\n":
-            raise BenchError(f"m3 join said {out!r}")
-        m.add(M_M3JOIN, t)
+        m.add(M_M3JOIN, rpc_join(m3, m1, mtok, "manager"))
 
         # A worker into the three-manager swarm, through m1 (the leader: it ran init).
         t, out = w1.join(wtok, m1)
@@ -191,13 +218,9 @@ def one_round(r: int, args: argparse.Namespace, m: Metrics, kills: list[dict[str
         m.add(M_WLEAVE, t)
 
         # The same through the control socket from here: the CLI's own start-up excluded.
+        m.add(M_RPC_JOIN, rpc_join(w2, m1, wtok, "worker"))
         channel, stub = control_stub(w2.sock)
         try:
-            stub.Info(pb.InfoRequest(), timeout=5)
-            t0 = time.perf_counter()
-            stub.Join(pb.JoinRequest(remote_addr=m1.listen, token=wtok, listen_addr=w2.listen,
-                                     advertise_addr=w2.ip), timeout=30)
-            m.add(M_RPC_JOIN, time.perf_counter() - t0)
             t0 = time.perf_counter()
             stub.Leave(pb.LeaveRequest(), timeout=30)
             m.add(M_RPC_LEAVE, time.perf_counter() - t0)

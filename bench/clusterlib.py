@@ -385,3 +385,60 @@ def render_table(rows: list[tuple[str, ...]]) -> str:
 def check_row(name: str, value: float, unit: str, op: str, bound: float) -> tuple[str, ...]:
     ok = value <= bound if op == "<=" else value >= bound
     return (name, unit, fmt(value, unit), f"{op} {bound:g}", "PASS" if ok else "MISS")
+
+
+# ---------------------------------------------------------------------------------------------
+# Optional sampling profile of a daemon (py-spy from the same virtualenv)
+# ---------------------------------------------------------------------------------------------
+
+PY_SPY = BIN_DIR / "py-spy"
+
+
+def start_profile(pid: int, seconds: float, out: Path, rate: int = 50) -> subprocess.Popen[bytes] | None:
+    """``py-spy record`` of ``pid`` for ``seconds`` into ``out`` (collapsed stacks), non-blocking
+    sampling of active threads only. Returns None when py-spy is not available."""
+    if not os.access(PY_SPY, os.X_OK):
+        log("py-spy not found next to the interpreter: no profile")
+        return None
+    return PROCS.spawn([str(PY_SPY), "record", "--pid", str(pid), "--duration", str(int(seconds)),
+                        "--rate", str(rate), "--format", "raw", "--nonblocking", "--output", str(out)],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def summarise_profile(path: Path, top: int = 15) -> str:
+    """Top frames of a collapsed-stack file: by own samples (leaf) and by inclusive samples."""
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as e:
+        return f"(no profile: {e})"
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        leaf = frames[-1]
+        own[leaf] = own.get(leaf, 0) + n
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + n
+    if not total:
+        return "(empty profile)"
+    skip = ("_bootstrap", "run (threading.py", "_worker (concurrent", "process_idle_thread")
+    out = [f"{total} samples of active threads"]
+    out.append("  by own samples (leaf frame):")
+    for f, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        out.append(f"    {n / total * 100:5.1f}%  {f}")
+    out.append("  by inclusive samples:")
+    shown = 0
+    for f, n in sorted(incl.items(), key=lambda kv: -kv[1]):
+        if any(s in f for s in skip) or f.startswith("<thread") or f.startswith("process "):
+            continue
+        out.append(f"    {n / total * 100:5.1f}%  {f}")
+        shown += 1
+        if shown >= top:
+            break
+    return "\n".join(out)

@@ -39,6 +39,10 @@ class DockerGroup(click.Group):
     command_class = DockerCommand
 
 
+format_option = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+                             help="table, or json: one JSON object per line (for scripts)")
+
+
 def client(ctx: click.Context) -> Client:
     obj: Client = ctx.find_root().obj
     return obj
@@ -254,8 +258,7 @@ def node() -> None:
 
 @node.command("ls", short_help="List nodes in the swarm")
 @click.option("-q", "--quiet", is_flag=True, help="Only display IDs")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              help="table, or json: one JSON object per line")
+@format_option
 @click.pass_context
 def node_ls(ctx: click.Context, quiet: bool, fmt: str) -> None:
     """List nodes in the swarm; '*' marks the node you are talking to."""
@@ -275,18 +278,24 @@ def node_ls(ctx: click.Context, quiet: bool, fmt: str) -> None:
 @click.pass_context
 def node_inspect(ctx: click.Context, pretty: bool, refs: tuple[str, ...]) -> None:
     """Display detailed information on one or more nodes (ID, name, or "self")."""
-    nodes, failures = [], []
-    for ref in refs:
-        try:
-            nodes.append(client(ctx).call("GetNode", pb.GetNodeRequest(ref=ref)).node)
-        except CLIError as e:
-            failures.append(e.message)
+    nodes, failures = _fetch_each(refs, lambda ref: client(ctx).call("GetNode", pb.GetNodeRequest(ref=ref)).node)
     if pretty:
         out("\n\n".join(render.node_pretty(n).rstrip("\n") for n in nodes) + ("\n" if nodes else ""))
     else:
         out(render.json_array([render.node_json(n) for n in nodes]))
     if failures:
         raise CLIError("\n".join(failures))
+
+
+def _fetch_each(refs: tuple[str, ...], fetch: Any) -> tuple[list[Any], list[str]]:
+    """Docker's inspect: what was found, and one error line per ref that was not."""
+    found, failures = [], []
+    for ref in refs:
+        try:
+            found.append(fetch(ref))
+        except CLIError as e:
+            failures.append(e.message)
+    return found, failures
 
 
 def _each_node(ctx: click.Context, refs: tuple[str, ...], act: Any) -> None:
@@ -365,8 +374,7 @@ def network() -> None:
 
 @network.command("ls", short_help="List networks")
 @click.option("-q", "--quiet", is_flag=True, help="Only display network IDs")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              help="table, or json: one JSON object per line")
+@format_option
 @click.pass_context
 def network_ls(ctx: click.Context, quiet: bool, fmt: str) -> None:
     """List the swarm's networks."""
@@ -374,10 +382,7 @@ def network_ls(ctx: click.Context, quiet: bool, fmt: str) -> None:
     if quiet:
         out(render.network_ids(resp.networks))
     elif fmt == "json":
-        import json
-
-        ordered = sorted(resp.networks, key=lambda n: n.name)
-        out("".join(json.dumps(render.network_json(n)) + "\n" for n in ordered))
+        out(render.network_lines_json(resp.networks))
     else:
         out(render.network_table(resp.networks))
 
@@ -388,12 +393,8 @@ def network_ls(ctx: click.Context, quiet: bool, fmt: str) -> None:
 @click.pass_context
 def network_inspect(ctx: click.Context, refs: tuple[str, ...]) -> None:
     """Display detailed information on one or more networks (name or ID)."""
-    found, failures = [], []
-    for ref in refs:
-        try:
-            found.append(client(ctx).call("GetNetwork", pb.GetNetworkRequest(ref=ref)).network)
-        except CLIError as e:
-            failures.append(e.message)
+    found, failures = _fetch_each(refs, lambda ref: client(ctx).call(
+        "GetNetwork", pb.GetNetworkRequest(ref=ref)).network)
     out(render.json_array([render.network_json(n) for n in found]))
     if failures:
         raise CLIError("\n".join(failures))

@@ -316,6 +316,10 @@ def network_table(networks: Sequence[pb.Network]) -> str:
     return table(rows)
 
 
+def network_lines_json(networks: Sequence[pb.Network]) -> str:
+    return "".join(json.dumps(network_json(n)) + "\n" for n in sorted(networks, key=lambda n: n.name))
+
+
 def network_ids(networks: Sequence[pb.Network]) -> str:
     return "".join(n.id[:12] + "\n" for n in sorted(networks, key=lambda n: n.name))
 

@@ -51,6 +51,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, step: floa
 
 @dataclass
 class TestPKI:
+    __test__ = False  # not a test class
     cert: bytes
     key: bytes
     cluster_id: str = field(default_factory=ids.new_id)
@@ -197,27 +198,119 @@ def raft_threads() -> list[str]:
             if t.name.startswith(("raft-dial-", "raft-recv-", "raft-tick"))]
 
 
+def _bench_leader(members: list[Member], writes: int) -> tuple[float, float]:
+    """(sequential writes/s on the leader, seconds from stopping the leader to the next commit)."""
+    leader = wait_leader(members)
+    leader.raft.propose(BOOTSTRAP)
+    start = time.monotonic()
+    for i in range(writes):
+        leader.raft.propose(rotate(f"t{i}"))
+    rate = writes / (time.monotonic() - start)
+    stopped = time.monotonic()
+    leader.stop()
+    return rate, propose_anywhere(members, rotate("after"), 10.0) - stopped
+
+
 def measure(rounds: int = 3, writes: int = 2000) -> dict[str, list[float]]:
-    """Sequential propose rate (writes/s) on the leader of 3 members; stop-leader-to-commit time (s)."""
+    """Three members in this process (as the tests run them): one GIL for all three."""
     rates: list[float] = []
     failovers: list[float] = []
     for _ in range(rounds):
         root = Path(tempfile.mkdtemp(prefix="raft-measure-"))
         cluster = Cluster(root)
         try:
-            members = cluster.start(3)
-            leader = wait_leader(members)
-            leader.raft.propose(BOOTSTRAP)
-            start = time.monotonic()
-            for i in range(writes):
-                leader.raft.propose(rotate(f"t{i}"))
-            rates.append(writes / (time.monotonic() - start))
-            stopped = time.monotonic()
-            leader.stop()
-            committed = propose_anywhere(members, rotate("after"), 10.0)
-            failovers.append(committed - stopped)
+            rate, failover = _bench_leader(cluster.start(3), writes)
+            rates.append(rate)
+            failovers.append(failover)
         finally:
             cluster.stop()
+            shutil.rmtree(root, ignore_errors=True)
+    return {"writes_per_s": rates, "failover_s": failovers}
+
+
+def _member_process(node_id: str, everyone: list[str], ca: TestPKI, root: str, conn: Any) -> None:
+    """One manager per process, driven over ``conn`` by ``measure_processes``."""
+    addresses: dict[str, str] = {}
+    member = Member(node_id, Path(root), ca, addresses).serve()
+    conn.send(addresses[node_id])
+    addresses.update(conn.recv())
+    member.start(everyone)
+    try:
+        while True:
+            command, arg = conn.recv()
+            if command == "leader?":
+                conn.send(member.raft.is_leader())
+            elif command == "bench":
+                member.raft.propose(BOOTSTRAP)
+                start = time.monotonic()
+                for i in range(arg):
+                    member.raft.propose(rotate(f"t{i}"))
+                conn.send(arg / (time.monotonic() - start))
+            elif command == "stop":
+                stopped = time.monotonic()  # CLOCK_MONOTONIC: comparable between processes
+                member.stop()
+                conn.send(stopped)
+                return
+            elif command == "write":
+                try:
+                    conn.send(propose_anywhere([member], rotate("after"), arg))
+                except AssertionError:
+                    conn.send(None)
+            else:
+                conn.send(None)
+                return
+    finally:
+        member.stop()
+
+
+def measure_processes(rounds: int = 3, writes: int = 2000) -> dict[str, list[float]]:
+    """Three members, one process each (as managers run), on this machine."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    rates: list[float] = []
+    failovers: list[float] = []
+    for _ in range(rounds):
+        root = tempfile.mkdtemp(prefix="raft-measure-")
+        ca = TestPKI.create()
+        everyone = [ids.new_id() for _ in range(3)]
+        conns: dict[str, Any] = {}
+        procs = []
+        try:
+            for node_id in everyone:
+                mine, theirs = ctx.Pipe()
+                proc = ctx.Process(target=_member_process, args=(node_id, everyone, ca, root, theirs))
+                proc.start()
+                procs.append(proc)
+                conns[node_id] = mine
+            addresses = {node_id: conns[node_id].recv() for node_id in everyone}
+            for conn in conns.values():
+                conn.send(addresses)
+
+            def leader() -> str | None:
+                for node_id, conn in conns.items():
+                    conn.send(("leader?", None))
+                    if conn.recv():
+                        return node_id
+                return None
+
+            leader_id: str = wait_for(leader, 15, "a leader", step=0.05)
+            conns[leader_id].send(("bench", writes))
+            rates.append(conns[leader_id].recv())
+            conns[leader_id].send(("stop", None))
+            stopped = conns[leader_id].recv()
+            survivors = [n for n in everyone if n != leader_id]
+            for node_id in survivors:
+                conns[node_id].send(("write", 10.0))
+            committed = [t for t in (conns[n].recv() for n in survivors) if t is not None]
+            failovers.append(min(committed) - stopped)
+            for node_id in survivors:
+                conns[node_id].send(("exit", None))
+                conns[node_id].recv()
+        finally:
+            for proc in procs:
+                proc.join(10)
+                if proc.is_alive():
+                    proc.kill()
             shutil.rmtree(root, ignore_errors=True)
     return {"writes_per_s": rates, "failover_s": failovers}
 
@@ -226,4 +319,4 @@ if __name__ == "__main__":
     import json
     import logging
     logging.basicConfig(level=logging.WARNING)
-    print(json.dumps(measure(), indent=1))
+    print(json.dumps({"in_one_process": measure(), "one_process_each": measure_processes()}, indent=1))

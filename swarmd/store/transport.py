@@ -127,15 +127,21 @@ def decode(payload: bytes) -> list[dict[str, Any]]:
         raw=False, strict_map_key=False, use_list=True, ext_hook=_reject_ext,
         max_buffer_size=MAX_FRAME, max_bin_len=MAX_FRAME, max_str_len=MAX_FRAME,
         max_array_len=1 << 21, max_map_len=64, max_ext_len=0)
+    messages: list[Any] = []
+    end = 0  # offset after the last complete message
     try:
         unpacker.feed(payload)
-        messages = list(unpacker)
-        complete = unpacker.tell() == len(payload)
+        while True:
+            try:
+                messages.append(unpacker.unpack())
+            except msgpack.OutOfData:
+                break
+            end = unpacker.tell()
     except CodecError:
         raise
     except Exception as e:  # noqa: BLE001 - msgpack raises several unrelated types
         raise CodecError(f"undecodable frame: {type(e).__name__}: {e}") from None
-    if not complete:
+    if end != len(payload):
         raise CodecError("truncated frame")
     for message in messages:
         _check(message)
@@ -208,27 +214,37 @@ class _Link:
         frame (up to ``BATCH_BYTES``): fewer gRPC messages, fewer thread hand-offs."""
         if accepted_mark:
             yield pb.RaftFrame()
-        carry: bytes | None = None
+        pending: bytes | None = None  # taken from the queue but too big for the last frame
         while True:
-            payload = carry if carry is not None else self._out.get()
-            carry = None
-            if payload is None or self._closed.is_set():
+            if pending is None:
+                payload = self._out.get()
+                if payload is None:
+                    return
+            else:
+                payload, pending = pending, None
+            if self._closed.is_set():
                 return
             parts = [payload]
             size = len(payload)
+            last = False
             while size < BATCH_BYTES:
                 try:
                     more = self._out.get_nowait()
                 except queue.Empty:
                     break
-                if more is None or size + len(more) > BATCH_BYTES:
-                    carry = more
+                if more is None:
+                    last = True
+                    break
+                if size + len(more) > BATCH_BYTES:
+                    pending = more
                     break
                 parts.append(more)
                 size += len(more)
             with self._lock:
                 self._backlog -= size
             yield pb.RaftFrame(payload=parts[0] if len(parts) == 1 else b"".join(parts))
+            if last:
+                return
 
     def close(self, reason: str) -> None:
         if self._closed.is_set():
@@ -483,8 +499,9 @@ class _Dialer:
             try:
                 connected, reason = self._session()
             except Exception as e:  # noqa: BLE001 - keep dialling whatever happened
-                log.exception("raft: dialling %s failed", self.peer)
-                connected, reason = False, str(e)
+                if failures == 0:
+                    log.exception("raft: dialling %s failed", self.peer)
+                connected, reason = False, f"{type(e).__name__}: {e}"
             if self._stop.is_set():
                 break
             if connected:
@@ -501,13 +518,16 @@ class _Dialer:
         """One stream; (whether it was accepted, why it ended)."""
         try:
             addr = self._net._address_of(self.peer)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - the caller's lookup, whatever it raises
             return False, f"no address: {e}"
         if not addr:
             return False, "its address is not known yet"
+        try:
+            credentials = self._net._channel_credentials()
+        except Exception as e:  # noqa: BLE001
+            return False, f"no TLS credentials: {e}"
         channel = grpc.secure_channel(
-            addr, self._net._channel_credentials(),
-            options=[("grpc.ssl_target_name_override", self.peer), *_CHANNEL_OPTIONS])
+            addr, credentials, options=[("grpc.ssl_target_name_override", self.peer), *_CHANNEL_OPTIONS])
         link = _Link(self.peer, self._net._link_closed)
         connected = False
         try:
@@ -523,6 +543,7 @@ class _Dialer:
                 next(call)  # the accepted mark
             finally:
                 timer.cancel()
+            link.last_recv = time.monotonic()
             if not self._net._register(link, dialled=True):
                 return False, "stopping"
             connected = True

@@ -1,0 +1,414 @@
+#!/usr/bin/env python3
+"""Session load: one real swarmd manager carrying many simulated worker sessions.
+
+    .venv/bin/python bench/load_sessions.py                       # 1,000 nodes, 5 s heartbeats
+    .venv/bin/python bench/load_sessions.py --nodes 300 --json
+    .venv/bin/python bench/load_sessions.py --profile /tmp/mgr.txt  # plus a py-spy profile of the window
+
+1. Admission: ``--nodes`` real joins (``load_joins.admit_nodes``: token-bound TLS, CSR) give
+   every simulated node its own certificate and node ID.
+2. Sessions: from this process, one mutual-TLS channel per node (its own certificate, the same
+   channel options as ``swarmd.agent``) holding ``Dispatcher.Session`` open and consuming its
+   messages, plus unary ``Heartbeat`` calls every period. All of it runs on one asyncio loop
+   (``grpc.aio``): no thread per node and no per-channel polling thread. Heartbeats come from
+   one scheduler coroutine: node i's slot is i/N of the period, so the load is spread evenly;
+   a node starts heartbeating once its session delivered its first message (as the agent does).
+3. Steady state: once every node is Ready, settle, then read the manager's CPU (utime+stime of
+   /proc/<pid>/stat, all threads) and this process's CPU over ``--window`` seconds, then its
+   RSS and thread count; keep the sessions at least ``--hold`` seconds, then count Ready/Down
+   in ``swarmctl node ls`` and the "missed heartbeats: down" lines in the manager's log (a node
+   marked Down and back to Ready in between would not show in the final ``node ls``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from clusterlib import (PROCS, BenchError, CpuMeter, Daemon, check_binaries, check_row,  # noqa: E402
+                        control_stub, install_signal_handlers, log, percentile, proc_status, render_table,
+                        start_profile, summarise_profile)
+from load_joins import admit_nodes  # noqa: E402
+
+from swarmd.api.swarm.v1 import swarm_pb2 as pb  # noqa: E402
+from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc  # noqa: E402
+from swarmd.joiner import JoinResult  # noqa: E402
+
+TARGET_CPU = 50.0  # % of one core
+AGENT_OPTIONS = [("grpc.ssl_target_name_override", "swarm-manager"),  # as swarmd.agent
+                 ("grpc.keepalive_time_ms", 2000), ("grpc.keepalive_timeout_ms", 2000),
+                 ("grpc.keepalive_permit_without_calls", 1)]
+
+
+@dataclass
+class Node:
+    index: int
+    join: JoinResult
+    description: pb.NodeDescription
+    channel: grpc.aio.Channel | None = None
+    stub: Any = None
+    established: float | None = None   # loop time of the first session message
+    messages: int = 0
+    sessions: int = 0                  # session streams opened (1 unless one ended)
+
+
+@dataclass
+class Stats:
+    ended: dict[str, int] = field(default_factory=dict)        # why a session stream ended
+    hb_sent: int = 0
+    hb_ok: int = 0
+    hb_errors: dict[str, int] = field(default_factory=dict)
+    hb_latency: list[float] = field(default_factory=list)      # ms, in the window only
+    hb_lag: list[float] = field(default_factory=list)          # ms past the slot, in the window only
+    in_window: bool = False
+    window_sent: int = 0
+
+
+class SessionLoad:
+    def __init__(self, addr: str, nodes: list[Node], period: float, keepalive: bool) -> None:
+        self.addr = addr
+        self.nodes = nodes
+        self.period = period
+        self.options = AGENT_OPTIONS if keepalive else AGENT_OPTIONS[:1]
+        self.stats = Stats()
+        self.stopping = False
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.inflight: set[asyncio.Task[Any]] = set()
+
+    # -- sessions ----------------------------------------------------------------------------------
+    async def session(self, node: Node, start_at: float) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, start_at - loop.time()))
+        creds = grpc.ssl_channel_credentials(node.join.root_pem, node.join.key_pem, node.join.cert_pem)
+        node.channel = grpc.aio.secure_channel(self.addr, creds, options=self.options)
+        node.stub = pb_grpc.DispatcherStub(node.channel)
+        req = pb.SessionRequest(description=node.description, advertise_addr=node.join.advertise_addr)
+        while not self.stopping:
+            node.sessions += 1
+            why = "server ended the stream"
+            try:
+                async for _ in node.stub.Session(req):
+                    if node.established is None:
+                        node.established = loop.time()
+                    node.messages += 1
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as e:
+                why = f"{e.code().name}: {(e.details() or '')[:80]}"
+            if self.stopping:
+                return
+            self.stats.ended[why] = self.stats.ended.get(why, 0) + 1
+            await asyncio.sleep(0.5)  # the agent backs off too before it tries again
+
+    # -- heartbeats --------------------------------------------------------------------------------
+    async def heartbeat(self, node: Node, due: float) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        window = self.stats.in_window
+        self.stats.hb_sent += 1
+        if window:
+            self.stats.window_sent += 1
+            self.stats.hb_lag.append((t0 - due) * 1e3)
+        try:
+            await node.stub.Heartbeat(pb.HeartbeatRequest(), timeout=max(self.period, 1.0))
+            self.stats.hb_ok += 1
+            if window:
+                self.stats.hb_latency.append((loop.time() - t0) * 1e3)
+        except grpc.aio.AioRpcError as e:
+            key = f"{e.code().name}: {(e.details() or '')[:80]}"
+            self.stats.hb_errors[key] = self.stats.hb_errors.get(key, 0) + 1
+
+    async def scheduler(self) -> None:
+        """One coroutine for every heartbeat: node i fires at base + (i/N + k) * period."""
+        loop = asyncio.get_running_loop()
+        n = len(self.nodes)
+        base = loop.time()
+        k = 0
+        while not self.stopping:
+            for i, node in enumerate(self.nodes):
+                due = base + (k + i / n) * self.period
+                pause = due - loop.time()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                if self.stopping:
+                    return
+                if node.established is None or node.stub is None:
+                    continue
+                task = asyncio.create_task(self.heartbeat(node, due))
+                self.inflight.add(task)
+                task.add_done_callback(self.inflight.discard)
+            k += 1
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self, ramp: float) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        n = len(self.nodes)
+        for node in self.nodes:
+            self.tasks.append(asyncio.create_task(self.session(node, t0 + ramp * node.index / n)))
+        self.tasks.append(asyncio.create_task(self.scheduler()))
+
+    def established(self) -> int:
+        return sum(1 for n in self.nodes if n.established is not None)
+
+    async def close(self) -> None:
+        self.stopping = True
+        for t in self.tasks + list(self.inflight):
+            t.cancel()
+        await asyncio.gather(*self.tasks, *self.inflight, return_exceptions=True)
+        await asyncio.gather(*(n.channel.close() for n in self.nodes if n.channel is not None),
+                             return_exceptions=True)
+
+
+def node_states(manager: Daemon) -> dict[str, int]:
+    """Count of nodes per status, from the manager's ListNodes (control socket)."""
+    channel, stub = control_stub(manager.sock)
+    try:
+        nodes = stub.ListNodes(pb.ListNodesRequest(), timeout=30).nodes
+    finally:
+        channel.close()
+    counts: dict[str, int] = {}
+    for n in nodes:
+        counts[n.state] = counts.get(n.state, 0) + 1
+    return counts
+
+
+def count_down_marks(manager: Daemon) -> int:
+    try:
+        text = manager.log_path.read_text(errors="replace")
+    except OSError:
+        return -1
+    return text.count("heartbeats: down")
+
+
+async def run(args: argparse.Namespace, manager: Daemon, joins: list[JoinResult],
+              report: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+    nodes = [Node(i, j, pb.NodeDescription(hostname=f"sess-{i:05d}", os="linux", architecture="x86_64",
+                                           nano_cpus=2 * 10**9, memory_bytes=2 << 30, engine_version="bench"))
+             for i, j in enumerate(joins)]
+    period = joins[0].heartbeat_ns / 1e9
+    report["heartbeat period s"] = period
+    load = SessionLoad(manager.listen, nodes, period, keepalive=not args.no_keepalive)
+    t_open = loop.time()
+    load.start(args.ramp)
+    try:
+        # 1. every session established
+        deadline = t_open + args.ramp + args.open_timeout
+        last_log = 0.0
+        while load.established() < len(nodes):
+            if loop.time() > deadline:
+                raise BenchError(f"only {load.established()}/{len(nodes)} sessions after "
+                                 f"{args.ramp + args.open_timeout:.0f}s; stream ends: {load.stats.ended}")
+            if loop.time() - last_log > 5:
+                last_log = loop.time()
+                log(f"  sessions established: {load.established()}/{len(nodes)}")
+            await asyncio.sleep(0.1)
+        t_all = loop.time()
+        report["all sessions established after s"] = t_all - t_open
+        log(f"  all {len(nodes)} sessions established after {t_all - t_open:.1f}s")
+
+        # 2. every node Ready in the store (the session's first write)
+        while True:
+            states = await asyncio.to_thread(node_states, manager)
+            if states.get("ready", 0) >= len(nodes) + 1:
+                break
+            if loop.time() > deadline + 60:
+                raise BenchError(f"nodes not all Ready: {states}")
+            await asyncio.sleep(1.0)
+        t_ready = loop.time()
+        report["all nodes Ready after s"] = t_ready - t_open
+        log(f"  all nodes Ready after {t_ready - t_open:.1f}s; settling {args.settle:.0f}s")
+
+        # 3. steady state: settle, then the CPU window
+        await asyncio.sleep(args.settle)
+        prof = None
+        if args.profile:
+            prof = start_profile(manager.pid, args.window, Path(args.profile))
+        meter = CpuMeter({"manager": manager.pid, "bench process": "self"})
+        load.stats.in_window = True
+        await asyncio.sleep(args.window)
+        load.stats.in_window = False
+        cpu = meter.read()
+        st = proc_status(manager.pid)
+        report["cpu"] = cpu
+        report["manager VmRSS MiB"] = st["VmRSS"] / 1024
+        report["manager VmHWM MiB"] = st["VmHWM"] / 1024
+        report["manager threads"] = st["Threads"]
+        log(f"  window: manager {cpu['manager']:.0f}% / bench {cpu['bench process']:.0f}% of one core")
+        if prof is not None:
+            await asyncio.to_thread(prof.wait, 30)
+            PROCS.forget(prof)
+
+        # 4. hold, then the verdict from the real CLI and the log
+        remaining = args.hold - (loop.time() - t_all)
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+        report["sessions held s"] = loop.time() - t_all
+        t_ls, out, _, _ = await asyncio.to_thread(manager.ctl, "node", "ls", "--format", "json")
+        rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+        report["swarmctl node ls s"] = t_ls
+        report["node ls rows"] = len(rows)
+        report["node ls Ready"] = sum(1 for r in rows if r["Status"] == "Ready")
+        report["node ls Down"] = sum(1 for r in rows if r["Status"] == "Down")
+        report["node ls other"] = len(rows) - report["node ls Ready"] - report["node ls Down"]
+        report["down marks in manager log"] = count_down_marks(manager)
+    finally:
+        s = load.stats
+        report["session streams opened"] = sum(n.sessions for n in nodes)
+        report["session messages received"] = sum(n.messages for n in nodes)
+        report["session stream ends"] = dict(s.ended)
+        report["heartbeats sent / ok"] = f"{s.hb_sent} / {s.hb_ok}"
+        report["heartbeat errors"] = dict(s.hb_errors)
+        report["window heartbeats sent"] = s.window_sent
+        report["window heartbeat rate /s"] = s.window_sent / args.window
+        report["heartbeat latency ms p50/p99/max"] = [percentile(s.hb_latency, 50), percentile(s.hb_latency, 99),
+                                                      max(s.hb_latency, default=float("nan"))]
+        report["heartbeat lag past slot ms p50/p99/max"] = [percentile(s.hb_lag, 50), percentile(s.hb_lag, 99),
+                                                            max(s.hb_lag, default=float("nan"))]
+        await load.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Many simulated worker sessions against one swarmd manager.")
+    ap.add_argument("--nodes", type=int, default=1000, help="simulated nodes (default 1000)")
+    ap.add_argument("--join-concurrency", type=int, default=50, help="joiner threads for admission (default 50)")
+    ap.add_argument("--ramp", type=float, default=10.0,
+                    help="spread the session openings over this many seconds (default 10; 0 = all at once)")
+    ap.add_argument("--open-timeout", type=float, default=300.0,
+                    help="give up if not every session is established this long after the ramp (default 300)")
+    ap.add_argument("--settle", type=float, default=5.0, help="wait after all nodes are Ready (default 5 s)")
+    ap.add_argument("--window", type=float, default=20.0, help="CPU measurement window (default 20 s)")
+    ap.add_argument("--hold", type=float, default=30.0,
+                    help="keep the sessions at least this long after all are established (default 30 s)")
+    ap.add_argument("--no-keepalive", action="store_true",
+                    help="channels without the agent's 2 s keepalive pings (default: as swarmd.agent)")
+    ap.add_argument("--profile", metavar="FILE", help="py-spy record the manager during the window into FILE "
+                    "(collapsed stacks) and print its top frames; perturbs the CPU figure a little")
+    ap.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (manager log)")
+    args = ap.parse_args(argv)
+    if args.nodes < 1 or args.window <= 0:
+        ap.error("--nodes must be >= 1 and --window > 0")
+    args.hold = max(args.hold, args.settle + args.window)
+    check_binaries()
+    install_signal_handlers()
+
+    tmp = Path(tempfile.mkdtemp(prefix="swarmbench-sessions-"))
+    ok = False
+    report: dict[str, Any] = {}
+    load_before = os.getloadavg()
+    t_begin = time.time()
+    try:
+        manager = Daemon(tmp, "m1")
+        manager.start().wait_ready()
+        manager.init()
+        token = manager.token("worker")
+        log(f"manager {manager.listen} (pid {manager.pid}); admitting {args.nodes} nodes")
+        jr = admit_nodes(manager.listen, token, args.nodes, args.join_concurrency, prefix="sess",
+                         manager_pid=manager.pid)
+        if jr.failed:
+            raise BenchError(f"{len(jr.failed)} admissions failed, e.g. {jr.failed[0].error}")
+        report["admission joins/s"] = jr.rate()
+        report["admission wall s"] = jr.wall
+        report["manager after admission"] = proc_status(manager.pid)
+        log(f"  admitted {args.nodes} in {jr.wall:.1f}s ({jr.rate():.0f}/s); opening sessions over {args.ramp:.0f}s")
+        joins = [o.result for o in jr.outcomes if o.result is not None]
+        asyncio.run(run(args, manager, joins, report))
+        manager.stop()
+        ok = True
+    except BenchError as e:
+        log(f"bench failed: {e}")
+        for k, v in report.items():
+            log(f"  {k}: {v}")
+        return 1
+    finally:
+        leftovers = PROCS.stop_all()
+        if leftovers:
+            log(f"stopped leftover processes: {leftovers}")
+        if ok and not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            log(f"kept {tmp}")
+
+    n = args.nodes
+    cpu = report["cpu"]
+    checks = [
+        check_row("manager CPU, steady state", cpu["manager"], "% core", "<=", TARGET_CPU),
+        check_row("nodes Ready in node ls (incl. the manager)", report["node ls Ready"], "count", ">=", n + 1),
+        check_row("nodes Down in node ls", report["node ls Down"], "count", "<=", 0),
+        check_row("'missed heartbeats: down' marks in the log", report["down marks in manager log"], "count",
+                  "<=", 0),
+        check_row("session streams that ended", sum(report["session stream ends"].values()), "count", "<=", 0),
+        check_row("heartbeat errors", sum(report["heartbeat errors"].values()), "count", "<=", 0),
+    ]
+    lat, lag = report["heartbeat latency ms p50/p99/max"], report["heartbeat lag past slot ms p50/p99/max"]
+    info = [
+        ("nodes / heartbeat period", f"{n} / {report['heartbeat period s']:.1f} s "
+                                     f"({'agent keepalive 2 s' if not args.no_keepalive else 'no keepalive'})"),
+        (f"admission ({args.join_concurrency} threads)", f"{report['admission joins/s']:.0f} joins/s, {report['admission wall s']:.1f} s"),
+        ("all sessions established / all Ready after", f"{report['all sessions established after s']:.1f} / "
+                                                       f"{report['all nodes Ready after s']:.1f} s "
+                                                       f"(openings spread over {args.ramp:.0f} s)"),
+        ("CPU window", f"{cpu['wall_s']:.1f} s, {args.settle:.0f} s after all Ready"),
+        ("manager CPU", f"{cpu['manager']:.1f} % of one core"),
+        ("bench process CPU (asyncio loop + gRPC threads)", f"{cpu['bench process']:.1f} % of one core"),
+        ("manager VmRSS / VmHWM / threads", f"{report['manager VmRSS MiB']:.0f} / {report['manager VmHWM MiB']:.0f}"
+                                            f" MiB / {report['manager threads']}"),
+        ("heartbeats in window (rate)", f"{report['window heartbeats sent']} "
+                                        f"({report['window heartbeat rate /s']:.0f}/s, "
+                                        f"expected {n / report['heartbeat period s']:.0f}/s)"),
+        ("heartbeat latency p50 / p99 / max", " / ".join(f"{v:.1f}" for v in lat) + " ms"),
+        ("heartbeat send lag past slot p50 / p99 / max", " / ".join(f"{v:.1f}" for v in lag) + " ms"),
+        ("sessions held", f"{report['sessions held s']:.1f} s"),
+        ("swarmctl node ls (rows, wall time)", f"{report['node ls rows']} rows, {report['swarmctl node ls s']:.2f} s"),
+        ("session streams opened / messages received", f"{report['session streams opened']} / "
+                                                        f"{report['session messages received']}"),
+    ]
+    meta = {"python": platform.python_version(), "grpc": grpc.__version__, "cpus": os.cpu_count(),
+            "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+            "duration_s": round(time.time() - t_begin, 1)}
+    if args.json:
+        json.dump({"meta": meta, "checks": [dict(zip(("metric", "unit", "value", "target", "result"), c))
+                                            for c in checks], "report": report}, sys.stdout, indent=2, default=str)
+        print()
+        return 0
+    print(f"swarmd session load: {n} simulated workers on one manager; {meta['cpus']} CPUs; "
+          f"loadavg {load_before[0]:.2f} -> {meta['loadavg_after'][0]:.2f}; {meta['duration_s']}s")
+    print(render_table([("check", "unit", "value", "target", "result"), *checks]))
+    print()
+    width = max(len(k) for k, _ in info)
+    for k, v in info:
+        print(f"{k.ljust(width)}  {v}")
+    for what in ("session stream ends", "heartbeat errors"):
+        for msg, count in report[what].items():
+            print(f"{what[:-1] if what.endswith('s') else what} x{count}: {msg}")
+    if args.profile:
+        print(f"\nmanager profile over the window ({args.profile}):")
+        print(summarise_profile(Path(args.profile)))
+    bench_cpu = cpu["bench process"]
+    if bench_cpu + cpu["manager"] > 0.85 * 100 * (os.cpu_count() or 1):
+        print(f"\nnote: manager + bench use {bench_cpu + cpu['manager']:.0f} % of {os.cpu_count()} cores: "
+              "the machine is saturated, the figures are a lower bound of what the manager would need alone")
+    misses = [c[0] for c in checks if c[-1] == "MISS"]
+    print(f"\n{'all targets met' if not misses else 'MISSED: ' + ', '.join(misses)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -147,16 +147,14 @@ class NodeRuntime:
             if leader is not None and addr is not None and leader != manager.node_id:
                 channel = self._leader_channel(addr, leader)
                 try:
-                    grpc.channel_ready_future(channel).result(timeout=FORWARD_CONNECT_TIMEOUT)
-                except grpc.FutureTimeoutError:
+                    # A cheap call with a short deadline first: is the leader there at all?
+                    stub = pb_grpc.ControlStub(channel)
+                    stub.Version(pb.VersionRequest(), timeout=FORWARD_CONNECT_TIMEOUT, wait_for_ready=True)
+                    return getattr(stub, method)(request, timeout=CALL_TIMEOUT)
+                except grpc.RpcError as e:
+                    if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        raise SwarmError(str(e.details()), e.code()) from None
                     self._drop_leader_channel(addr)
-                else:
-                    try:
-                        return getattr(pb_grpc.ControlStub(channel), method)(request, timeout=CALL_TIMEOUT)
-                    except grpc.RpcError as e:
-                        if e.code() != grpc.StatusCode.UNAVAILABLE:
-                            raise SwarmError(str(e.details()), e.code()) from None
-                        self._drop_leader_channel(addr)
             elif leader == manager.node_id:
                 raise SwarmError("this manager became the leader; retry", grpc.StatusCode.ABORTED)
             if time.monotonic() >= deadline:
@@ -180,8 +178,9 @@ class NodeRuntime:
         """The leader's check that a joining manager answers on its advertise address."""
         with self._manager_channel(addr, node_id) as channel:
             try:
-                grpc.channel_ready_future(channel).result(timeout=5)
-            except grpc.FutureTimeoutError:
+                # Any answer proves TLS reached that node (its certificate names node_id).
+                pb_grpc.ControlStub(channel).Version(pb.VersionRequest(), timeout=5, wait_for_ready=True)
+            except grpc.RpcError:
                 raise SwarmError("could not connect to prospective new cluster member using its advertised "
                                  "address: rpc error: code = DeadlineExceeded desc = context deadline exceeded",
                                  grpc.StatusCode.UNKNOWN) from None
@@ -222,19 +221,23 @@ class NodeRuntime:
             self._register(server)
             pb_grpc.add_RaftServicer_to_server(network.servicer(), server)
 
+        started = time.monotonic()
         self._remote = start_remote_server(local.listen_addr, security.server_credentials(),
                                            AuthzInterceptor(self.remote_role), register)
+        log.debug("remote API on %s after %.3fs", local.listen_addr, time.monotonic() - started)
         try:
             if raft_join:
                 resp = self._call_leader("RaftMembership", "Join",
                                          pb.RaftJoinRequest(addr=local.advertise_addr), peers)
                 peers = [(m.node_id, m.addr) for m in resp.members]
                 self._bootstrap_addrs = {i: a for i, a in peers if i != local.node_id}
+                log.debug("admitted to raft after %.3fs", time.monotonic() - started)
             others = [i for i, _ in peers if i != local.node_id]
             manager = Manager(local.node_id, self.raft_dir, others, network)
             manager.machine.add_listener(self.dispatcher.notify)
             self.manager = manager
             manager.start()
+            log.debug("raft store started after %.3fs", time.monotonic() - started)
         except BaseException:
             self._stop_manager()
             raise
@@ -443,6 +446,7 @@ class NodeRuntime:
         local.save(self.state_dir)
         agent = self._start_agent(local, managers, result.heartbeat_ns)
         agent.wait_connected(5.0)
+        log.debug("session with the leader open")
         log.info("joined swarm %s as %s %s", result.cluster_id, result.role, result.node_id)
         return pb.JoinResponse(node_id=result.node_id, role=result.role)
 

@@ -283,13 +283,16 @@ class Manager:
         role = self.machine.read(lambda state: (state["nodes"].get(node_id) or {}).get("role"))
         if role != "manager":
             raise SwarmError(f"node {node_id} is not a manager", grpc.StatusCode.PERMISSION_DENIED)
+        started = time.monotonic()
         try:
             check(node_id, addr)
+            log.debug("%s answers at %s (%.3fs)", node_id, addr, time.monotonic() - started)
         except SwarmError:
             # The joiner gives up and returns to inactive: do not keep a node that never was.
             self.propose("remove_node", id=node_id, force=True)
             raise
         self.propose("set_node_role", id=node_id, manager_addr=addr, now=now_rfc3339())
+        log.debug("recorded manager %s (%.3fs)", node_id, time.monotonic() - started)
         if node_id not in self.store.members():
             self._add_member_async(node_id)
         log.info("manager %s joins raft at %s", node_id, addr)

@@ -283,3 +283,21 @@ def test_manager_join_needs_a_reachable_advertise_address(daemons: Factory) -> N
     assert m2.info().local_node_state == "inactive"
     assert sorted(node_rows(m1)) == ["m1"]
     assert join(m2, m1, "manager") == "This node joined a swarm as a manager.\n"
+
+
+def test_force_new_cluster_recovers_from_lost_quorum(cluster: dict[str, Daemon]) -> None:
+    m1, m2, m3 = cluster["m1"], cluster["m2"], cluster["m3"]
+    m1.ok("network", "create", "before-the-loss")
+    m2.kill9()
+    m3.kill9()
+    r = wait_for(lambda: (lambda r: r.returncode == 1 and r)(m1.ctl("network", "create", "no-quorum")), 15,
+                 step=0.2, what="writes to fail without quorum")
+    assert r.stderr.endswith("Make sure more than half of the managers are online.\n")
+    out = m1.ok("init", "--force-new-cluster")
+    assert out.startswith(f"Swarm initialized: current node ({m1.info().node_id}) is now a manager.")
+    m1.ok("network", "create", "after-recovery")
+    nets = m1.ok("network", "ls")
+    assert "before-the-loss" in nets and "after-recovery" in nets and "no-quorum" not in nets
+    rows = node_rows(m1)
+    assert rows["m1"][2] == "Leader" and rows["m2"] == ["Down", "Active", ""] and rows["m3"][2] == ""
+    assert "  Managers: 1\n" in m1.ok("info")

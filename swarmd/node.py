@@ -42,7 +42,7 @@ Register = Callable[[grpc.Server], None]
 RAFT_JOIN_TIMEOUT = 15.0
 CALL_TIMEOUT = 15.0
 FORWARD_WINDOW = 8.0          # an election takes 0.4–1.4 s; leave room for a few
-FORWARD_CONNECT_TIMEOUT = 1.0
+FORWARD_CONNECT_TIMEOUT = 0.3   # a refused or silent leader is retried after a re-read
 
 
 class NodeRuntime:
@@ -159,7 +159,7 @@ class NodeRuntime:
                 raise SwarmError("this manager became the leader; retry", grpc.StatusCode.ABORTED)
             if time.monotonic() >= deadline:
                 raise SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN)
-            time.sleep(0.1)
+            time.sleep(0.02)
 
     def _leader_channel(self, addr: str, node_id: str) -> grpc.Channel:
         with self._channels_lock:

@@ -24,6 +24,11 @@ _COMMON_OPTIONS = [
     ("grpc.so_reuseport", 0),  # a second daemon on the same address must fail, not share it
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Nodes and Raft peers ping every 2 s to notice dead links; accept that instead of
+    # answering GOAWAY too_many_pings.
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
+    ("grpc.http2.max_ping_strikes", 0),
 ]
 
 

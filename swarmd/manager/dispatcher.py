@@ -39,26 +39,84 @@ def peer_ip(context: Any) -> str:
     return host.strip("[]") if kind in ("ipv4", "ipv6") else ""
 
 
+class _View:
+    """What the leader tells every session, computed once per store change."""
+
+    def __init__(self, managers: list[tuple[str, str]], heartbeat_ns: int, leader_addr: str,
+                 roles: dict[str, str]) -> None:
+        self.managers = [pb.RemoteManager(node_id=i, addr=a) for i, a in managers]
+        self.heartbeat_ns = heartbeat_ns
+        self.leader_addr = leader_addr
+        self.roles = roles
+        self.key = (tuple(managers), heartbeat_ns, leader_addr)
+
+    def message(self, node_id: str) -> pb.SessionMessage:
+        role = self.roles.get(node_id)
+        return pb.SessionMessage(managers=self.managers, heartbeat_period_ns=self.heartbeat_ns,
+                                 desired_role=role or "", removed=role is None, leader_addr=self.leader_addr)
+
+
 class Dispatcher(pb_grpc.DispatcherServicer):
     def __init__(self, runtime: NodeRuntime) -> None:
         self.rt = runtime
-        self._cond = threading.Condition()
-        self._changes = 0
+        self._lock = threading.Lock()
+        self._sessions: dict[str, set[threading.Event]] = {}
+        self._view: _View | None = None
+        self._dirty = threading.Event()
         self._last_seen: dict[str, float] = {}
+        self._last_ready_write: dict[str, float] = {}
         self._leader_since: float | None = None
         self._stop = threading.Event()
-        self._reaper = threading.Thread(target=self._reap_loop, name="dispatcher-reaper", daemon=True)
-        self._reaper.start()
+        threading.Thread(target=self._reap_loop, name="dispatcher-reaper", daemon=True).start()
+        threading.Thread(target=self._view_loop, name="dispatcher-view", daemon=True).start()
 
     def close(self) -> None:
         self._stop.set()
-        self.notify()
+        self._dirty.set()
+        self._wake_all()
 
     def notify(self) -> None:
-        """Store changed (called on the apply thread): wake the session streams."""
-        with self._cond:
-            self._changes += 1
-            self._cond.notify_all()
+        """The store changed (called on the apply thread): recompute the view elsewhere."""
+        self._dirty.set()
+
+    # -- the shared view -------------------------------------------------------------------------------
+    def _compute_view(self, manager: Any) -> _View:
+        roles = manager.machine.read(lambda state: {i: n["role"] for i, n in state["nodes"].items()})
+        return _View(manager.managers(), manager.heartbeat_ns(), manager.leader_addr() or "", roles)
+
+    def _view_loop(self) -> None:
+        """Wakes sessions only when what they would be told changed; a status write (the most
+        frequent one) wakes nobody."""
+        while not self._stop.is_set():
+            self._dirty.wait(1.0)  # also catches leader changes, which write nothing
+            self._dirty.clear()
+            manager = self.rt.manager
+            if manager is None:
+                continue
+            try:
+                view = self._compute_view(manager)
+            except Exception:  # noqa: BLE001 - keep the last view
+                log.exception("could not compute the session view")
+                continue
+            old, self._view = self._view, view
+            if old is None or old.key != view.key:
+                self._wake_all()
+            elif old.roles != view.roles:
+                for node_id in set(old.roles) ^ set(view.roles) | {
+                        i for i in view.roles if old.roles.get(i) != view.roles[i]}:
+                    self._wake(node_id)
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            events = [e for group in self._sessions.values() for e in group]
+        for event in events:
+            event.set()
+
+    def _wake(self, node_id: str) -> None:
+        with self._lock:
+            events = list(self._sessions.get(node_id, ()))
+        for event in events:
+            event.set()
 
     # -- helpers -----------------------------------------------------------------------------------
     def _leader_manager(self) -> Any:
@@ -68,21 +126,13 @@ class Dispatcher(pb_grpc.DispatcherServicer):
             raise SwarmError(f"{NOT_LEADER}; leader: {addr}", grpc.StatusCode.FAILED_PRECONDITION)
         return manager
 
-    def _view(self, manager: Any, node_id: str) -> pb.SessionMessage:
-        def get(state: dict[str, Any]) -> tuple[str | None, bool]:
-            node = state["nodes"].get(node_id)
-            return (node["role"] if node else None), node is None
-        role, removed = manager.machine.read(get)
-        return pb.SessionMessage(
-            managers=[pb.RemoteManager(node_id=i, addr=a) for i, a in manager.managers()],
-            heartbeat_period_ns=manager.heartbeat_ns(), desired_role=role or "", removed=removed,
-            leader_addr=manager.leader_addr() or "")
-
-    def _mark(self, manager: Any, node_id: str, **fields: Any) -> None:
+    def _mark(self, manager: Any, node_id: str, **fields: Any) -> bool:
         try:
             manager.set_node_status(node_id, **fields)
+            return True
         except SwarmError as e:
             log.warning("could not record the status of %s: %s", node_id, e.message)
+            return False
 
     # -- RPCs ----------------------------------------------------------------------------------------
     @abort_on_error
@@ -96,19 +146,28 @@ class Dispatcher(pb_grpc.DispatcherServicer):
         addr = request.advertise_addr.rpartition(":")[0].strip("[]") or peer_ip(context)
         self._mark(manager, node_id, state="ready", message="", addr=addr, **description)
         log.info("session opened by %s from %s", node_id, peer_ip(context))
-        last: pb.SessionMessage | None = None
-        seen = -1
-        while context.is_active() and not self._stop.is_set() and manager.is_leader():
-            view = self._view(manager, node_id)
-            if view != last:
-                yield view
-                last = view
-                if view.removed:
-                    return
-            with self._cond:
-                if self._changes == seen:
-                    self._cond.wait(1.0)
-                seen = self._changes
+        wake = threading.Event()
+        with self._lock:
+            self._sessions.setdefault(node_id, set()).add(wake)
+        context.add_callback(wake.set)
+        try:
+            last: pb.SessionMessage | None = None
+            while context.is_active() and not self._stop.is_set() and manager.is_leader():
+                view = self._view or self._compute_view(manager)
+                message = view.message(node_id)
+                if message != last:
+                    yield message
+                    last = message
+                    if message.removed:
+                        return
+                wake.wait(5.0)
+                wake.clear()
+        finally:
+            with self._lock:
+                group = self._sessions.get(node_id, set())
+                group.discard(wake)
+                if not group:
+                    self._sessions.pop(node_id, None)
 
     @abort_on_error
     def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
@@ -118,9 +177,13 @@ class Dispatcher(pb_grpc.DispatcherServicer):
             self._last_seen.pop(node_id, None)
             self._mark(manager, node_id, state="down", message="node is leaving")
             return pb.HeartbeatResponse(period_ns=manager.heartbeat_ns())
-        previous = self._last_seen.get(node_id)
-        self._last_seen[node_id] = time.monotonic()
-        if previous is None:
+        now = time.monotonic()
+        self._last_seen[node_id] = now
+        # Self-healing: whatever made the store say otherwise (a lost write, a Down that raced
+        # this heartbeat), a node that heartbeats is Ready. Written at most once a second.
+        state = manager.machine.read(lambda st: (st["nodes"].get(node_id) or {}).get("state"))
+        if state != "ready" and now - self._last_ready_write.get(node_id, 0.0) > 1.0:
+            self._last_ready_write[node_id] = now
             self._mark(manager, node_id, state="ready", message="")
         return pb.HeartbeatResponse(period_ns=manager.heartbeat_ns())
 

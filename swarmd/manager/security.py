@@ -40,6 +40,25 @@ def _parse(pem: bytes) -> x509.Certificate | None:
         return None
 
 
+@functools.lru_cache(maxsize=8192)
+def _root_identity(pem: bytes, root_pem: bytes) -> pki.Identity | None:
+    """The identity in a leaf the root signed directly (cached: nodes call every few seconds)."""
+    cert = _parse(pem)
+    if cert is None:
+        return None
+    try:
+        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(root_pem))
+        return pki.identity_from_cert(pem)
+    except Exception:  # noqa: BLE001 - any failure means "not a node of this cluster"
+        return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _join_issued(pem: bytes, ca: join.JoinCA) -> bool:
+    cert = _parse(pem)
+    return cert is not None and ca.issued(cert)
+
+
 def _issuer_cn(cert: x509.Certificate) -> str:
     values = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(values[0].value) if values else ""
@@ -49,7 +68,6 @@ class ManagerSecurity:
     def __init__(self, root_pem: bytes, cert_pem: bytes, key_pem: bytes, trust: TrustSource) -> None:
         self._lock = threading.Lock()
         self._root_pem, self._cert_pem, self._key_pem = root_pem, cert_pem, key_pem
-        self._root = x509.load_pem_x509_certificate(root_pem)
         self._trust = trust
         self._served: tuple[Any, ...] | None = None   # what the current config was built from
         self._join_servers: dict[str, tuple[bytes, bytes]] = {}  # secret -> served (key, cert)
@@ -123,19 +141,15 @@ class ManagerSecurity:
         cluster_id, join_tokens, is_member = self._trust()
         issuer = _issuer_cn(cert)
         if issuer == pki.CA_ROLE:
-            try:
-                cert.verify_directly_issued_by(self._root)
-                identity = pki.identity_from_cert(certs[0])
-            except Exception:  # noqa: BLE001 - any failure means "not a node of this cluster"
-                return None
-            if identity.cluster_id != cluster_id or identity.role not in (authz.MANAGER, authz.WORKER):
+            identity = _root_identity(certs[0], self._root_pem)
+            if identity is None or identity.cluster_id != cluster_id or identity.role not in (authz.MANAGER, authz.WORKER):
                 return None
             if not is_member(identity.node_id):
                 return None  # removed from the swarm: refused even with a valid certificate
             return identity.role
         if issuer.startswith(join.JOIN_CA_PREFIX):
             for role, ca in self._join_cas(join_tokens).items():
-                if ca.name == issuer and ca.issued(cert):
+                if ca.name == issuer and _join_issued(certs[0], ca):
                     return authz.JOIN_MANAGER if role == "manager" else authz.JOIN_WORKER
         return None
 

@@ -74,8 +74,11 @@ class StateMachine:
             if handler is None:
                 return _failed("INVALID_ARGUMENT", f"unknown op {cmd.get('op')!r}")
             with self._lock:
-                # Handlers work on a copy so a failure half-way leaves the state as it was.
-                draft = copy.deepcopy(self._state)
+                # Handlers work on a draft so a failure half-way leaves the state as it was. The
+                # draft copies only the containers; a handler replaces (never edits) an object it
+                # changes (see _for_write), so a write costs O(objects), not a deep copy of all.
+                draft = {**self._state, "nodes": dict(self._state["nodes"]),
+                         "networks": dict(self._state["networks"])}
                 draft["index"] += 1
                 result = handler(draft, cmd)
                 self._state = draft
@@ -130,10 +133,11 @@ def _bootstrap(state: State, cmd: dict[str, Any]) -> Result:
 
 
 def _cluster(state: State) -> dict[str, Any]:
+    """The draft's own copy of the cluster object, safe to change."""
     cluster = state["cluster"]
     _require(cluster is not None, "FAILED_PRECONDITION", "the cluster does not exist")
-    assert cluster is not None
-    return cluster  # type: ignore[no-any-return]
+    state["cluster"] = copy.deepcopy(cluster)
+    return state["cluster"]  # type: ignore[no-any-return]
 
 
 def _rotate_join_token(state: State, cmd: dict[str, Any]) -> Result:
@@ -147,9 +151,11 @@ def _rotate_join_token(state: State, cmd: dict[str, Any]) -> Result:
 
 
 def _node(state: State, node_id: str) -> dict[str, Any]:
+    """The draft's own copy of a node, safe to change."""
     node = state["nodes"].get(node_id)
     _require(node is not None, "NOT_FOUND", f"node {node_id} not found")
-    return node  # type: ignore[no-any-return]
+    state["nodes"][node_id] = copy.deepcopy(node)
+    return state["nodes"][node_id]  # type: ignore[no-any-return]
 
 
 def _update_node(state: State, cmd: dict[str, Any]) -> Result:
@@ -192,7 +198,8 @@ def _create_network(state: State, cmd: dict[str, Any]) -> Result:
         _require(not existing, "ALREADY_EXISTS",
                  f"rpc error: code = AlreadyExists desc = ingress network ({existing[0]['id'] if existing else ''}) "
                  "is already present")
-    cluster = _cluster(state)
+    cluster = state["cluster"]
+    _require(cluster is not None, "FAILED_PRECONDITION", "the cluster does not exist")
     used = {cfg["subnet"]: n["name"] for n in networks.values() for cfg in n["ipam"]}
     configs = []
     try:

@@ -33,6 +33,7 @@ from clusterlib import (PROCS, BenchError, Daemon, Metrics, check_binaries, cont
                         install_signal_handlers, log, percentile, start_all)
 
 from swarmd.api.swarm.v1 import swarm_pb2 as pb  # noqa: E402
+from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc  # noqa: E402
 
 POLL_PERIOD = 0.020          # failover probe: one CreateNetwork attempt every ~20 ms
 FAILOVER_GIVE_UP = 30.0      # a round fails if no write commits this long after the kill
@@ -47,7 +48,7 @@ M_RPC_LEAVE = "Control.Leave RPC (worker, no CLI)"
 M_INIT = "swarmctl init"
 M_HELP = "swarmctl --help (CLI floor, no RPC)"
 M_FAILOVER = "kill -9 leader -> next committed write"
-M_ELECT = "kill -9 leader -> ListNodes names a new leader"
+M_ELECT = "kill -9 leader -> a survivor acts as leader"
 M_WPS = "sequential writes/s (3 managers)"
 M_WP50 = "write latency p50"
 M_WP99 = "write latency p99"
@@ -122,36 +123,51 @@ def writes(leader: Daemon, n: int) -> tuple[float, list[float]]:
     return n / total, lat
 
 
-def failover(leader: Daemon, survivor: Daemon, r: int) -> dict[str, Any]:
-    """kill -9 the leader, then one CreateNetwork on ``survivor`` every ~20 ms until one commits.
+def failover(leader: Daemon, survivors: list[Daemon], r: int) -> dict[str, Any]:
+    """kill -9 the leader, then one CreateNetwork on ``survivors[0]`` every ~20 ms until one commits.
 
-    A second thread polls ListNodes on the survivor (also every ~20 ms, own channel) and notes
-    when its answer first names a leader other than the dead one."""
+    A second thread watches the election itself, without going through the control API's
+    forwarding: every ~20 ms it calls Dispatcher.Heartbeat on each survivor's remote API with
+    survivors[0]'s own manager certificate (from its state dir). A follower refuses at once
+    (FAILED_PRECONDITION, naming the leader it believes in); the first survivor that accepts is
+    the new leader. A heartbeat changes nothing in the store for a node that is already Ready."""
+    survivor = survivors[0]
     dead_id = leader.info().node_id
     channel, stub = control_stub(survivor.sock)
-    pchannel, pstub = control_stub(survivor.sock)
+    certs = survivor.root / "state" / "certificates"
+    creds = grpc.ssl_channel_credentials((certs / "swarm-root-ca.crt").read_bytes(),
+                                         (certs / "swarm-node.key").read_bytes(),
+                                         (certs / "swarm-node.crt").read_bytes())
+    hb_channels = [grpc.secure_channel(d.listen, creds, options=[("grpc.ssl_target_name_override", "swarm-manager")])
+                   for d in survivors]
+    hb_stubs = [pb_grpc.DispatcherStub(c) for c in hb_channels]
     errors: dict[str, list[float]] = {}  # message -> [count, first s, last s]
     attempts = 0
-    elected: list[float] = []
+    elected: list[tuple[float, str]] = []
     stop = threading.Event()
     killed = 0.0
 
     def probe_leader() -> None:
         while not stop.is_set():
             t0 = time.perf_counter()
-            try:
-                nodes = pstub.ListNodes(pb.ListNodesRequest(), timeout=2).nodes
-                if any(n.manager_status.leader and n.id != dead_id for n in nodes):
-                    elected.append(time.perf_counter() - killed)
+            for d, hb in zip(survivors, hb_stubs):
+                try:
+                    hb.Heartbeat(pb.HeartbeatRequest(), timeout=0.5)
+                    elected.append((time.perf_counter() - killed, d.name))
                     return
-            except grpc.RpcError:
-                pass
+                except grpc.RpcError:
+                    pass
             stop.wait(max(0.0, POLL_PERIOD - (time.perf_counter() - t0)))
 
     prober = threading.Thread(target=probe_leader, name="leader-probe", daemon=True)
     try:
         stub.Info(pb.InfoRequest(), timeout=5)  # warm channels: the first attempts do not connect
-        pstub.Info(pb.InfoRequest(), timeout=5)
+        for hb in hb_stubs:
+            try:
+                hb.Heartbeat(pb.HeartbeatRequest(), timeout=5)
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.FAILED_PRECONDITION:  # followers refuse: connected
+                    raise BenchError(f"leader probe cannot reach a survivor: {e.code().name} {e.details()}")
         leader.kill9()
         killed = time.perf_counter()
         prober.start()
@@ -181,9 +197,11 @@ def failover(leader: Daemon, survivor: Daemon, r: int) -> dict[str, Any]:
     finally:
         stop.set()
         channel.close()
-        pchannel.close()
+        for c in hb_channels:
+            c.close()
     return {"round": r + 1, "killed": leader.name, "probed": survivor.name, "write_s": done,
-            "leader_s": elected[0] if elected else float("nan"), "attempts": attempts,
+            "leader_s": elected[0][0] if elected else float("nan"),
+            "new_leader": elected[0][1] if elected else "?", "attempts": attempts,
             "errors": {k: {"count": v[0], "first_s": round(v[1], 3), "last_s": round(v[2], 3)}
                        for k, v in errors.items()}}
 
@@ -236,8 +254,7 @@ def one_round(r: int, args: argparse.Namespace, m: Metrics, kills: list[dict[str
         pooled.extend(lat)
 
         leader = find_leader(managers, m1)
-        survivor = next(d for d in managers if d is not leader)
-        k = failover(leader, survivor, r)
+        k = failover(leader, [d for d in managers if d is not leader], r)
         kills.append(k)
         m.add(M_FAILOVER, k["write_s"])
         m.add(M_ELECT, k["leader_s"])
@@ -252,12 +269,13 @@ def one_round(r: int, args: argparse.Namespace, m: Metrics, kills: list[dict[str
 
 
 def kill_table(kills: list[dict[str, Any]]) -> str:
-    rows = [("round", "killed", "probed", "write s", "leader s", "attempts", "errors seen (count, first..last s)")]
+    rows = [("round", "killed", "write probed on", "write s", "new leader", "elected s", "attempts",
+             "errors seen (count, first..last s)")]
     for k in kills:
         errs = "; ".join(f"{msg} x{v['count']} ({v['first_s']:.2f}..{v['last_s']:.2f})"
                          for msg, v in k["errors"].items()) or "-"
-        rows.append((str(k["round"]), k["killed"], k["probed"], f"{k['write_s']:.3f}", f"{k['leader_s']:.3f}",
-                     str(k["attempts"]), errs))
+        rows.append((str(k["round"]), k["killed"], k["probed"], f"{k['write_s']:.3f}", k["new_leader"],
+                     f"{k['leader_s']:.3f}", str(k["attempts"]), errs))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for i, r in enumerate(rows):

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import grpc
@@ -179,7 +180,7 @@ class CpuMeter:
 
 def control_stub(sock: Path) -> tuple[grpc.Channel, pb_grpc.ControlStub]:
     channel = grpc.insecure_channel(f"unix:{sock}")
-    return channel, pb_grpc.ControlStub(channel)  # type: ignore[no-untyped-call]
+    return channel, pb_grpc.ControlStub(channel)
 
 
 class Daemon:
@@ -221,7 +222,8 @@ class Daemon:
     def info(self, timeout: float = 2.0) -> pb.InfoResponse:
         channel, stub = control_stub(self.sock)
         try:
-            return stub.Info(pb.InfoRequest(), timeout=timeout)
+            resp: pb.InfoResponse = stub.Info(pb.InfoRequest(), timeout=timeout)
+            return resp
         finally:
             channel.close()
 
@@ -370,7 +372,7 @@ class Metrics:
         return [n for n, m in self.summary().items() if m["status"] == "MISS"]
 
 
-def render_table(rows: list[tuple[str, ...]]) -> str:
+def render_table(rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for i, r in enumerate(rows):
@@ -394,14 +396,17 @@ def check_row(name: str, value: float, unit: str, op: str, bound: float) -> tupl
 PY_SPY = BIN_DIR / "py-spy"
 
 
-def start_profile(pid: int, seconds: float, out: Path, rate: int = 50) -> subprocess.Popen[bytes] | None:
+def start_profile(pid: int, seconds: float, out: Path, rate: int = 50,
+                  gil: bool = False) -> subprocess.Popen[bytes] | None:
     """``py-spy record`` of ``pid`` for ``seconds`` into ``out`` (collapsed stacks), non-blocking
-    sampling of active threads only. Returns None when py-spy is not available."""
+    sampling of active threads only (with ``gil``: only the thread holding the GIL, i.e. where
+    the Python CPU goes). Returns None when py-spy is not available."""
     if not os.access(PY_SPY, os.X_OK):
         log("py-spy not found next to the interpreter: no profile")
         return None
     return PROCS.spawn([str(PY_SPY), "record", "--pid", str(pid), "--duration", str(int(seconds)),
-                        "--rate", str(rate), "--format", "raw", "--nonblocking", "--output", str(out)],
+                        "--rate", str(rate), "--format", "raw", "--nonblocking", "--output", str(out),
+                        *(["--gil"] if gil else [])],
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

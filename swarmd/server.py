@@ -19,11 +19,10 @@ log = logging.getLogger("swarmd.api")
 
 MAX_MESSAGE_BYTES = 4 << 20
 REMOTE_WORKERS = 4096
+RAFT_MAX_MESSAGE = 65 << 20  # a 64 MiB frame plus gRPC framing
 
 _COMMON_OPTIONS = [
     ("grpc.so_reuseport", 0),  # a second daemon on the same address must fail, not share it
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     # Nodes and Raft peers ping every 2 s to notice dead links; accept that instead of
     # answering GOAWAY too_many_pings.
     ("grpc.keepalive_permit_without_calls", 1),
@@ -32,9 +31,12 @@ _COMMON_OPTIONS = [
 ]
 
 
-def _new_server(interceptor: grpc.ServerInterceptor, workers: int) -> grpc.Server:
+def _new_server(interceptor: grpc.ServerInterceptor, workers: int,
+                max_message: int = MAX_MESSAGE_BYTES) -> grpc.Server:
+    options = [*_COMMON_OPTIONS, ("grpc.max_receive_message_length", max_message),
+               ("grpc.max_send_message_length", max_message)]
     return grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-                       interceptors=[interceptor], options=_COMMON_OPTIONS)
+                       interceptors=[interceptor], options=options)
 
 
 def start_control_server(socket_path: Path, interceptor: grpc.ServerInterceptor,
@@ -59,7 +61,8 @@ def start_remote_server(listen: str, credentials: grpc.ServerCredentials,
                         interceptor: grpc.ServerInterceptor, register: Any) -> grpc.Server:
     # Every node's session stream holds one worker thread for its lifetime (sync gRPC), so the
     # pool is sized for thousands of nodes; idle threads cost little.
-    server = _new_server(interceptor, workers=REMOTE_WORKERS)
+    # Raft frames (log entries, snapshot chunks) may exceed the control API's limit.
+    server = _new_server(interceptor, workers=REMOTE_WORKERS, max_message=RAFT_MAX_MESSAGE)
     register(server)
     try:
         port = server.add_secure_port(listen, credentials)

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.node import Node
+from pysyncobj.transport import Transport
 
 from swarmd.fsutil import ensure_dir, fsync_dir
 from swarmd.store import hardening
@@ -124,6 +125,7 @@ class RaftStore:
         conf = SyncObjConf(
             autoTick=False,                   # our own tick thread: no 100 ms start-up sleep, bounded stop
             appendEntriesUseBatch=False,      # ~0.5 ms commits instead of one tick (50 ms)
+            appendEntriesPeriod=0.05,         # Raft heartbeat; also paces a new member's catch-up
             dynamicMembershipChange=True,
             useFork=False,                    # never fork a process that runs gRPC threads
             leaderFallbackTimeout=3.0,
@@ -137,10 +139,21 @@ class RaftStore:
             logCompactionMinEntries=5000,
             logCompactionMinTime=300,
         )
-        transport = LoneTransport if self._network is None else transport_class(self._network)
-        self._syncobj = SyncObj(Node(self.node_id), [Node(p) for p in self._peers], conf,
-                                consumers=[self._consumer], nodeClass=Node,
-                                transportClass=transport)
+        built: list[Transport] = []
+
+        def transport(syncObj: Any, selfNode: Any, otherNodes: Any) -> Transport:  # noqa: N803
+            factory = LoneTransport if self._network is None else transport_class(self._network)
+            built.append(factory(syncObj, selfNode, otherNodes))
+            return built[-1]
+
+        try:
+            self._syncobj = SyncObj(Node(self.node_id), [Node(p) for p in self._peers], conf,
+                                    consumers=[self._consumer], nodeClass=Node,
+                                    transportClass=transport)
+        except BaseException:
+            for t in built:  # let go of the network, so a later start can attach again
+                t.destroy()
+            raise
         self._syncobj.addOnTickCallback(self._commit_alone)
         self._syncobj.addOnTickCallback(self._run_tick_calls)
         if not self._peers:
@@ -231,6 +244,8 @@ class RaftStore:
     def _on_tick_thread(self, fn: Callable[[SyncObj], T], timeout: float = 5.0) -> T:
         """Run ``fn(syncobj)`` on the tick thread, where pysyncobj's state may be touched."""
         obj = self._obj()
+        if threading.current_thread() is self._tick_thread:
+            return fn(obj)  # called from a pysyncobj callback: already on the tick thread
         future: Future[T] = Future()
         self._tick_calls.put((fn, future))
         obj._SyncObj__pipeNotifier.notify()
@@ -286,9 +301,14 @@ class RaftStore:
                              "transfer leadership first and remove it from the new leader")
         self._change_membership("rem", node_id, timeout)
 
+    def _not_on_tick_thread(self, what: str) -> None:
+        if threading.current_thread() is self._tick_thread:
+            raise StoreError(f"{what} waits for the raft tick thread and cannot run on it")
+
     def _change_membership(self, kind: str, node_id: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         what = "add" if kind == "add" else "remove"
+        self._not_on_tick_thread(f"{what} member")
         if not self._membership_lock.acquire(timeout=timeout):
             raise StoreError(f"cannot {what} {node_id}: another membership change is in progress")
         try:
@@ -339,6 +359,7 @@ class RaftStore:
         True once another member is the leader (also when this one was not the leader to begin
         with); False if that did not happen within ``timeout``.
         """
+        self._not_on_tick_thread("transfer_leadership")
         deadline = time.monotonic() + timeout
         last_try = 0.0
         while True:

@@ -24,6 +24,12 @@ Threads and ownership:
   ``HEARTBEAT_INTERVAL`` when idle and close a stream that stays silent for ``DEAD_AFTER``; gRPC
   keepalive pings catch dead TCP connections as well. A closed stream is reported disconnected
   to pysyncobj and the dialer redials.
+
+Wire format: a ``RaftFrame.payload`` is one or more concatenated msgpack maps, each one
+pysyncobj message (``use_bin_type``; tuples become arrays). Messages queued while the previous
+frame was being written share the next frame. An empty payload is the accepted mark or a
+heartbeat. Frames over ``MAX_FRAME``, undecodable frames and messages that do not have the shape
+of pysyncobj's (``_SCHEMA``) are dropped whole with a log line.
 """
 
 from __future__ import annotations
@@ -50,12 +56,13 @@ from swarmd.ca import pki
 log = logging.getLogger(__name__)
 
 MAX_FRAME = 64 << 20              # largest accepted or sent payload
-BATCH_BYTES = 1 << 20            # messages queued together share a frame up to this size
+BATCH_BYTES = 1 << 20             # messages queued together share a frame up to this size
 MAX_BACKLOG = 2 * MAX_FRAME       # queued bytes to a peer before the stream is dropped as stuck
 HEARTBEAT_INTERVAL = 0.5          # an idle stream carries an empty frame this often ...
 DEAD_AFTER = 3.0                  # ... and is closed after this long without any frame
 ACK_TIMEOUT = 5.0                 # a dialled stream must be accepted within this
-MIN_BACKOFF = 0.1
+MIN_BACKOFF = 0.02
+ATTACH_WAIT = 3.0
 MAX_BACKOFF = 1.0
 JOIN_TIMEOUT = 2.0                # bound on joining dialer and reader threads when stopping
 _MAX_EVENTS_PER_WAKE = 2000       # the tick thread has its own work too
@@ -263,7 +270,8 @@ _CONNECTED, _DISCONNECTED, _MESSAGE = 0, 1, 2
 
 
 class _RaftTransport(Transport):  # type: ignore[misc]
-    """pysyncobj's view of the network. Everything but ``post`` runs on the tick thread."""
+    """pysyncobj's view of the network. Everything but the ``post`` methods runs on the tick
+    thread."""
 
     def __init__(self, network: PeerNetwork, syncObj: Any, selfNode: Any,  # noqa: N803
                  otherNodes: Any) -> None:  # noqa: N803
@@ -292,11 +300,18 @@ class _RaftTransport(Transport):  # type: ignore[misc]
             raise
 
     # -- from any thread ---------------------------------------------------------------------------
-    def post(self, kind: int, link: _Link, message: Any = None) -> None:
+    def post(self, kind: int, link: _Link) -> None:
+        self._post([(kind, link, None)])
+
+    def post_messages(self, link: _Link, messages: list[dict[str, Any]]) -> None:
+        self._post([(_MESSAGE, link, m) for m in messages])
+
+    def _post(self, events: list[tuple[int, _Link, Any]]) -> None:
+        """Queue events for the tick thread and wake it (its poller watches the pipe)."""
         with self._fd_lock:  # never write to a closed (maybe reused) descriptor
             if self._destroyed:
                 return
-            self._events.append((kind, link, message))
+            self._events.extend(events)
             try:
                 os.write(self._wfd, b"\0")
             except BlockingIOError:
@@ -319,26 +334,7 @@ class _RaftTransport(Transport):  # type: ignore[misc]
             except Exception:  # noqa: BLE001 - one bad message must not stop the others
                 log.exception("raft: handling a message from %s failed", link.peer)
         if self._events:
-            self.post_wakeup()
-
-    def post_many(self, link: _Link, messages: list[dict[str, Any]]) -> None:
-        with self._fd_lock:
-            if self._destroyed:
-                return
-            self._events.extend((_MESSAGE, link, m) for m in messages)
-            try:
-                os.write(self._wfd, b"\0")
-            except BlockingIOError:
-                pass
-
-    def post_wakeup(self) -> None:
-        with self._fd_lock:
-            if self._destroyed:
-                return
-            try:
-                os.write(self._wfd, b"\0")
-            except BlockingIOError:
-                pass
+            self._post([])  # more than one wake-up's worth: come back after the tick
 
     def _handle(self, kind: int, link: _Link, message: Any) -> None:
         peer = link.peer
@@ -544,7 +540,7 @@ class _Dialer:
             finally:
                 timer.cancel()
             link.last_recv = time.monotonic()
-            if not self._net._register(link, dialled=True):
+            if not self._net._register(link):
                 return False, "stopping"
             connected = True
             log.info("raft: connected to %s at %s", self.peer, addr)
@@ -689,7 +685,7 @@ class PeerNetwork:
             link.close("removed from the raft cluster")
 
     # -- gRPC side ---------------------------------------------------------------------------------
-    def _register(self, link: _Link, dialled: bool) -> bool:
+    def _register(self, link: _Link) -> bool:
         """Make ``link`` the peer's live stream and report it connected."""
         with self._lock:
             sink = self._sink
@@ -725,7 +721,7 @@ class PeerNetwork:
             return
         sink = self._sink
         if sink is not None:
-            sink.post_many(link, messages)
+            sink.post_messages(link, messages)
 
     def _accept(self, request_iterator: Any, context: Any) -> Iterator[pb.RaftFrame]:
         peer, role = _caller_id(context)
@@ -735,9 +731,16 @@ class PeerNetwork:
         if role is not None and role != pki.MANAGER_ROLE:
             log.warning("raft: refused a stream from %s (role %s)", peer, role)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"raft: {role} certificates may not join raft")
-        with self._lock:
-            attached = self._sink is not None and not self._closed
-            member = peer in self._members
+        # A manager that is joining starts its store right after the leader added it: give the
+        # store a moment instead of sending the leader into its reconnect backoff.
+        deadline = time.monotonic() + ATTACH_WAIT
+        while True:
+            with self._lock:
+                attached = self._sink is not None and not self._closed
+                member = peer in self._members
+            if attached or time.monotonic() >= deadline or not context.is_active():
+                break
+            time.sleep(0.005)
         if not attached:
             context.abort(grpc.StatusCode.UNAVAILABLE, "raft: the store of this manager is not running")
         if not member:
@@ -749,7 +752,7 @@ class PeerNetwork:
         link = _Link(peer, self._link_closed)
         if not context.add_callback(lambda: link.close("stream ended")):
             link.close("stream ended")
-        if not self._register(link, dialled=False):
+        if not self._register(link):
             link.close("not registered")
             context.abort(grpc.StatusCode.UNAVAILABLE, "raft: this manager is stopping or changed membership")
         reader = threading.Thread(target=self._read, args=(link, request_iterator),

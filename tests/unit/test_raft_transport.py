@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 import pytest
 
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
@@ -219,6 +219,8 @@ def test_add_and_remove_members(cluster: Cluster) -> None:
     members.append(newcomer)
     leader.raft.propose(rotate("four"))
     wait_for(lambda: same_state(members, 12), 10, "the new member to catch up")
+    # It caught up from the leader's snapshot (it would not compact its own log this early).
+    assert (newcomer.dir / "raft" / "snapshot").exists()
     wait_for(lambda: all(m.raft.members() == everyone for m in members), 5, "every member to know all four")
     wait_for(lambda: all_connected(members), 5, "the new member's streams")
 
@@ -271,7 +273,7 @@ def _refusal(address: str, target: str, credentials: Any) -> grpc.StatusCode:
     try:
         with pytest.raises(grpc.RpcError) as info:
             next(call)
-        return info.value.code()  # type: ignore[no-any-return]
+        return info.value.code()
     finally:
         out.put(None)
         channel.close()
@@ -346,6 +348,44 @@ def test_malformed_frames_from_a_member_do_not_stop_it(cluster: Cluster) -> None
         propose_anywhere(members, rotate(f"after garbage {i}"), timeout=5.0)
     wait_for(lambda: same_state(members, 6), 5, "replication to go on")
     wait_for(lambda: all_connected(members), 5, "the real stream to be dialled again")
+
+
+def test_lost_and_silent_streams_are_reported_disconnected(cluster: Cluster) -> None:
+    members = cluster.start(3)
+    wait_leader(members)
+    wait_for(lambda: all_connected(members), 5, "every stream")
+    ordered = sorted(members, key=lambda m: m.node_id)
+    acceptor, dialer = ordered[0], ordered[1]
+
+    def pysyncobj_sees(m: Member, peer: Member) -> bool:
+        return bool(m.raft.status()[f"partner_node_status_server_{peer.node_id}"] == 2)
+
+    assert pysyncobj_sees(acceptor, dialer) and pysyncobj_sees(dialer, acceptor)
+    # A member that goes away (store stopped, server still up): both views follow at once.
+    assert dialer.store is not None
+    dialer.store.stop()
+    dialer.store = None
+    wait_for(lambda: not acceptor.raft.is_connected(dialer.node_id), 2, "the acceptor to notice")
+    assert not pysyncobj_sees(acceptor, dialer)
+
+    # A peer whose stream stays open but silent (a hung process) is dropped after DEAD_AFTER.
+    channel, call, out = _open(cluster.addresses[acceptor.node_id], acceptor.node_id,
+                               cluster.ca.channel_credentials(dialer.cert, dialer.key))
+    try:
+        assert next(call).payload == b""
+        wait_for(lambda: acceptor.raft.is_connected(dialer.node_id), 2, "the silent stream to be taken")
+        opened = time.monotonic()
+        with pytest.raises((StopIteration, grpc.RpcError)):
+            for _ in call:  # heartbeats from the acceptor, until it gives up on us
+                pass
+            raise StopIteration
+        elapsed = time.monotonic() - opened
+        assert transport.DEAD_AFTER - 0.5 <= elapsed <= transport.DEAD_AFTER + 2
+        assert not acceptor.raft.is_connected(dialer.node_id) and not pysyncobj_sees(acceptor, dialer)
+    finally:
+        out.put(None)
+        channel.close()
+    propose_anywhere(members, BOOTSTRAP, timeout=5.0)  # two of three still make a quorum
 
 
 def test_stopping_a_store_is_bounded_and_leaves_no_threads(cluster: Cluster) -> None:

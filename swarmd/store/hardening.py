@@ -115,6 +115,11 @@ class DurableJournal(ps_journal.FileJournal):  # type: ignore[misc]
 
     def __init__(self, journalFile: str) -> None:  # noqa: N803
         self._bulk = False
+        # A leader may append before its own fsync (it ships the entry to followers meanwhile)
+        # as long as the fsync happens before it counts itself towards a commit: RaftStore's
+        # tick loop calls sync_if_dirty() before every tick, where commits are computed.
+        self.defer_sync = False
+        self._dirty = False
         super().__init__(journalFile)
         storer = _DurableMetaStorer(journalFile + ".meta")
         self._FileJournal__metaStorer = storer
@@ -127,11 +132,19 @@ class DurableJournal(ps_journal.FileJournal):  # type: ignore[misc]
 
     def add(self, command: bytes, idx: int, term: int) -> None:
         super().add(command, idx, term)
-        if not self._bulk:
+        if self._bulk or self.defer_sync:
+            self._dirty = True
+        else:
+            self._file().sync()
+
+    def sync_if_dirty(self) -> None:
+        if self._dirty:
+            self._dirty = False
             self._file().sync()
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802, N803
         super().deleteEntriesFrom(entryFrom)
+        self._dirty = False
         self._file().sync()
 
     def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802, N803
@@ -140,6 +153,7 @@ class DurableJournal(ps_journal.FileJournal):  # type: ignore[misc]
             super().deleteEntriesTo(entryTo)
         finally:
             self._bulk = False
+        self._dirty = False
         self._file().sync()
 
     def flush(self) -> None:

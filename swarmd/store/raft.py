@@ -166,8 +166,12 @@ class RaftStore:
 
     def _tick_loop(self, obj: SyncObj) -> None:
         """All Raft state lives on this thread (pysyncobj has no locks)."""
+        journal = obj._SyncObj__raftLog
+        sync = getattr(journal, "sync_if_dirty", None)
         while not self._stopping.is_set():
             try:
+                if sync is not None:
+                    sync()  # before commits are computed (see DurableJournal.defer_sync)
                 obj.doTick(TICK_PERIOD)
             except Exception:  # noqa: BLE001 - pysyncobj's own policy: log and tick again
                 log.exception("raft tick failed")
@@ -376,6 +380,13 @@ class RaftStore:
             time.sleep(0.01)
 
     def _state_changed(self, old: int, new: int) -> None:
+        # On the tick thread. Only a leader may defer its fsync; anyone else acknowledges
+        # entries right after appending them, so those must be on disk first.
+        journal = self._syncobj._SyncObj__raftLog if self._syncobj is not None else None
+        if journal is not None and hasattr(journal, "defer_sync"):
+            if new != 2:
+                journal.sync_if_dirty()
+            journal.defer_sync = new == 2
         if self._on_leader_change is not None:
             self._on_leader_change(new == 2)
 

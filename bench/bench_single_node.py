@@ -65,45 +65,10 @@ class BenchError(RuntimeError):
 # Process bookkeeping: everything started here is stopped here, by PID.
 # ---------------------------------------------------------------------------------------------
 
-class Processes:
-    def __init__(self) -> None:
-        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from clusterlib import PROCS, Processes  # noqa: E402  (one process keeper for every bench)
 
-    def spawn(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, **kwargs)
-        self._procs[proc.pid] = proc
-        return proc
-
-    def forget(self, proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is not None:
-            self._procs.pop(proc.pid, None)
-
-    def stop(self, proc: subprocess.Popen[bytes], grace: float = 10.0) -> float:
-        """SIGTERM ``proc`` (by its PID), SIGKILL it after ``grace`` s; returns the seconds it took."""
-        t0 = time.perf_counter()
-        if proc.poll() is None:
-            try:
-                os.kill(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(5.0)
-        elapsed = time.perf_counter() - t0
-        self.forget(proc)
-        return elapsed
-
-    def stop_all(self) -> list[int]:
-        leftovers = [p for p in self._procs.values() if p.poll() is None]
-        for p in leftovers:
-            self.stop(p, grace=5.0)
-        self._procs.clear()
-        return [p.pid for p in leftovers]
-
-
-PROCS = Processes()
+__all__ = ["Processes"]
 
 
 def _on_signal(signum: int, frame: Any) -> None:

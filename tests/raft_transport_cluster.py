@@ -25,6 +25,7 @@ from swarmd.ca import ids, pki
 from swarmd.store.machine import StateMachine, encode_op
 from swarmd.store.raft import RaftStore, StoreError
 from swarmd.store.transport import SERVER_OPTIONS, PeerNetwork
+from tests.harness import wait_for as harness_wait_for
 
 CLUSTER = {"id": "c" * 25, "default_addr_pool": [], "subnet_size": 24,
            "join_tokens": {"worker": "w", "manager": "m"}}
@@ -39,14 +40,7 @@ def rotate(token: str) -> bytes:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(step)
+    return harness_wait_for(predicate, timeout, step=step, what=what)
 
 
 @dataclass

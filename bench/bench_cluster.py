@@ -132,7 +132,6 @@ def failover(leader: Daemon, survivors: list[Daemon], r: int) -> dict[str, Any]:
     (FAILED_PRECONDITION, naming the leader it believes in); the first survivor that accepts is
     the new leader. A heartbeat changes nothing in the store for a node that is already Ready."""
     survivor = survivors[0]
-    dead_id = leader.info().node_id
     channel, stub = control_stub(survivor.sock)
     certs = survivor.root / "state" / "certificates"
     creds = grpc.ssl_channel_credentials((certs / "swarm-root-ca.crt").read_bytes(),

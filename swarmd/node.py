@@ -570,7 +570,7 @@ class NodeRuntime:
             resp.remote_managers.extend(pb.RemoteManager(node_id=m["node_id"], addr=m["addr"])
                                         for m in local.remote_managers)
             return resp
-        resp.remote_managers.extend(pb.RemoteManager(node_id=i, addr=a) for i, a in manager.manager_addrs())
+        resp.remote_managers.extend(pb.RemoteManager(node_id=i, addr=a) for i, a in manager.managers())
         try:
             resp.nodes, resp.managers = manager.counts()
             resp.cluster.CopyFrom(manager.cluster_pb())

@@ -110,8 +110,7 @@ def abort_on_error(fn: Any) -> Any:
 
 def _is_abort(e: Exception) -> bool:
     """context.abort() raises an exception of gRPC's own to unwind the handler: let it through."""
-    return isinstance(e, grpc.RpcError) or type(e).__name__ == "_AbortError" or (
-        type(e) is Exception and not e.args)
+    return isinstance(e, grpc.RpcError) or (type(e) is Exception and not e.args)
 
 
 __all__ = ["start_control_server", "start_remote_server", "abort_on_error", "errors"]

@@ -140,7 +140,8 @@ class Manager:
             return len(nodes), sum(1 for n in nodes if n.get("manager"))
         return self.read(count)
 
-    def manager_addrs(self) -> list[tuple[str, str]]:
+    def managers(self) -> list[tuple[str, str]]:
+        """(node ID, advertise address) of every manager the store knows, sorted."""
         def addrs(state: State) -> list[tuple[str, str]]:
             return sorted((n["id"], n["manager"]["addr"]) for n in state["nodes"].values() if n.get("manager"))
         return self.machine.read(addrs)
@@ -230,10 +231,6 @@ class Manager:
         return network
 
     # -- membership ----------------------------------------------------------------------------
-    def managers(self) -> list[tuple[str, str]]:
-        """(node ID, address) of every Raft member the store knows."""
-        return self.manager_addrs()
-
     def _sign(self, csr: bytes, node_id: str, role: str) -> tuple[bytes, str]:
         cluster = self.cluster()
         expiry = timedelta(microseconds=cluster["spec"]["node_cert_expiry_ns"] // 1000)
@@ -253,12 +250,12 @@ class Manager:
             raise errors.invalid(f'invalid availability "{availability}"')
         node_id = ids.new_id()
         cert, cluster_id = self._sign(csr, node_id, role)  # a bad CSR fails before anything is stored
-        host, port = _split_advertise(advertise_addr)
+        host, _ = _split_advertise(advertise_addr)
         now = now_rfc3339()
         node = {
             "id": node_id, "created_at": now, "updated_at": now, "role": role, "availability": availability,
             "labels": {}, **description, "state": "unknown", "addr": host or peer_ip, "message": "",
-            "manager": None, "advertise": netaddr_join(host or peer_ip, port) if port else "",
+            "manager": None,
         }
         self.propose("add_node", node=node)
         log.info("admitted node %s as %s from %s", node_id, role, peer_ip)
@@ -364,12 +361,6 @@ class Manager:
         node = self.read(lambda state: dict(self._resolve_node(state, ref, allow_self=False)))
         self.propose("remove_node", id=node["id"], force=force)
         return str(node["id"])
-
-
-def netaddr_join(host: str, port: str) -> str:
-    from swarmd import netaddr
-
-    return netaddr.join_host_port(host, port)
 
 
 def _split_advertise(addr: str) -> tuple[str, str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import join, leader_of, node_rows, wait_for
+from tests.harness import leader_of, node_rows, wait_for
 from tests.netns.lab import Lab, NsDaemon, unavailable
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]

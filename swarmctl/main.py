@@ -6,6 +6,7 @@ The commands only gather flags, make one or two calls and echo ``render``'s text
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from swarmd import API_VERSION, __version__
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 
 PROG = "swarmctl"
+JOIN_TOKEN_ENV = "SWARM_JOIN_TOKEN"
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -131,13 +133,29 @@ def init(ctx: click.Context, advertise_addr: str, listen_addr: str, availability
     out(render.init_result(resp))
 
 
+def join_token_from(flag: str, path: Path | None) -> str:
+    """--token, else --token-file, else $SWARM_JOIN_TOKEN: the last two keep it out of argv."""
+    if flag and path is not None:
+        raise CLIError("--token and --token-file cannot be used together")
+    if path is not None:
+        try:
+            return path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CLIError(f"could not read --token-file {path}: {getattr(e, 'strerror', None) or e}") from None
+    return flag or os.environ.get(JOIN_TOKEN_ENV, "").strip()
+
+
 def check_availability(value: str) -> None:
     if value.lower() not in ("active", "pause", "drain"):
         raise CLIError(f'invalid availability "{value}", only active, pause and drain are supported')
 
 
 @cli.command(short_help="Join a swarm as a node and/or manager", usage="[OPTIONS] HOST:PORT", nargs="one")
-@click.option("--token", default="", metavar="string", help="Token for entry into the swarm")
+@click.option("--token", default="", metavar="string",
+              help="Token for entry into the swarm (prefer --token-file or $SWARM_JOIN_TOKEN: "
+                   "argv is visible to other users and kept in shell history)")
+@click.option("--token-file", type=click.Path(path_type=Path), default=None,
+              help="Read the token from this file (one line)")
 @click.option("--advertise-addr", default="", metavar="string",
               help='Advertised address (format: "<ip|interface>[:port]")')
 @click.option("--listen-addr", type=params.NODE_ADDR, default="0.0.0.0:2377", show_default=True,
@@ -148,10 +166,11 @@ def check_availability(value: str) -> None:
               help='Address or interface to use for data path traffic (format: "<ip|interface>")')
 @click.argument("remote")
 @click.pass_context
-def join(ctx: click.Context, token: str, advertise_addr: str, listen_addr: str, availability: str,
-         data_path_addr: str, remote: str) -> None:
+def join(ctx: click.Context, token: str, token_file: Path | None, advertise_addr: str, listen_addr: str,
+         availability: str, data_path_addr: str, remote: str) -> None:
     """Join a swarm as a worker or a manager: the role comes from the token."""
     check_availability(availability)
+    token = join_token_from(token, token_file)
     resp = client(ctx).call("Join", pb.JoinRequest(
         remote_addr=remote, token=token, listen_addr=listen_addr, advertise_addr=advertise_addr,
         data_path_addr=data_path_addr, availability=availability.lower()))

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -301,3 +302,22 @@ def test_force_new_cluster_recovers_from_lost_quorum(cluster: dict[str, Daemon])
     rows = node_rows(m1)
     assert rows["m1"][2] == "Leader" and rows["m2"] == ["Down", "Active", ""] and rows["m3"][2] == ""
     assert "  Managers: 1\n" in m1.ok("info")
+
+
+def test_join_token_kept_out_of_argv(daemons: Factory, tmp_path: Path) -> None:
+    m1 = daemons("m1")
+    m1.init()
+    w1, w2 = daemons("w1"), daemons("w2")
+    token = m1.ok("join-token", "-q", "worker").strip()
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    assert w1.ok("join", "--token-file", str(token_file), "--advertise-addr", w1.ip, "--listen-addr", w1.listen,
+                 m1.listen) == "This node joined a swarm as a worker.\n"
+    w2.env["SWARM_JOIN_TOKEN"] = token
+    assert w2.ok("join", "--advertise-addr", w2.ip, "--listen-addr", w2.listen,
+                 m1.listen) == "This node joined a swarm as a worker.\n"
+    r = w2.ctl("join", "--token", token, "--token-file", str(token_file), m1.listen)
+    assert (r.returncode, r.stderr) == (1, "--token and --token-file cannot be used together\n")
+    r = w2.ctl("join", "--token-file", str(tmp_path / "missing"), m1.listen)
+    assert r.returncode == 1 and r.stderr.startswith("could not read --token-file")

@@ -34,7 +34,6 @@ from typing import Any, Callable
 import grpc
 
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
-from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 
 BIN_DIR = Path(sys.executable).parent
 SWARMD = BIN_DIR / "swarmd"
@@ -57,31 +56,21 @@ TARGETS: dict[str, float] = {
 }
 
 
-class BenchError(RuntimeError):
-    pass
-
-
 # ---------------------------------------------------------------------------------------------
 # Process bookkeeping: everything started here is stopped here, by PID.
 # ---------------------------------------------------------------------------------------------
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from clusterlib import PROCS, Processes  # noqa: E402  (one process keeper for every bench)
+# One set of helpers for every bench: process keeper, /proc readings, statistics.
+from clusterlib import (PROCS, BenchError, _on_signal, control_stub, log, percentile,  # noqa: E402
+                        proc_status)
 
-__all__ = ["Processes"]
-
-
-def _on_signal(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks that clean up
+stub_for = control_stub
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
 
 def pick_listen_addr(used: set[str]) -> str:
     """A free 127.0.0.X:2377 this bench has not used yet (avoids TIME_WAIT and other users)."""
@@ -102,28 +91,12 @@ def pick_listen_addr(used: set[str]) -> str:
     raise BenchError("no free 127.0.0.X:2377 address")
 
 
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS/VmHWM (kB) and Threads from /proc/<pid>/status."""
-    out: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "Threads"):
-                out[key] = int(value.split()[0])
-    return out
-
-
 def cpu_ticks(pid: int) -> int:
     """utime + stime of ``pid`` in clock ticks (fields 14 and 15 of /proc/<pid>/stat)."""
     with open(f"/proc/{pid}/stat") as f:
         data = f.read()
     fields = data[data.rindex(")") + 2:].split()  # fields from #3 (state) on
     return int(fields[11]) + int(fields[12])
-
-
-def stub_for(sock: Path) -> tuple[grpc.Channel, pb_grpc.ControlStub]:
-    channel = grpc.insecure_channel(f"unix:{sock}")
-    return channel, pb_grpc.ControlStub(channel)  # type: ignore[no-untyped-call]
 
 
 @dataclass
@@ -319,17 +292,6 @@ def one_round(r: int, args: argparse.Namespace, s: Samples, used_addrs: set[str]
 # ---------------------------------------------------------------------------------------------
 # Statistics and output
 # ---------------------------------------------------------------------------------------------
-
-def percentile(values: list[float], p: float) -> float:
-    """Linear-interpolated percentile (same as numpy's default)."""
-    xs = sorted(values)
-    if not xs:
-        return float("nan")
-    k = (len(xs) - 1) * p / 100
-    lo = int(k)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
-
 
 UNITS = {
     "idle manager VmRSS": "MiB", "idle manager VmHWM": "MiB", "manager VmRSS after writes": "MiB",

@@ -194,6 +194,13 @@ def join_host_port(host: str, port: str) -> str:
     return f"{host}:{port}"
 
 
+def host_of(addr: str) -> str:
+    """The host of ``host:port`` / ``[v6]:port`` / ``:port`` (empty), without brackets; lenient
+    about the port text, which Docker stores verbatim for advertise addresses."""
+    host, _, _ = addr.rpartition(":")
+    return host.strip("[]")
+
+
 # --------------------------------------------------------------------------- --listen-addr (CLI side)
 
 

@@ -430,7 +430,7 @@ class NodeRuntime:
         ensure_dir(self.state_dir)
         self.certs.save(result.root_pem, result.cert_pem, result.key_pem)
         local = LocalState(node_id=result.node_id, cluster_id=result.cluster_id, role=result.role,
-                           listen_addr=listen, advertise_addr=advertise, local_addr=advertise.rpartition(":")[0],
+                           listen_addr=listen, advertise_addr=advertise, local_addr=netaddr.host_of(advertise),
                            data_path_addr=data_path,
                            remote_managers=[{"node_id": i, "addr": a} for i, a in result.managers])
         self.local = local
@@ -492,7 +492,7 @@ class NodeRuntime:
                 manager.store.transfer_leadership()
                 manager.store.wait_leader(5.0)
             self._call_leader("RaftMembership", "Leave", pb.RaftLeaveRequest(), others)
-        except (SwarmError, Exception) as e:  # noqa: BLE001 - leaving goes on regardless
+        except Exception as e:  # noqa: BLE001 - leaving goes on regardless
             log.warning("could not leave the raft cluster cleanly: %s", e)
 
     # -- session updates (promotion, demotion, manager list) ----------------------------------------------

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from swarmd import netaddr
 from swarmd.fsutil import atomic_write
 
 STATE_FILE = "state.json"
@@ -31,8 +32,7 @@ class LocalState:
 
     @property
     def advertise_host(self) -> str:
-        host, _, _ = self.advertise_addr.rpartition(":")
-        return host.strip("[]")
+        return netaddr.host_of(self.advertise_addr)
 
     def save(self, state_dir: Path) -> None:
         atomic_write(state_dir / STATE_FILE, json.dumps(asdict(self), indent=2).encode() + b"\n", 0o600)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from swarmd import errors
+from swarmd import errors, netaddr
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.ca import ids, pki, tokens
 from swarmd.errors import SwarmError
@@ -250,7 +250,7 @@ class Manager:
             raise errors.invalid(f'invalid availability "{availability}"')
         node_id = ids.new_id()
         cert, cluster_id = self._sign(csr, node_id, role)  # a bad CSR fails before anything is stored
-        host, _ = _split_advertise(advertise_addr)
+        host = netaddr.host_of(advertise_addr)
         now = now_rfc3339()
         node = {
             "id": node_id, "created_at": now, "updated_at": now, "role": role, "availability": availability,
@@ -362,10 +362,3 @@ class Manager:
         self.propose("remove_node", id=node["id"], force=force)
         return str(node["id"])
 
-
-def _split_advertise(addr: str) -> tuple[str, str]:
-    """'host:port', ':port' (use the peer's address) or ''."""
-    if not addr:
-        return "", ""
-    host, _, port = addr.rpartition(":")
-    return host.strip("[]"), port

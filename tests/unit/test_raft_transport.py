@@ -381,7 +381,9 @@ def test_lost_and_silent_streams_are_reported_disconnected(cluster: Cluster) -> 
             raise StopIteration
         elapsed = time.monotonic() - opened
         assert transport.DEAD_AFTER - 0.5 <= elapsed <= transport.DEAD_AFTER + 2
-        assert not acceptor.raft.is_connected(dialer.node_id) and not pysyncobj_sees(acceptor, dialer)
+        # The drop reaches the tick thread just after the stream ends on our side.
+        wait_for(lambda: not acceptor.raft.is_connected(dialer.node_id) and not pysyncobj_sees(acceptor, dialer),
+                 2, "the silent stream to be reported disconnected")
     finally:
         out.put(None)
         channel.close()

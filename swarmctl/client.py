@@ -54,6 +54,19 @@ def _read(path: Path | None, flag: str) -> bytes:
         raise CLIError(f"could not read {flag} {path}: {e.strerror}") from None
 
 
+def _read_key(path: Path | None) -> bytes:
+    """A node's key file carries PEM headers (and is sealed with autolock): hand TLS the bare key."""
+    from swarmd.ca import keyfile
+
+    data = _read(path, "--tlskey")
+    try:
+        return keyfile.decode(data, None).key_pem
+    except keyfile.LockedError:
+        raise CLIError(f"the key in {path} is encrypted (autolock); use a key file without a passphrase") from None
+    except keyfile.KeyFileError as e:
+        raise CLIError(f"could not read --tlskey {path}: {e}") from None
+
+
 class Client:
     def __init__(self, target: Target) -> None:
         self.target = target
@@ -68,7 +81,7 @@ class Client:
         else:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=_read(t.tlscacert, "--tlscacert"),
-                private_key=_read(t.tlskey, "--tlskey"),
+                private_key=_read_key(t.tlskey),
                 certificate_chain=_read(t.tlscert, "--tlscert"))
             # Managers' certificates carry the SAN swarm-manager, not the host name.
             self._channel = grpc.secure_channel(t.host[len("tcp://"):], creds,

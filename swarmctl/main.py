@@ -230,16 +230,75 @@ def ca(ctx: click.Context, rotate: bool, cert_expiry: int | None, ca_cert: Path 
 @click.option("--rotate", is_flag=True, help="Rotate unlock key")
 @click.pass_context
 def unlock_key(ctx: click.Context, quiet: bool, rotate: bool) -> None:
-    """Show the key that unlocks an autolocked manager after a restart."""
+    """Show (or rotate) the key that unlocks an autolocked manager after a restart."""
+    if rotate:
+        cluster = client(ctx).call("GetCluster", pb.GetClusterRequest()).cluster
+        if not cluster.spec.autolock_managers:
+            raise CLIError("cannot rotate because autolock is not turned on")
+        client(ctx).call("UpdateCluster", pb.UpdateClusterRequest(rotate_unlock_key=True))
+        if not quiet:
+            out("Successfully rotated manager unlock key.\n")
     try:
         resp = client(ctx).call("GetUnlockKey", pb.GetUnlockKeyRequest())
     except CLIError as e:
         raise CLIError(f"could not fetch unlock key: {e.message}") from None
-    if rotate:
-        raise CLIError("cannot rotate because autolock is not turned on")
     if not resp.unlock_key:
         raise CLIError("no unlock key is set")
-    out(render.unlock_key(resp.unlock_key, rotate, quiet))
+    out(render.unlock_key(resp.unlock_key, False, quiet))
+
+
+@cli.command(short_help="Unlock swarm")
+@click.pass_context
+def unlock(ctx: click.Context) -> None:
+    """Unlock a locked manager after a restart. The key is read without echo from a terminal,
+    or as one line from standard input (never from the command line, where others could see it)."""
+    state = client(ctx).call("Info", pb.InfoRequest()).local_node_state
+    if state == "inactive":
+        raise CLIError("Error: This node is not part of a swarm")
+    if state != "locked":
+        raise CLIError("Error: swarm is not locked")
+    if sys.stdin.isatty():
+        import getpass
+        key = getpass.getpass("Enter unlock key: ")
+    else:
+        key = sys.stdin.readline()
+    client(ctx).call("Unlock", pb.UnlockRequest(key=key.strip()))
+
+
+@cli.command(short_help="Update the swarm", context_settings={"ignore_unknown_options": False})
+@click.option("--autolock", type=params.GO_BOOL, is_flag=False, flag_value="true", default=None,
+              help="Change manager autolocking setting (true|false)")
+@click.option("--cert-expiry", type=params.DURATION, default=None,
+              help="Validity period for node certificates (ns|us|ms|s|m|h)  [default: 2160h0m0s]")
+@click.option("--dispatcher-heartbeat", type=params.DURATION, default=None,
+              help="Dispatcher heartbeat period (ns|us|ms|s|m|h)  [default: 5s]")
+@click.option("--max-snapshots", type=params.UINT64, default=None,
+              help="Number of additional Raft snapshots to retain")
+@click.option("--snapshot-interval", type=params.UINT64, default=None,
+              help="Number of log entries between Raft snapshots  [default: 10000]")
+@click.option("--task-history-limit", type=params.INT, default=None,
+              help="Task history retention limit  [default: 5]")
+@click.pass_context
+def update(ctx: click.Context, autolock: bool | None, cert_expiry: int | None, dispatcher_heartbeat: int | None,
+           max_snapshots: int | None, snapshot_interval: int | None, task_history_limit: int | None) -> None:
+    """Update the swarm's settings. Only the flags given change; without flags this help is shown."""
+    given = (autolock, cert_expiry, dispatcher_heartbeat, max_snapshots, snapshot_interval, task_history_limit)
+    if all(v is None for v in given):
+        out(ctx.get_help() + "\n")
+        return
+    before = client(ctx).call("GetCluster", pb.GetClusterRequest()).cluster
+    req = pb.UpdateClusterRequest(
+        has_autolock=autolock is not None, autolock=bool(autolock),
+        has_cert_expiry=cert_expiry is not None, cert_expiry_ns=cert_expiry or 0,
+        has_dispatcher_heartbeat=dispatcher_heartbeat is not None,
+        dispatcher_heartbeat_ns=dispatcher_heartbeat or 0,
+        has_task_history_limit=task_history_limit is not None, task_history_limit=task_history_limit or 0,
+        has_snapshot_interval=snapshot_interval is not None, snapshot_interval=snapshot_interval or 0,
+        has_max_snapshots=max_snapshots is not None, max_snapshots=max_snapshots or 0)
+    resp = client(ctx).call("UpdateCluster", req)
+    out("Swarm updated.\n")
+    if autolock and not before.spec.autolock_managers and resp.unlock_key:
+        out(render.unlock_key(resp.unlock_key, False, False))
 
 
 @cli.command(short_help="Display system-wide information")

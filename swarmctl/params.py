@@ -107,7 +107,23 @@ class IPNetList(click.ParamType[list[str]]):
         return out
 
 
+class GoBool(click.ParamType[bool]):
+    """``--autolock[=true|false]``: Go's strconv.ParseBool spellings."""
+
+    name = "bool"
+    _VALUES = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
+               "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> bool:
+        if isinstance(value, bool):
+            return value
+        if str(value) not in self._VALUES:
+            raise fail(value, param, f'strconv.ParseBool: parsing "{value}": invalid syntax')
+        return self._VALUES[str(value)]
+
+
 DURATION = Duration()
+GO_BOOL = GoBool()
 UINT32 = UInt(32)
 UINT64 = UInt(64)
 INT = Int()

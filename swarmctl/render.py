@@ -25,7 +25,8 @@ def join_command(role: str, token: str, addr: str) -> str:
 def init_result(resp: pb.InitResponse) -> str:
     return (f"Swarm initialized: current node ({resp.node_id}) is now a manager.\n\n"
             + join_command("worker", resp.worker_token, resp.manager_addr)
-            + f"To add a manager to this swarm, run '{PROG} join-token manager' and follow the instructions.\n")
+            + f"To add a manager to this swarm, run '{PROG} join-token manager' and follow the instructions.\n"
+            + (unlock_key(resp.unlock_key, False, False) if resp.unlock_key else ""))
 
 
 def join_token(role: str, resp: pb.GetJoinTokenResponse, quiet: bool, rotated: bool) -> str:
@@ -38,7 +39,7 @@ def join_token(role: str, resp: pb.GetJoinTokenResponse, quiet: bool, rotated: b
 def unlock_key(key: str, rotated: bool, quiet: bool) -> str:
     if quiet:
         return key + "\n"
-    prefix = "Successfully rotated manager unlock key.\n\n" if rotated else ""
+    prefix = "Successfully rotated manager unlock key.\n" if rotated else ""
     return (prefix + f"To unlock a swarm manager after it restarts, run the `{PROG} unlock`\n"
             "command and provide the following key:\n\n"
             f"    {key}\n\n"

@@ -23,7 +23,12 @@ LEAVE_LAST_MANAGER = ("You are attempting to leave the swarm on a node that is p
                       "ignore this message.")
 MIN_CERT_EXPIRY = "minimum certificate expiry time is: 1h0m0s"
 NEGATIVE_HEARTBEAT = "heartbeat time period cannot be a negative duration"
-AUTOLOCK_UNSUPPORTED = "autolock is not supported yet by this swarmd version"
+SWARM_LOCKED = ('Swarm is encrypted and needs to be unlocked before it can be used. Please use '
+                '"swarmctl unlock" to unlock it.')
+CERTS_EXPIRED = "Swarm certificates have expired. To replace them, leave the swarm and join again."
+INVALID_UNLOCK_KEY = "swarm could not be unlocked: invalid key provided"
+NOT_LOCKED = "swarm is not locked"
+INVALID_KEY_STRING = "invalid key string"
 
 
 class SwarmError(Exception):

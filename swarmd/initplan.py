@@ -57,6 +57,41 @@ def check_availability(value: str) -> str:
     return availability
 
 
+DEFAULT_SPEC: dict[str, Any] = {
+    "task_history_limit": 5,
+    "dispatcher_heartbeat_ns": DEFAULT_HEARTBEAT_NS,
+    "node_cert_expiry_ns": DEFAULT_CERT_EXPIRY_NS,
+    "snapshot_interval": 10000,
+    "keep_old_snapshots": 0,
+    "log_entries_for_slow_followers": 500,
+    "heartbeat_tick": 1,
+    "election_tick": 10,
+    "autolock_managers": False,
+}
+
+
+def spec_overrides(req: pb.InitRequest | pb.UpdateClusterRequest) -> dict[str, Any]:
+    """The spec fields an init or update sets (only the flags given), checked as Docker does."""
+    changes: dict[str, Any] = {}
+    if req.has_cert_expiry:
+        if req.cert_expiry_ns < MIN_CERT_EXPIRY_NS:
+            raise errors.invalid(errors.rpc_text("INVALID_ARGUMENT", errors.MIN_CERT_EXPIRY))
+        changes["node_cert_expiry_ns"] = req.cert_expiry_ns
+    if req.has_dispatcher_heartbeat:
+        if req.dispatcher_heartbeat_ns < 0:
+            raise errors.invalid(errors.rpc_text("INVALID_ARGUMENT", errors.NEGATIVE_HEARTBEAT))
+        changes["dispatcher_heartbeat_ns"] = req.dispatcher_heartbeat_ns or DEFAULT_HEARTBEAT_NS
+    if req.has_task_history_limit:
+        if req.task_history_limit < 0:
+            raise errors.invalid("task history retention limit cannot be negative")
+        changes["task_history_limit"] = req.task_history_limit
+    if req.has_snapshot_interval and req.snapshot_interval:
+        changes["snapshot_interval"] = req.snapshot_interval
+    if req.has_max_snapshots:
+        changes["keep_old_snapshots"] = req.max_snapshots
+    return changes
+
+
 def plan_init(req: pb.InitRequest) -> InitPlan:
     """Docker's validation order (swarm-behaviour.md §3.2), all before anything is created."""
     listen = req.listen_addr or DEFAULT_LISTEN_ADDR
@@ -76,27 +111,7 @@ def plan_init(req: pb.InitRequest) -> InitPlan:
     if not 1024 <= port <= 49151:
         raise errors.invalid(f"Datapath port number is not in valid range (1024-49151) : {port}")
     availability = check_availability(req.availability)
-    expiry = req.cert_expiry_ns if req.has_cert_expiry else DEFAULT_CERT_EXPIRY_NS
-    if expiry < MIN_CERT_EXPIRY_NS:
-        raise errors.invalid(errors.rpc_text("INVALID_ARGUMENT", errors.MIN_CERT_EXPIRY))
-    heartbeat = req.dispatcher_heartbeat_ns if req.has_dispatcher_heartbeat else DEFAULT_HEARTBEAT_NS
-    if heartbeat < 0:
-        raise errors.invalid(errors.rpc_text("INVALID_ARGUMENT", errors.NEGATIVE_HEARTBEAT))
-    if req.has_task_history_limit and req.task_history_limit < 0:
-        raise errors.invalid("task history retention limit cannot be negative")
-    if req.autolock:
-        raise SwarmError(errors.AUTOLOCK_UNSUPPORTED, grpc.StatusCode.UNIMPLEMENTED)
-    spec = {
-        "task_history_limit": req.task_history_limit if req.has_task_history_limit else 5,
-        "dispatcher_heartbeat_ns": heartbeat,
-        "node_cert_expiry_ns": expiry,
-        "snapshot_interval": req.snapshot_interval if req.has_snapshot_interval and req.snapshot_interval else 10000,
-        "keep_old_snapshots": req.max_snapshots if req.has_max_snapshots else 0,
-        "log_entries_for_slow_followers": 500,
-        "heartbeat_tick": 1,
-        "election_tick": 10,
-        "autolock_managers": False,
-    }
+    spec = {**DEFAULT_SPEC, **spec_overrides(req), "autolock_managers": bool(req.autolock)}
     listen_addr = netaddr.join_host_port(listen_ip, listen_port)
     return InitPlan(listen_addr=listen_addr, advertise_addr=netaddr.join_host_port(adv_host, adv_port),
                     local_addr=local_addr, data_path_addr=data_path, data_path_port=port,

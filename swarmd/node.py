@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,11 @@ from swarmd import __version__, errors, netaddr
 from swarmd.agent import Agent
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
-from swarmd.ca import ids, pki, tokens
+from swarmd.ca import ids, keyfile, pki, tokens
 from swarmd.ca.store import CertificateStore
 from swarmd.errors import SwarmError
 from swarmd.fsutil import ensure_dir, remove_tree
+from swarmd.identity import LockedError, NodeIdentity, WrongUnlockKey
 from swarmd.initplan import DEFAULT_LISTEN_ADDR, InitPlan, check_availability, host_description, plan_init
 from swarmd.joiner import JoinResult, request_certificate
 from swarmd.manager.authz import AuthzInterceptor
@@ -45,6 +46,10 @@ FORWARD_WINDOW = 8.0          # an election takes 0.4–1.4 s; leave room for a 
 FORWARD_CONNECT_TIMEOUT = 0.3   # a refused or silent leader is retried after a re-read
 
 
+def _rfc1123(when: datetime) -> str:
+    return when.strftime("%a, %d %b %Y %H:%M:%S UTC")
+
+
 class NodeRuntime:
     def __init__(self, state_dir: Path, hostname: str, register: Register) -> None:
         self.state_dir = state_dir
@@ -59,6 +64,11 @@ class NodeRuntime:
         self._remote: Any = None
         self._bootstrap_addrs: dict[str, str] = {}
         self.certs = CertificateStore(state_dir / "certificates")
+        self.identity = NodeIdentity(self.certs)
+        self.locked = False          # an autolocked manager after a restart, until unlocked
+        self.expired = False         # certificates expired while the daemon was down
+        self._sealing_lock = threading.Lock()
+        self._sealed_with: str | None = None
         self.dispatcher = Dispatcher(self)
         self._channels: dict[str, grpc.Channel] = {}
         self._channels_lock = threading.Lock()
@@ -71,14 +81,17 @@ class NodeRuntime:
     def _wipe_swarm_state(self) -> None:
         LocalState.remove(self.state_dir)
         self.certs.wipe()
+        self.identity.forget()
+        self.locked = self.expired = False
         remove_tree(self.raft_dir)
 
     def _description(self) -> pb.NodeDescription:
         return pb.NodeDescription(**host_description(self.hostname))
 
     def node_channel_credentials(self) -> grpc.ChannelCredentials:
-        root, cert, key = self.certs.load()
-        return grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=cert)
+        m = self.identity.material()
+        return grpc.ssl_channel_credentials(root_certificates=m.root_pem, private_key=m.key_pem,
+                                            certificate_chain=m.cert_pem)
 
     def remote_role(self, context: grpc.ServicerContext) -> str | None:
         security = self.security
@@ -116,6 +129,10 @@ class NodeRuntime:
         local, manager = self.local, self.manager
         if local is None:
             raise SwarmError(errors.NOT_MANAGER_INACTIVE, grpc.StatusCode.FAILED_PRECONDITION)
+        if self.locked:
+            raise SwarmError(errors.SWARM_LOCKED, grpc.StatusCode.FAILED_PRECONDITION)
+        if self.expired:
+            raise SwarmError(errors.CERTS_EXPIRED, grpc.StatusCode.FAILED_PRECONDITION)
         if manager is None:
             raise SwarmError(errors.NOT_MANAGER_WORKER, grpc.StatusCode.FAILED_PRECONDITION)
         return manager
@@ -209,10 +226,10 @@ class NodeRuntime:
         raise last or SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN)
 
     # -- manager and agent components ------------------------------------------------------------------
-    def _start_manager(self, local: LocalState, root: bytes, cert: bytes, key: bytes,
-                       peers: list[tuple[str, str]], raft_join: bool = False) -> None:
+    def _start_manager(self, local: LocalState, peers: list[tuple[str, str]], raft_join: bool = False) -> None:
         """Remote API first (a joining manager must answer the leader's check), then Raft."""
-        security = ManagerSecurity(root, cert, key, self._trust)
+        m = self.identity.material()
+        security = ManagerSecurity(m.root_pem, m.cert_pem, m.key_pem, self._trust)
         network = PeerNetwork(local.node_id, self._manager_addr_of, security.channel_credentials)
         self._bootstrap_addrs = {i: a for i, a in peers if i != local.node_id}
         self.security, self._network = security, network
@@ -233,8 +250,9 @@ class NodeRuntime:
                 self._bootstrap_addrs = {i: a for i, a in peers if i != local.node_id}
                 log.debug("admitted to raft after %.3fs", time.monotonic() - started)
             others = [i for i, _ in peers if i != local.node_id]
-            manager = Manager(local.node_id, self.raft_dir, others, network)
+            manager = Manager(local.node_id, self.raft_dir, others, network, data_key=self.identity.data_key())
             manager.machine.add_listener(self.dispatcher.notify)
+            manager.machine.add_listener(self._on_store_change)
             self.manager = manager
             manager.start()
             log.debug("raft store started after %.3fs", time.monotonic() - started)
@@ -281,15 +299,86 @@ class NodeRuntime:
                     log.warning("removing the leftovers of an unfinished init or join")
                     self._wipe_swarm_state()
                 return
-            root, cert, key = self.certs.load()
             self.local = local
-            managers = [(m["node_id"], m["addr"]) for m in local.remote_managers]
-            if local.role == "manager":
-                self._start_manager(local, root, cert, key, managers)
-                assert self.manager is not None
-                managers = self.manager.managers() or managers
-            self._start_agent(local, managers, self._heartbeat_hint())
-            log.info("resumed swarm %s as %s %s", local.cluster_id, local.role, local.node_id)
+            if local.role == "manager" and self.identity.is_locked_on_disk():
+                self.locked = True
+                log.warning("this manager is locked: run 'swarmctl unlock' with the swarm's unlock key")
+                return
+            self.identity.load()
+            self._start_components(local)
+
+    def _start_components(self, local: LocalState) -> None:
+        """Manager (if one) and agent of a node whose identity is loaded."""
+        not_after = self.identity.not_after()
+        now = datetime.now(timezone.utc)
+        if not_after <= now:
+            self.expired = True
+            log.error("error while loading TLS certificate in %s: certificate (1 - %s) not valid after %s, "
+                      "and it is currently %s: x509: certificate has expired or is not yet valid",
+                      self.certs.cert_path, local.node_id, _rfc1123(not_after), _rfc1123(now))
+            return
+        managers = [(m["node_id"], m["addr"]) for m in local.remote_managers]
+        if local.role == "manager":
+            self._start_manager(local, managers)
+            assert self.manager is not None
+            managers = self.manager.managers() or managers
+        self._start_agent(local, managers, self._heartbeat_hint())
+        log.info("resumed swarm %s as %s %s", local.cluster_id, local.role, local.node_id)
+
+    # -- autolock ------------------------------------------------------------------------------
+    def unlock(self, key: str) -> None:
+        with self._lock:
+            local = self.local
+            if local is None:
+                raise SwarmError(errors.NOT_PART_OF_SWARM)
+            if not self.locked:
+                raise SwarmError(errors.NOT_LOCKED, grpc.StatusCode.FAILED_PRECONDITION)
+            try:
+                kek = keyfile.parse_unlock_key(key.strip())
+            except ValueError:
+                raise errors.invalid(errors.INVALID_KEY_STRING) from None
+            try:
+                self.identity.load(kek)
+            except WrongUnlockKey:
+                log.warning("unlock refused: the key given does not open this manager's keys")
+                raise SwarmError(errors.INVALID_UNLOCK_KEY, grpc.StatusCode.UNAUTHENTICATED) from None
+            except (LockedError, keyfile.KeyFileError) as e:
+                raise SwarmError(f"swarm component could not be started: {e}") from None
+            self.locked = False
+            try:
+                self._start_components(local)
+            except BaseException:
+                self._stop_agent()
+                self._stop_manager()
+                self.locked = True
+                self.identity.forget()
+                raise
+            log.info("manager unlocked")
+
+    def _on_store_change(self) -> None:
+        """Store listener (on the Raft thread): keep the key file sealed as the cluster says."""
+        manager = self.manager
+        if manager is None:
+            return
+        wanted = manager.machine.read(lambda s: (s["cluster"] or {}).get("unlock_key", ""))
+        if (wanted or None) == self._sealed_with:
+            return
+        self._sealed_with = wanted or None
+        threading.Thread(target=self._reseal, name="reseal-key", daemon=True).start()
+
+    def _reseal(self) -> None:
+        with self._sealing_lock:
+            manager = self.manager
+            if manager is None or self.local is None:
+                return
+            wanted = manager.machine.read(lambda s: (s["cluster"] or {}).get("unlock_key", ""))
+            try:
+                kek = keyfile.parse_unlock_key(wanted) if wanted else None
+                if self.identity.set_kek(kek):
+                    log.info("node key %s", "sealed under the unlock key" if kek else "stored without autolock")
+            except Exception as e:  # noqa: BLE001 - retried on the next change
+                log.error("could not reseal the node key: %s", type(e).__name__)
+                self._sealed_with = "?"
 
     def _heartbeat_hint(self) -> int:
         manager = self.manager
@@ -330,15 +419,18 @@ class NodeRuntime:
             root_pem, root_key, pki.make_csr(key), node_id, cluster_id, pki.MANAGER_ROLE,
             timedelta(microseconds=plan.spec["node_cert_expiry_ns"] // 1000))
         key_pem = pki.key_to_pem(key)
+        unlock_key = keyfile.generate_unlock_key() if plan.spec["autolock_managers"] else ""
         ensure_dir(self.state_dir)
-        self.certs.save(root_pem, cert_pem, key_pem)
+        self.identity.create(root_pem, cert_pem, key_pem,
+                             keyfile.parse_unlock_key(unlock_key) if unlock_key else None, with_data_key=True)
+        self._sealed_with = unlock_key or None
         local = LocalState(node_id=node_id, cluster_id=cluster_id, role="manager",
                            listen_addr=plan.listen_addr, advertise_addr=plan.advertise_addr,
                            local_addr=plan.local_addr, data_path_addr=plan.data_path_addr,
                            data_path_port=plan.data_path_port,
                            remote_managers=[{"node_id": node_id, "addr": plan.advertise_addr}])
         self.local = local
-        self._start_manager(local, root_pem, cert_pem, key_pem, [])
+        self._start_manager(local, [])
         assert self.manager is not None
         now = now_rfc3339()
         cluster: dict[str, Any] = {
@@ -348,7 +440,7 @@ class NodeRuntime:
             "join_tokens": {"worker": tokens.generate_join_token(root_pem),
                             "manager": tokens.generate_join_token(root_pem)},
             "default_addr_pool": plan.default_addr_pool, "subnet_size": plan.subnet_size,
-            "data_path_port": plan.data_path_port, "force_rotate": 0,
+            "data_path_port": plan.data_path_port, "force_rotate": 0, "unlock_key": unlock_key,
         }
         node = {
             "id": node_id, "created_at": now, "updated_at": now, "role": "manager",
@@ -362,7 +454,7 @@ class NodeRuntime:
         self._start_agent(local, [(node_id, plan.advertise_addr)], plan.spec["dispatcher_heartbeat_ns"])
         log.info("swarm %s created; this node %s is its leader", cluster_id, node_id)
         return pb.InitResponse(node_id=node_id, manager_addr=plan.advertise_addr,
-                               worker_token=cluster["join_tokens"]["worker"])
+                               worker_token=cluster["join_tokens"]["worker"], unlock_key=unlock_key)
 
     def _force_new_cluster(self) -> pb.InitResponse:
         """Restart this manager as a one-member cluster keeping its data: the state moves into
@@ -377,13 +469,12 @@ class NodeRuntime:
             if node["id"] != local.node_id and node.get("manager"):
                 node.update(role="worker", manager=None, state="down", updated_at=now,
                             message="removed by --force-new-cluster")
-        root, cert, key = self.certs.load()
         self._stop_agent()
         self._stop_manager()
         old = self.raft_dir.with_name(f"raft.old-{ids.new_id()[:8]}")
         self.raft_dir.rename(old)
         try:
-            self._start_manager(local, root, cert, key, [])
+            self._start_manager(local, [])
             assert self.manager is not None
             self.manager.propose("restore", state=state)
         except BaseException:
@@ -428,7 +519,8 @@ class NodeRuntime:
 
     def _become_member(self, result: JoinResult, listen: str, advertise: str, data_path: str) -> pb.JoinResponse:
         ensure_dir(self.state_dir)
-        self.certs.save(result.root_pem, result.cert_pem, result.key_pem)
+        self.identity.create(result.root_pem, result.cert_pem, result.key_pem,
+                             with_data_key=result.role == "manager")
         local = LocalState(node_id=result.node_id, cluster_id=result.cluster_id, role=result.role,
                            listen_addr=listen, advertise_addr=advertise, local_addr=netaddr.host_of(advertise),
                            data_path_addr=data_path,
@@ -436,7 +528,7 @@ class NodeRuntime:
         self.local = local
         managers = result.managers
         if result.role == "manager":
-            self._start_manager(local, result.root_pem, result.cert_pem, result.key_pem, result.managers,
+            self._start_manager(local, result.managers,
                                 raft_join=True)
             assert self.manager is not None
             if not self.manager.store.wait_ready(RAFT_JOIN_TIMEOUT):
@@ -511,7 +603,7 @@ class NodeRuntime:
     def _renew(self, managers: list[tuple[str, str]]) -> tuple[bytes, bytes, bytes, str]:
         key = pki.generate_key()
         resp = self._call_ca_renewal(pki.make_csr(key), managers)
-        root, _, _ = self.certs.load()
+        root = self.identity.material().root_pem
         pki.verify_node_cert(resp.certificate, root)
         return root, resp.certificate, pki.key_to_pem(key), resp.role
 
@@ -538,16 +630,16 @@ class NodeRuntime:
                     root, cert, key, role = self._renew(agent_managers)
                     if role != "manager":
                         return
-                    self.certs.save(root, cert, key)
+                    self.identity.replace_certificate(root, cert, key)
                     local.role = "manager"
-                    self._start_manager(local, root, cert, key, agent_managers, raft_join=True)
+                    self._start_manager(local, agent_managers, raft_join=True)
                     assert self.manager is not None
                     self.manager.store.wait_ready(RAFT_JOIN_TIMEOUT)
                 else:
                     self._stop_manager()
                     others = [(i, a) for i, a in agent_managers if i != local.node_id]
                     root, cert, key, _ = self._renew(others)
-                    self.certs.save(root, cert, key)
+                    self.identity.replace_certificate(root, cert, key)
                     local.role = "worker"
                 local.save(self.state_dir)
                 log.info("this node is now a %s", wanted)
@@ -562,6 +654,12 @@ class NodeRuntime:
         local, manager = self.local, self.manager
         resp = pb.InfoResponse(local_node_state="inactive", hostname=self.hostname, server_version=__version__)
         if local is None:
+            return resp
+        if self.locked or self.expired:
+            # Docker shows no node ID and no managers for a node that cannot start its swarm.
+            resp.local_node_state = "locked" if self.locked else "error"
+            resp.node_addr = local.advertise_host
+            resp.error = errors.SWARM_LOCKED if self.locked else errors.CERTS_EXPIRED
             return resp
         resp.local_node_state = "active"
         resp.node_id = local.node_id

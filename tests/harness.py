@@ -122,6 +122,15 @@ class Daemon:
         return self.ok("init", "--advertise-addr", self.ip, "--listen-addr", self.listen, *args)
 
 
+def node_tls(state_dir: Path, kek: bytes | None = None) -> tuple[bytes, bytes, bytes]:
+    """(root, certificate, clear key PEM) of a node: its key file carries headers and may be sealed."""
+    from swarmd.ca import keyfile
+
+    certs = state_dir / "certificates"
+    key = keyfile.decode((certs / "swarm-node.key").read_bytes(), kek).key_pem
+    return (certs / "swarm-root-ca.crt").read_bytes(), (certs / "swarm-node.crt").read_bytes(), key
+
+
 def join(node: Daemon, manager: Daemon, role: str = "worker", *extra: str) -> str:
     token = manager.ok("join-token", "-q", role).strip()
     return node.ok("join", "--token", token, "--advertise-addr", node.ip, "--listen-addr", node.listen,

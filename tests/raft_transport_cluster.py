@@ -99,7 +99,8 @@ class Member:
     def start(self, peers: Iterable[str]) -> Member:
         assert self.network is not None
         self.machine = StateMachine()
-        self.store = RaftStore(self.node_id, self.dir / "raft", self.machine, list(peers), network=self.network)
+        self.store = RaftStore(self.node_id, self.dir / "raft", self.machine, list(peers), network=self.network,
+                               data_key=bytes(32))
         self.store.start()
         return self
 

@@ -39,6 +39,8 @@ RULES: dict[str, frozenset[str]] = {
     "/swarm.v1.Control/CreateNetwork": _ADMIN,
     "/swarm.v1.Control/RemoveNetwork": _ADMIN,
     "/swarm.v1.Control/GetUnlockKey": _ADMIN,
+    "/swarm.v1.Control/UpdateCluster": _ADMIN,
+    "/swarm.v1.Control/Unlock": frozenset({LOCAL}),
     "/swarm.v1.Control/Join": frozenset({LOCAL}),
     "/swarm.v1.Control/RemoveNode": _ADMIN,
     "/swarm.v1.CA/GetRootCACertificate": _NODES_AND_JOINERS,

@@ -13,7 +13,7 @@ import pysyncobj.version
 from swarmd import API_VERSION, __version__
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
-from swarmd.manager import authz
+from swarmd.manager import authz, convert
 from swarmd.manager.dispatcher import peer_ip
 from swarmd.errors import SwarmError
 from swarmd.server import abort_on_error
@@ -143,6 +143,17 @@ class ControlServicer(pb_grpc.ControlServicer):
     def GetUnlockKey(self, request: pb.GetUnlockKeyRequest, context: Ctx) -> pb.GetUnlockKeyResponse:
         cluster = self.rt.require_manager().cluster()
         return pb.GetUnlockKeyResponse(unlock_key=cluster.get("unlock_key", ""))
+
+    @abort_on_error
+    @on_leader
+    def UpdateCluster(self, request: pb.UpdateClusterRequest, context: Ctx) -> pb.UpdateClusterResponse:
+        cluster, unlock_key = self.rt.require_manager().update_cluster(request)
+        return pb.UpdateClusterResponse(cluster=convert.cluster(cluster), unlock_key=unlock_key)
+
+    @abort_on_error
+    def Unlock(self, request: pb.UnlockRequest, context: Ctx) -> pb.UnlockResponse:
+        self.rt.unlock(request.key)
+        return pb.UnlockResponse()
 
 
 class CAServicer(pb_grpc.CAServicer):

@@ -18,8 +18,9 @@ import grpc
 
 from swarmd import errors, netaddr
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
-from swarmd.ca import ids, pki, tokens
+from swarmd.ca import ids, keyfile, pki, tokens
 from swarmd.errors import SwarmError
+from swarmd.initplan import spec_overrides
 from swarmd.manager import convert
 from swarmd.store.machine import Result, State, StateMachine, encode_op
 from swarmd.store.raft import RaftStore, StoreError
@@ -41,11 +42,11 @@ _CODES = {
 
 class Manager:
     def __init__(self, node_id: str, raft_dir: Path, peers: Sequence[str] = (),
-                 network: PeerNetwork | None = None) -> None:
+                 network: PeerNetwork | None = None, *, data_key: bytes) -> None:
         self.node_id = node_id
         self.machine = StateMachine()
         self.network = network
-        self.store = RaftStore(node_id, raft_dir, self.machine, peers, network=network)
+        self.store = RaftStore(node_id, raft_dir, self.machine, peers, network=network, data_key=data_key)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:
@@ -132,6 +133,27 @@ class Manager:
             self.propose("rotate_join_token", role=role, token=tokens.generate_join_token(root),
                          now=now_rfc3339())
         return str(self.cluster()["join_tokens"][role])
+
+    def update_cluster(self, req: pb.UpdateClusterRequest) -> tuple[dict[str, Any], str]:
+        """Spec changes and autolock; returns the cluster and its unlock key afterwards."""
+        changes = spec_overrides(req)
+        autolock = bool(self.cluster()["spec"]["autolock_managers"])
+        unlock_key: str | None = None
+        if req.has_autolock:
+            changes["autolock_managers"] = req.autolock
+            if req.autolock and not autolock:
+                unlock_key = keyfile.generate_unlock_key()
+            elif not req.autolock and autolock:
+                unlock_key = ""
+            autolock = req.autolock
+        if req.rotate_unlock_key:
+            if not autolock:
+                raise SwarmError("cannot rotate because autolock is not turned on")
+            unlock_key = keyfile.generate_unlock_key()
+        if changes or unlock_key is not None:
+            self.propose("update_cluster", spec=changes, unlock_key=unlock_key, now=now_rfc3339())
+        cluster = self.cluster()
+        return cluster, str(cluster.get("unlock_key", ""))
 
     def counts(self) -> tuple[int, int]:
         """(nodes, managers) as docker info reports them."""

@@ -2,9 +2,11 @@
 
 * Restricted unpickling: pysyncobj pickles its log entries and journal meta. Only the few types
   it really writes may be loaded back, so a tampered journal cannot run code.
-* Durability: the journal is written through an mmap and never synced. ``DurableJournal`` syncs
-  every appended entry before pysyncobj can acknowledge it, stores the meta file with fsync, and
-  reserves disk blocks with ``posix_fallocate`` so a full disk is an ``OSError``, not SIGBUS.
+* Durability and encryption at rest: pysyncobj's FileJournal writes through an mmap, never
+  syncs, and keeps commands in clear. ``journal.EncryptedJournal`` replaces it (sealed, synced
+  records); the meta file is stored with fsync; disk blocks are reserved with
+  ``posix_fallocate`` so a full disk is an ``OSError``, not SIGBUS.
+* Snapshots are sealed too, also while they travel to a new member (``SealedSerializer``).
 
 Nothing outside ``swarmd.store`` imports pysyncobj; ``install()`` is called once by the wrapper.
 """
@@ -20,9 +22,12 @@ from typing import Any
 
 import pysyncobj.journal as ps_journal
 import pysyncobj.pickle as ps_pickle
+import pysyncobj.serializer as ps_serializer
 import pysyncobj.syncobj as ps_syncobj
 
 from swarmd.fsutil import atomic_write
+from swarmd.store.crypto import DataCipher, DecryptError
+from swarmd.store.journal import EncryptedJournal
 
 _ALLOWED: frozenset[tuple[str, str]] = frozenset({
     ("_codecs", "encode"),          # protocol 2 pickles of bytes
@@ -110,60 +115,99 @@ class _AllocatedFile(ps_journal.ResizableFile):  # type: ignore[misc]
         os.fdatasync(self._ResizableFile__f.fileno())
 
 
-class DurableJournal(ps_journal.FileJournal):  # type: ignore[misc]
-    """FileJournal whose entries are on disk before ``add`` returns."""
+_ciphers: dict[str, DataCipher] = {}
+_ciphers_lock = threading.Lock()
 
-    def __init__(self, journalFile: str) -> None:  # noqa: N803
-        self._bulk = False
-        # A leader may append before its own fsync (it ships the entry to followers meanwhile)
-        # as long as the fsync happens before it counts itself towards a commit: RaftStore's
-        # tick loop calls sync_if_dirty() before every tick, where commits are computed.
-        self.defer_sync = False
-        self._dirty = False
-        super().__init__(journalFile)
-        storer = _DurableMetaStorer(journalFile + ".meta")
-        self._FileJournal__metaStorer = storer
-        # pysyncobj reads the meta swallowing every error (a silent double-vote risk): read it
-        # again so a corrupt file is a clear start-up error instead.
-        self._FileJournal__meta = storer.getMeta()
 
-    def _file(self) -> _AllocatedFile:
-        return self._FileJournal__journalFile  # type: ignore[no-any-return]
+def register_cipher(raft_dir: Path, cipher: DataCipher) -> None:
+    """The data key for the journal and snapshots under ``raft_dir`` (pysyncobj builds them from
+    a file name only)."""
+    with _ciphers_lock:
+        _ciphers[str(raft_dir.resolve())] = cipher
 
-    def add(self, command: bytes, idx: int, term: int) -> None:
-        super().add(command, idx, term)
-        if self._bulk or self.defer_sync:
-            self._dirty = True
-        else:
-            self._file().sync()
 
-    def sync_if_dirty(self) -> None:
-        if self._dirty:
-            self._dirty = False
-            self._file().sync()
+def cipher_for(path: str) -> DataCipher:
+    with _ciphers_lock:
+        cipher = _ciphers.get(str(Path(path).resolve().parent))
+    if cipher is None:
+        raise RuntimeError(f"no data key registered for {path}")
+    return cipher
 
-    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802, N803
-        super().deleteEntriesFrom(entryFrom)
-        self._dirty = False
-        self._file().sync()
 
-    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802, N803
-        self._bulk = True
+SNAPSHOT_MAGIC = b"SWMDSNP1"
+
+
+def seal_snapshot(path: str, data: bytes) -> bytes:
+    return SNAPSHOT_MAGIC + cipher_for(path).seal(data, SNAPSHOT_MAGIC)
+
+
+def open_snapshot(path: str, blob: bytes) -> bytes:
+    if not blob.startswith(SNAPSHOT_MAGIC):
+        raise ValueError(f"{path} is not a swarmd raft snapshot")
+    try:
+        return cipher_for(path).open(blob[len(SNAPSHOT_MAGIC):], SNAPSHOT_MAGIC)
+    except DecryptError:
+        raise ValueError(f"raft snapshot {path} does not authenticate: damaged, or sealed under "
+                         "another data key") from None
+
+
+class SealedSerializer(ps_serializer.Serializer):  # type: ignore[misc]
+    """Snapshot transfer between managers whose snapshots are sealed under different data keys.
+
+    The sender opens its sealed file and streams the clear snapshot (over the managers' mutual
+    TLS stream); the receiver keeps the chunks in memory and seals the whole snapshot under its
+    own key before it touches the disk, so no clear copy is ever written."""
+
+    def getTransmissionData(self, transmissionID: Any) -> Any:  # noqa: N802, N803 - pysyncobj's interface
+        path = self._Serializer__fileName
+        if path is None or self._Serializer__pid != 0:
+            return super().getTransmissionData(transmissionID)
+        transmissions = self._Serializer__transmissions
+        transmission = transmissions.get(transmissionID)
+        if transmission is None:
+            try:
+                with open(path, "rb") as f:
+                    clear = open_snapshot(path, f.read())
+            except (OSError, ValueError):
+                ps_serializer.logger.exception("could not read the snapshot to send")
+                return None
+            transmissions[transmissionID] = transmission = {"transmitted": 0, "data": clear}
+        first = transmission["transmitted"] == 0
+        start = transmission["transmitted"]
+        chunk = transmission["data"][start:start + self._Serializer__transmissionBatchSize]
+        transmission["transmitted"] += len(chunk)
+        last = not chunk
+        if last:
+            transmissions.pop(transmissionID, None)
+        return chunk, first, last
+
+    def setTransmissionData(self, data: Any) -> bool:  # noqa: N802
+        path = self._Serializer__fileName
+        if path is None or data is None:
+            return bool(super().setTransmissionData(data))
+        chunk, first, last = data
+        if first:
+            self._incoming: list[bytes] | None = []
+        incoming = getattr(self, "_incoming", None)
+        if incoming is None:
+            return False
+        incoming.append(bytes(chunk))
+        if not last:
+            return False
+        self._incoming = None
         try:
-            super().deleteEntriesTo(entryTo)
-        finally:
-            self._bulk = False
-        self._dirty = False
-        self._file().sync()
-
-    def flush(self) -> None:
-        self._file().sync()
+            atomic_write(Path(path), seal_snapshot(path, b"".join(incoming)), 0o600)
+        except OSError:
+            ps_serializer.logger.exception("could not store the snapshot received")
+            return False
+        return True
 
 
 def _create_journal(journalFile: str | None = None) -> Any:  # noqa: N803
     if journalFile is None:
         return ps_journal.MemoryJournal()
-    return DurableJournal(journalFile)
+    return EncryptedJournal(journalFile, cipher_for(journalFile), _AllocatedFile,
+                            _DurableMetaStorer(journalFile + ".meta"))
 
 
 _installed = False
@@ -179,6 +223,6 @@ def install() -> None:
         ps_pickle.loads = safe_loads
         ps_pickle.load = safe_load
         ps_journal.loads = safe_loads
-        ps_journal.ResizableFile = _AllocatedFile
         ps_syncobj.createJournal = _create_journal
+        ps_syncobj.Serializer = SealedSerializer
         _installed = True

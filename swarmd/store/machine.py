@@ -49,6 +49,7 @@ class StateMachine:
         self._handlers: dict[str, Callable[[State, dict[str, Any]], Result]] = {
             "bootstrap": _bootstrap,
             "rotate_join_token": _rotate_join_token,
+            "update_cluster": _update_cluster,
             "update_node": _update_node,
             "set_node_status": _set_node_status,
             "create_network": _create_network,
@@ -145,6 +146,25 @@ def _rotate_join_token(state: State, cmd: dict[str, Any]) -> Result:
     role = cmd["role"]
     _require(role in ("worker", "manager"), "INVALID_ARGUMENT", f"unknown role {role}")
     cluster["join_tokens"][role] = cmd["token"]
+    cluster["version"] = state["index"]
+    cluster["updated_at"] = cmd["now"]
+    return {}
+
+
+_SPEC_KEYS = frozenset({"task_history_limit", "dispatcher_heartbeat_ns", "node_cert_expiry_ns",
+                        "snapshot_interval", "keep_old_snapshots", "autolock_managers"})
+
+
+def _update_cluster(state: State, cmd: dict[str, Any]) -> Result:
+    """``swarmctl update`` / ``unlock-key --rotate``: spec fields, and the unlock key when
+    ``unlock_key`` is given (empty: autolock off)."""
+    cluster = _cluster(state)
+    changes = cmd.get("spec") or {}
+    unknown = set(changes) - _SPEC_KEYS
+    _require(not unknown, "INVALID_ARGUMENT", f"unknown cluster settings {sorted(unknown)}")
+    cluster["spec"].update(changes)
+    if cmd.get("unlock_key") is not None:
+        cluster["unlock_key"] = cmd["unlock_key"]
     cluster["version"] = state["index"]
     cluster["updated_at"] = cmd["now"]
     return {}

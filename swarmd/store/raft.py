@@ -31,6 +31,7 @@ from pysyncobj.transport import Transport
 
 from swarmd.fsutil import ensure_dir, fsync_dir
 from swarmd.store import hardening
+from swarmd.store.crypto import DataCipher
 from swarmd.store.machine import Result, StateMachine
 from swarmd.store.transport import LoneTransport, PeerNetwork, transport_class
 
@@ -102,12 +103,13 @@ class RaftStore:
     def __init__(self, node_id: str, raft_dir: Path, machine: StateMachine,
                  peers: Sequence[str] = (),
                  on_leader_change: Callable[[bool], None] | None = None,
-                 network: PeerNetwork | None = None) -> None:
+                 network: PeerNetwork | None = None, *, data_key: bytes) -> None:
         hardening.install()
         if network is not None and network.self_id != node_id:
             raise ValueError(f"the raft network belongs to {network.self_id}, not {node_id}")
         self.node_id = node_id
         self.raft_dir = ensure_dir(raft_dir)
+        hardening.register_cipher(self.raft_dir, DataCipher(data_key))
         self.machine = machine
         self._peers = [p for p in peers if p != node_id]
         self._network = network
@@ -428,15 +430,16 @@ class RaftStore:
             "before_last": _entry_to_json(before_last),
             "members": sorted(str(n.id) for n in members),
         }
+        sealed = hardening.seal_snapshot(filename, json.dumps(doc).encode())
         fd = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(json.dumps(doc).encode())
+            f.write(sealed)
             f.flush()
             os.fsync(f.fileno())
         fsync_dir(Path(filename).parent)
 
     def _read_snapshot(self, filename: str) -> tuple[Any, Any, Any]:
-        doc = json.loads(Path(filename).read_bytes())
+        doc = json.loads(hardening.open_snapshot(filename, Path(filename).read_bytes()))
         if doc.get("format") != SNAPSHOT_FORMAT:
             raise ValueError(f"unsupported snapshot format in {filename}")
         self.machine.load(doc["state"])

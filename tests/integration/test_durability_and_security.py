@@ -13,7 +13,7 @@ import pytest
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 from swarmd.ca import pki
-from tests.harness import SWARMCTL, Daemon
+from tests.harness import SWARMCTL, Daemon, node_tls
 
 
 def snapshot(d: Daemon) -> dict[str, object]:
@@ -100,7 +100,7 @@ def test_remote_api_requires_a_certificate_of_this_cluster(manager: Daemon, tmp_
 def test_secrets_never_reach_the_log(manager: Daemon) -> None:
     manager.ok("join-token", "--rotate", "manager")
     secrets = [manager.ok("join-token", "-q", r).strip() for r in ("worker", "manager")]
-    key_body = "".join((manager.state_dir / "certificates" / "swarm-node.key").read_text().splitlines()[1:-1])
+    key_body = "".join(node_tls(manager.state_dir)[2].decode().splitlines()[1:-1])
     manager.restart()
     log = manager.log()
     assert "swarm" in log  # the log is real and not empty

@@ -15,7 +15,7 @@ import pytest
 
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
-from tests.harness import SWARMCTL, Daemon, join, leader_of, node_rows, wait_for
+from tests.harness import SWARMCTL, Daemon, join, leader_of, node_rows, node_tls, wait_for
 
 WORKER_ONLY = ("Error response from daemon: This node is not a swarm manager. Worker nodes can't be used to "
                "view or modify cluster state. Please run this command on a manager node or promote the current "
@@ -235,9 +235,8 @@ def test_certificates_decide_who_may_call_what(cluster: dict[str, Daemon]) -> No
                         "--tlscert", str(certs / "swarm-node.crt"), "--tlskey", str(certs / "swarm-node.key"),
                         "node", "ls"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and "Permission denied" in r.stderr
-    creds = grpc.ssl_channel_credentials((certs / "swarm-root-ca.crt").read_bytes(),
-                                         (certs / "swarm-node.key").read_bytes(),
-                                         (certs / "swarm-node.crt").read_bytes())
+    root, cert, key = node_tls(w1.state_dir)
+    creds = grpc.ssl_channel_credentials(root, key, cert)
     with grpc.secure_channel(m1.listen, creds, options=[("grpc.ssl_target_name_override", "swarm-manager")]) as ch:
         for call, req in ((pb_grpc.ControlStub(ch).ListNodes, pb.ListNodesRequest()),
                           (pb_grpc.ControlStub(ch).GetJoinToken, pb.GetJoinTokenRequest(role="manager")),

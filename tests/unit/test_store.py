@@ -106,9 +106,12 @@ def test_restricted_unpickler_refuses_code() -> None:
     assert hardening.safe_loads(pickle.dumps((1, (b"op",)), protocol=2)) == (1, (b"op",))
 
 
-def start_store(path: Path) -> tuple[RaftStore, StateMachine]:
+DATA_KEY = bytes(range(32))
+
+
+def start_store(path: Path, key: bytes = DATA_KEY) -> tuple[RaftStore, StateMachine]:
     machine = StateMachine()
-    store = RaftStore("nodeaaaaaaaaaaaaaaaaaaaaa", path / "raft", machine)
+    store = RaftStore("nodeaaaaaaaaaaaaaaaaaaaaa", path / "raft", machine, data_key=key)
     store.start()
     assert store.wait_leader(10) and store.wait_ready(10)
     return store, machine
@@ -133,7 +136,7 @@ def test_store_commits_and_recovers_from_its_journal(tmp_path: Path) -> None:
         store.stop()
 
 
-def test_snapshot_is_json_and_restores(tmp_path: Path) -> None:
+def test_snapshot_is_sealed_json_and_restores(tmp_path: Path) -> None:
     store, machine = start_store(tmp_path)
     try:
         store.propose(encode_op("bootstrap", cluster=CLUSTER, node=NODE))
@@ -147,7 +150,9 @@ def test_snapshot_is_json_and_restores(tmp_path: Path) -> None:
         expected = machine.dump()
     finally:
         store.stop()
-    doc = json.loads(snapshot.read_bytes())
+    sealed = snapshot.read_bytes()
+    assert b"after" not in sealed and b"members" not in sealed
+    doc = json.loads(hardening.open_snapshot(str(snapshot), sealed))
     assert doc["format"] == 1 and doc["members"] == ["nodeaaaaaaaaaaaaaaaaaaaaa"]
     assert snapshot.stat().st_mode & 0o777 == 0o600
     store, machine = start_store(tmp_path)
@@ -163,7 +168,73 @@ def test_corrupt_meta_is_a_clear_start_error(tmp_path: Path) -> None:
     store.stop()
     (tmp_path / "raft" / "journal.meta").write_bytes(b"\x80\x02garbage")
     machine = StateMachine()
-    broken = RaftStore("nodeaaaaaaaaaaaaaaaaaaaaa", tmp_path / "raft", machine)
+    broken = RaftStore("nodeaaaaaaaaaaaaaaaaaaaaa", tmp_path / "raft", machine, data_key=DATA_KEY)
     with pytest.raises(Exception):
         broken.start()
     broken.stop()
+
+
+SECRET = "SWMTKN-1-secretsecretsecret"
+
+
+def _store_with_secret(tmp_path: Path) -> dict[str, Any]:
+    store, machine = start_store(tmp_path)
+    try:
+        store.propose(encode_op("bootstrap", cluster=CLUSTER, node=NODE))
+        store.propose(encode_op("rotate_join_token", role="worker", token=SECRET, now="x"))
+        return machine.dump()
+    finally:
+        store.stop()
+
+
+def test_journal_holds_no_clear_text(tmp_path: Path) -> None:
+    _store_with_secret(tmp_path)
+    for path in (tmp_path / "raft").iterdir():
+        data = path.read_bytes()
+        assert SECRET.encode() not in data and b"rotate_join_token" not in data, path
+
+
+def test_journal_under_another_key_is_a_clear_start_error(tmp_path: Path) -> None:
+    _store_with_secret(tmp_path)
+    machine = StateMachine()
+    other = RaftStore("nodeaaaaaaaaaaaaaaaaaaaaa", tmp_path / "raft", machine, data_key=b"\x01" * 32)
+    with pytest.raises(Exception, match="does not authenticate"):
+        other.start()
+    other.stop()
+
+
+def test_flipped_bit_in_the_middle_of_the_journal_is_detected(tmp_path: Path) -> None:
+    _store_with_secret(tmp_path)
+    journal = tmp_path / "raft" / "journal"
+    data = bytearray(journal.read_bytes())
+    end = int.from_bytes(data[12:16], "little")
+    data[32 + (end - 32) // 2] ^= 0x40
+    journal.write_bytes(bytes(data))
+    machine = StateMachine()
+    broken = RaftStore("nodeaaaaaaaaaaaaaaaaaaaaa", tmp_path / "raft", machine, data_key=DATA_KEY)
+    with pytest.raises(Exception, match="damaged|does not authenticate"):
+        broken.start()
+    broken.stop()
+
+
+def test_legacy_clear_journal_is_migrated_to_sealed(tmp_path: Path) -> None:
+    import pysyncobj.journal as ps_journal
+    raft = tmp_path / "raft"
+    raft.mkdir(mode=0o700)
+    legacy = ps_journal.FileJournal(str(raft / "journal"))
+    ops = [encode_op("bootstrap", cluster=CLUSTER, node=NODE),
+           encode_op("rotate_join_token", role="worker", token=SECRET, now="x")]
+    for i, op in enumerate(ops, start=1):
+        legacy.add(op, i, 1)
+    legacy.flush()
+    legacy._destroy()
+    from swarmd.store.crypto import DataCipher
+    from swarmd.store.journal import EncryptedJournal
+    hardening.install()
+    hardening.register_cipher(raft, DataCipher(DATA_KEY))
+    journal = hardening._create_journal(str(raft / "journal"))
+    assert isinstance(journal, EncryptedJournal)
+    assert [e[0] for e in journal] == ops
+    journal._destroy()
+    assert SECRET.encode() not in (raft / "journal").read_bytes()
+    assert not (raft / "journal.legacy").exists()

@@ -375,6 +375,7 @@ class Cluster(_message.Message):
     SUBNET_SIZE_FIELD_NUMBER: _builtins.int
     DATA_PATH_PORT_FIELD_NUMBER: _builtins.int
     FORCE_ROTATE_FIELD_NUMBER: _builtins.int
+    DESIRED_TLS_INFO_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     version: _builtins.int
     created_at: _builtins.str
@@ -391,6 +392,12 @@ class Cluster(_message.Message):
     def default_addr_pool(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """empty: the built-in 10.0.0.0/8"""
 
+    @_builtins.property
+    def desired_tls_info(self) -> Global___TLSInfo:
+        """What every node's TLS should end up as: the root being rotated to during a root CA rotation,
+        the current root otherwise (Docker's progress display compares nodes' TLSInfo with it).
+        """
+
     def __init__(
         self,
         *,
@@ -405,10 +412,11 @@ class Cluster(_message.Message):
         subnet_size: _builtins.int = ...,
         data_path_port: _builtins.int = ...,
         force_rotate: _builtins.int = ...,
+        desired_tls_info: Global___TLSInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec", "tls_info", b"tls_info"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["desired_tls_info", b"desired_tls_info", "spec", b"spec", "tls_info", b"tls_info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "data_path_port", b"data_path_port", "default_addr_pool", b"default_addr_pool", "force_rotate", b"force_rotate", "id", b"id", "root_rotation_in_progress", b"root_rotation_in_progress", "spec", b"spec", "subnet_size", b"subnet_size", "tls_info", b"tls_info", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "data_path_port", b"data_path_port", "default_addr_pool", b"default_addr_pool", "desired_tls_info", b"desired_tls_info", "force_rotate", b"force_rotate", "id", b"id", "root_rotation_in_progress", b"root_rotation_in_progress", "spec", b"spec", "subnet_size", b"subnet_size", "tls_info", b"tls_info", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -643,20 +651,24 @@ class InitResponse(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     MANAGER_ADDR_FIELD_NUMBER: _builtins.int
     WORKER_TOKEN_FIELD_NUMBER: _builtins.int
+    UNLOCK_KEY_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     manager_addr: _builtins.str
     """this node's advertise host:port"""
     worker_token: _builtins.str
+    unlock_key: _builtins.str
+    """set with --autolock"""
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         manager_addr: _builtins.str = ...,
         worker_token: _builtins.str = ...,
+        unlock_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["manager_addr", b"manager_addr", "node_id", b"node_id", "worker_token", b"worker_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manager_addr", b"manager_addr", "node_id", b"node_id", "unlock_key", b"unlock_key", "worker_token", b"worker_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1231,6 +1243,130 @@ class RemoveNetworkResponse(_message.Message):
 Global___RemoveNetworkResponse: _TypeAlias = RemoveNetworkResponse  # noqa: Y015
 
 @_typing.final
+class UpdateClusterRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HAS_AUTOLOCK_FIELD_NUMBER: _builtins.int
+    AUTOLOCK_FIELD_NUMBER: _builtins.int
+    HAS_CERT_EXPIRY_FIELD_NUMBER: _builtins.int
+    CERT_EXPIRY_NS_FIELD_NUMBER: _builtins.int
+    HAS_DISPATCHER_HEARTBEAT_FIELD_NUMBER: _builtins.int
+    DISPATCHER_HEARTBEAT_NS_FIELD_NUMBER: _builtins.int
+    HAS_TASK_HISTORY_LIMIT_FIELD_NUMBER: _builtins.int
+    TASK_HISTORY_LIMIT_FIELD_NUMBER: _builtins.int
+    HAS_SNAPSHOT_INTERVAL_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_INTERVAL_FIELD_NUMBER: _builtins.int
+    HAS_MAX_SNAPSHOTS_FIELD_NUMBER: _builtins.int
+    MAX_SNAPSHOTS_FIELD_NUMBER: _builtins.int
+    ROTATE_UNLOCK_KEY_FIELD_NUMBER: _builtins.int
+    ROTATE_ROOT_CA_FIELD_NUMBER: _builtins.int
+    SIGNING_CA_CERT_FIELD_NUMBER: _builtins.int
+    SIGNING_CA_KEY_FIELD_NUMBER: _builtins.int
+    has_autolock: _builtins.bool
+    """has_* says the flag was given, as Docker only changes what was asked."""
+    autolock: _builtins.bool
+    has_cert_expiry: _builtins.bool
+    cert_expiry_ns: _builtins.int
+    has_dispatcher_heartbeat: _builtins.bool
+    dispatcher_heartbeat_ns: _builtins.int
+    has_task_history_limit: _builtins.bool
+    task_history_limit: _builtins.int
+    has_snapshot_interval: _builtins.bool
+    snapshot_interval: _builtins.int
+    has_max_snapshots: _builtins.bool
+    max_snapshots: _builtins.int
+    rotate_unlock_key: _builtins.bool
+    rotate_root_ca: _builtins.bool
+    """Root CA rotation: a new self-made root, or the given certificate and key (PEM)."""
+    signing_ca_cert: _builtins.bytes
+    signing_ca_key: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        has_autolock: _builtins.bool = ...,
+        autolock: _builtins.bool = ...,
+        has_cert_expiry: _builtins.bool = ...,
+        cert_expiry_ns: _builtins.int = ...,
+        has_dispatcher_heartbeat: _builtins.bool = ...,
+        dispatcher_heartbeat_ns: _builtins.int = ...,
+        has_task_history_limit: _builtins.bool = ...,
+        task_history_limit: _builtins.int = ...,
+        has_snapshot_interval: _builtins.bool = ...,
+        snapshot_interval: _builtins.int = ...,
+        has_max_snapshots: _builtins.bool = ...,
+        max_snapshots: _builtins.int = ...,
+        rotate_unlock_key: _builtins.bool = ...,
+        rotate_root_ca: _builtins.bool = ...,
+        signing_ca_cert: _builtins.bytes = ...,
+        signing_ca_key: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["autolock", b"autolock", "cert_expiry_ns", b"cert_expiry_ns", "dispatcher_heartbeat_ns", b"dispatcher_heartbeat_ns", "has_autolock", b"has_autolock", "has_cert_expiry", b"has_cert_expiry", "has_dispatcher_heartbeat", b"has_dispatcher_heartbeat", "has_max_snapshots", b"has_max_snapshots", "has_snapshot_interval", b"has_snapshot_interval", "has_task_history_limit", b"has_task_history_limit", "max_snapshots", b"max_snapshots", "rotate_root_ca", b"rotate_root_ca", "rotate_unlock_key", b"rotate_unlock_key", "signing_ca_cert", b"signing_ca_cert", "signing_ca_key", b"signing_ca_key", "snapshot_interval", b"snapshot_interval", "task_history_limit", b"task_history_limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateClusterRequest: _TypeAlias = UpdateClusterRequest  # noqa: Y015
+
+@_typing.final
+class UpdateClusterResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_FIELD_NUMBER: _builtins.int
+    UNLOCK_KEY_FIELD_NUMBER: _builtins.int
+    unlock_key: _builtins.str
+    """the key after the update; empty when autolock is off"""
+    @_builtins.property
+    def cluster(self) -> Global___Cluster: ...
+    def __init__(
+        self,
+        *,
+        cluster: Global___Cluster | None = ...,
+        unlock_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "unlock_key", b"unlock_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateClusterResponse: _TypeAlias = UpdateClusterResponse  # noqa: Y015
+
+@_typing.final
+class UnlockRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlockRequest: _TypeAlias = UnlockRequest  # noqa: Y015
+
+@_typing.final
+class UnlockResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlockResponse: _TypeAlias = UnlockResponse  # noqa: Y015
+
+@_typing.final
 class GetUnlockKeyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1497,18 +1633,24 @@ class SessionRequest(_message.Message):
 
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     ADVERTISE_ADDR_FIELD_NUMBER: _builtins.int
+    TLS_INFO_FIELD_NUMBER: _builtins.int
     advertise_addr: _builtins.str
     @_builtins.property
     def description(self) -> Global___NodeDescription: ...
+    @_builtins.property
+    def tls_info(self) -> Global___TLSInfo:
+        """the node's trust root and the issuer of its certificate"""
+
     def __init__(
         self,
         *,
         description: Global___NodeDescription | None = ...,
         advertise_addr: _builtins.str = ...,
+        tls_info: Global___TLSInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["description", b"description"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "tls_info", b"tls_info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["advertise_addr", b"advertise_addr", "description", b"description"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advertise_addr", b"advertise_addr", "description", b"description", "tls_info", b"tls_info"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1523,12 +1665,18 @@ class SessionMessage(_message.Message):
     DESIRED_ROLE_FIELD_NUMBER: _builtins.int
     REMOVED_FIELD_NUMBER: _builtins.int
     LEADER_ADDR_FIELD_NUMBER: _builtins.int
+    ROOT_CA_FIELD_NUMBER: _builtins.int
+    RENEW_CERTIFICATE_FIELD_NUMBER: _builtins.int
     heartbeat_period_ns: _builtins.int
     desired_role: _builtins.str
     """worker | manager: a change means promote/demote"""
     removed: _builtins.bool
     """the node was removed from the swarm"""
     leader_addr: _builtins.str
+    root_ca: _builtins.bytes
+    """the trust root(s) the node should hold"""
+    renew_certificate: _builtins.bool
+    """the node's certificate is not from the desired CA: renew now"""
     @_builtins.property
     def managers(self) -> _containers.RepeatedCompositeFieldContainer[Global___RemoteManager]: ...
     def __init__(
@@ -1539,10 +1687,12 @@ class SessionMessage(_message.Message):
         desired_role: _builtins.str = ...,
         removed: _builtins.bool = ...,
         leader_addr: _builtins.str = ...,
+        root_ca: _builtins.bytes = ...,
+        renew_certificate: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired_role", b"desired_role", "heartbeat_period_ns", b"heartbeat_period_ns", "leader_addr", b"leader_addr", "managers", b"managers", "removed", b"removed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired_role", b"desired_role", "heartbeat_period_ns", b"heartbeat_period_ns", "leader_addr", b"leader_addr", "managers", b"managers", "removed", b"removed", "renew_certificate", b"renew_certificate", "root_ca", b"root_ca"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1553,16 +1703,22 @@ class HeartbeatRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LEAVING_FIELD_NUMBER: _builtins.int
+    TLS_INFO_FIELD_NUMBER: _builtins.int
     leaving: _builtins.bool
     """graceful leave: mark Down at once"""
+    @_builtins.property
+    def tls_info(self) -> Global___TLSInfo:
+        """sent when it changed since the session opened (a renewal)"""
+
     def __init__(
         self,
         *,
         leaving: _builtins.bool = ...,
+        tls_info: Global___TLSInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tls_info", b"tls_info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["leaving", b"leaving"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leaving", b"leaving", "tls_info", b"tls_info"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

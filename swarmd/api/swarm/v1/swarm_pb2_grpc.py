@@ -118,6 +118,16 @@ class ControlStub:
                 request_serializer=swarm_dot_v1_dot_swarm__pb2.GetUnlockKeyRequest.SerializeToString,
                 response_deserializer=swarm_dot_v1_dot_swarm__pb2.GetUnlockKeyResponse.FromString,
                 _registered_method=True)
+        self.UpdateCluster = channel.unary_unary(
+                '/swarm.v1.Control/UpdateCluster',
+                request_serializer=swarm_dot_v1_dot_swarm__pb2.UpdateClusterRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_swarm__pb2.UpdateClusterResponse.FromString,
+                _registered_method=True)
+        self.Unlock = channel.unary_unary(
+                '/swarm.v1.Control/Unlock',
+                request_serializer=swarm_dot_v1_dot_swarm__pb2.UnlockRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_swarm__pb2.UnlockResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -226,6 +236,20 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateCluster(self, request, context):
+        """swarmctl update, unlock-key --rotate and ca --rotate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unlock(self, request, context):
+        """An autolocked manager after a restart; local socket only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -308,6 +332,16 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.GetUnlockKey,
                     request_deserializer=swarm_dot_v1_dot_swarm__pb2.GetUnlockKeyRequest.FromString,
                     response_serializer=swarm_dot_v1_dot_swarm__pb2.GetUnlockKeyResponse.SerializeToString,
+            ),
+            'UpdateCluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCluster,
+                    request_deserializer=swarm_dot_v1_dot_swarm__pb2.UpdateClusterRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_swarm__pb2.UpdateClusterResponse.SerializeToString,
+            ),
+            'Unlock': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unlock,
+                    request_deserializer=swarm_dot_v1_dot_swarm__pb2.UnlockRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_swarm__pb2.UnlockResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -746,6 +780,60 @@ class Control:
             '/swarm.v1.Control/GetUnlockKey',
             swarm_dot_v1_dot_swarm__pb2.GetUnlockKeyRequest.SerializeToString,
             swarm_dot_v1_dot_swarm__pb2.GetUnlockKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Control/UpdateCluster',
+            swarm_dot_v1_dot_swarm__pb2.UpdateClusterRequest.SerializeToString,
+            swarm_dot_v1_dot_swarm__pb2.UpdateClusterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unlock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Control/Unlock',
+            swarm_dot_v1_dot_swarm__pb2.UnlockRequest.SerializeToString,
+            swarm_dot_v1_dot_swarm__pb2.UnlockResponse.FromString,
             options,
             channel_credentials,
             insecure,

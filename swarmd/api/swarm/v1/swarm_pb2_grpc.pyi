@@ -66,6 +66,10 @@ class ControlStub:
     CreateNetwork: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.CreateNetworkRequest, _swarm_pb2.CreateNetworkResponse]
     RemoveNetwork: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.RemoveNetworkRequest, _swarm_pb2.RemoveNetworkResponse]
     GetUnlockKey: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.GetUnlockKeyRequest, _swarm_pb2.GetUnlockKeyResponse]
+    UpdateCluster: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.UpdateClusterRequest, _swarm_pb2.UpdateClusterResponse]
+    """swarmctl update, unlock-key --rotate and ca --rotate."""
+    Unlock: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.UnlockRequest, _swarm_pb2.UnlockResponse]
+    """An autolocked manager after a restart; local socket only."""
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -94,6 +98,10 @@ class ControlAsyncStub(ControlStub):
     CreateNetwork: _aio.UnaryUnaryMultiCallable[_swarm_pb2.CreateNetworkRequest, _swarm_pb2.CreateNetworkResponse]  # type: ignore[assignment]
     RemoveNetwork: _aio.UnaryUnaryMultiCallable[_swarm_pb2.RemoveNetworkRequest, _swarm_pb2.RemoveNetworkResponse]  # type: ignore[assignment]
     GetUnlockKey: _aio.UnaryUnaryMultiCallable[_swarm_pb2.GetUnlockKeyRequest, _swarm_pb2.GetUnlockKeyResponse]  # type: ignore[assignment]
+    UpdateCluster: _aio.UnaryUnaryMultiCallable[_swarm_pb2.UpdateClusterRequest, _swarm_pb2.UpdateClusterResponse]  # type: ignore[assignment]
+    """swarmctl update, unlock-key --rotate and ca --rotate."""
+    Unlock: _aio.UnaryUnaryMultiCallable[_swarm_pb2.UnlockRequest, _swarm_pb2.UnlockResponse]  # type: ignore[assignment]
+    """An autolocked manager after a restart; local socket only."""
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------------------------
@@ -215,6 +223,22 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _swarm_pb2.GetUnlockKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_swarm_pb2.GetUnlockKeyResponse, _abc.Awaitable[_swarm_pb2.GetUnlockKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateCluster(
+        self,
+        request: _swarm_pb2.UpdateClusterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_swarm_pb2.UpdateClusterResponse, _abc.Awaitable[_swarm_pb2.UpdateClusterResponse]]:
+        """swarmctl update, unlock-key --rotate and ca --rotate."""
+
+    @_abc_1.abstractmethod
+    def Unlock(
+        self,
+        request: _swarm_pb2.UnlockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_swarm_pb2.UnlockResponse, _abc.Awaitable[_swarm_pb2.UnlockResponse]]:
+        """An autolocked manager after a restart; local socket only."""
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

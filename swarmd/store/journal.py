@@ -1,0 +1,222 @@
+"""The Raft journal on disk: encrypted, authenticated and durable (DESIGN §5).
+
+Replaces pysyncobj's ``FileJournal`` (same interface) with our own record format:
+
+    header (32 bytes): b"SWMDJRNL" | u32 format | u32 end-of-last-record offset | zero padding
+    record:            u32 n | u64 idx | u64 term | nonce + AES-GCM(command, aad=idx|term) | u32 n
+
+Each command is sealed with the node's data key, so no token, key or other secret of the store
+is ever in clear under ``raft/``; the tag authenticates each record, so corruption anywhere in
+the file is a clear start-up error. A record counts only once the header's end offset covers
+it, so a torn append is simply not there after a crash.
+
+Durability: every appended entry is fdatasync'ed before ``add`` returns, except on the leader,
+which may ship an entry before its own fsync as long as it syncs before counting itself towards
+a commit (``defer_sync``; RaftStore's tick loop calls ``sync_if_dirty`` before every tick).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+from swarmd.store.crypto import DataCipher, DecryptError
+
+MAGIC = b"SWMDJRNL"
+FORMAT = 1
+HEADER_SIZE = 32
+_END_AT = 12
+_U32 = struct.Struct("<I")
+_IDX_TERM = struct.Struct("<QQ")
+
+# pysyncobj's own (plaintext) journal, read once to migrate it.
+_LEGACY_NAME = b"PYSYNCOBJ"
+_LEGACY_FIRST = 40
+_LEGACY_END_AT = 36
+
+
+class JournalError(Exception):
+    """The journal cannot be read back: damaged, tampered with, or sealed under another key."""
+
+
+def _header(end: int) -> bytes:
+    return (MAGIC + _U32.pack(FORMAT) + _U32.pack(end)).ljust(HEADER_SIZE, b"\0")
+
+
+class EncryptedJournal:
+    """pysyncobj's Journal interface over an encrypted record file."""
+
+    def __init__(self, path: str, cipher: DataCipher, file_factory: Any, meta_storer: Any) -> None:
+        self._path = path
+        self._cipher = cipher
+        self._new_file = file_factory
+        self._entries: list[tuple[bytes, int, int]] = []
+        self._offsets: list[int] = []       # start offset of each entry's record
+        self.defer_sync = False
+        self._dirty = False
+        self._legacy_path = ""
+        legacy = self._read_legacy()
+        self._file = file_factory(path, defaultContent=_header(HEADER_SIZE))
+        self._end = HEADER_SIZE
+        if legacy is not None:
+            self._rewrite(legacy)
+        else:
+            self._load()
+        self._meta_storer = meta_storer
+        self._meta: dict[str, Any] = meta_storer.getMeta()
+        self._meta_saved = True
+
+    # -- reading back ------------------------------------------------------------------------
+    def _read_legacy(self) -> list[tuple[bytes, int, int]] | None:
+        """Entries of a journal written by pysyncobj's own FileJournal, or None."""
+        # Set aside first, so a crash during the migration leaves it to be read again.
+        legacy = self._path + ".legacy"
+        try:
+            with open(self._path, "rb") as f:
+                if f.read(len(_LEGACY_NAME)) == _LEGACY_NAME:
+                    os.replace(self._path, legacy)
+        except FileNotFoundError:
+            pass
+        try:
+            with open(legacy, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        self._legacy_path = legacy
+        end = _U32.unpack_from(data, _LEGACY_END_AT)[0]
+        entries, offset = [], _LEGACY_FIRST
+        while offset < end:
+            size = _U32.unpack_from(data, offset)[0]
+            record = data[offset + 4:offset + 4 + size]
+            idx, term = _IDX_TERM.unpack_from(record)
+            entries.append((record[16:], idx, term))
+            offset += size + 8
+        if os.path.exists(self._path):
+            os.unlink(self._path)  # a half-written migration from an earlier attempt
+        return entries
+
+    def _records(self) -> Iterator[tuple[int, bytes]]:
+        head = self._file.read(0, HEADER_SIZE)
+        if head[:8] != MAGIC:
+            raise JournalError(f"{self._path} is not a swarmd raft journal")
+        if _U32.unpack_from(head, 8)[0] != FORMAT:
+            raise JournalError(f"{self._path} has an unsupported journal format")
+        end = _U32.unpack_from(head, _END_AT)[0]
+        offset = HEADER_SIZE
+        while offset < end:
+            size = _U32.unpack(self._file.read(offset, 4))[0]
+            if size < _IDX_TERM.size or offset + size + 8 > end:
+                raise JournalError(f"raft journal {self._path} is damaged at offset {offset}")
+            yield offset, self._file.read(offset + 4, size)
+            offset += size + 8
+        self._end = offset
+
+    def _load(self) -> None:
+        for n, (offset, record) in enumerate(self._records()):
+            head = record[:_IDX_TERM.size]
+            idx, term = _IDX_TERM.unpack(head)
+            try:
+                command = self._cipher.open(record[_IDX_TERM.size:], head)
+            except DecryptError:
+                raise JournalError(
+                    f"raft journal {self._path}: record {n} (index {idx}) does not authenticate; the journal "
+                    "is damaged or was written under another data key") from None
+            self._entries.append((command, idx, term))
+            self._offsets.append(offset)
+
+    def _rewrite(self, entries: list[tuple[bytes, int, int]]) -> None:
+        for entry in entries:
+            self._append(*entry)
+        self._file.sync()
+        os.unlink(self._legacy_path)
+
+    # -- writing -----------------------------------------------------------------------------
+    def _append(self, command: bytes, idx: int, term: int) -> None:
+        head = _IDX_TERM.pack(idx, term)
+        body = head + self._cipher.seal(bytes(command), head)
+        size = _U32.pack(len(body))
+        start = self._end
+        self._file.write(start, size + body + size)
+        self._end = start + len(body) + 8
+        self._file.write(_END_AT, _U32.pack(self._end))
+        self._entries.append((command, idx, term))
+        self._offsets.append(start)
+
+    def add(self, command: bytes, idx: int, term: int) -> None:
+        self._append(command, idx, term)
+        if self.defer_sync:
+            self._dirty = True
+        else:
+            self._file.sync()
+
+    def sync_if_dirty(self) -> None:
+        if self._dirty:
+            self._dirty = False
+            self._file.sync()
+
+    def flush(self) -> None:
+        self._file.sync()
+
+    def clear(self) -> None:
+        self._entries, self._offsets = [], []
+        self._end = HEADER_SIZE
+        self._file.write(_END_AT, _U32.pack(self._end))
+        self._dirty = False
+        self._file.sync()
+
+    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802, N803 - pysyncobj's interface
+        if entryFrom >= len(self._entries):
+            return
+        self._end = self._offsets[entryFrom] if entryFrom >= 0 else HEADER_SIZE
+        del self._entries[entryFrom:]
+        del self._offsets[entryFrom:]
+        self._file.write(_END_AT, _U32.pack(self._end))
+        self._dirty = False
+        self._file.sync()
+
+    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802, N803
+        keep = self._entries[entryTo:]
+        self._entries, self._offsets = [], []
+        self._end = HEADER_SIZE
+        for entry in keep:
+            self._append(*entry)
+        self._dirty = False
+        self._file.sync()
+
+    def __getitem__(self, item: Any) -> Any:
+        return self._entries[item]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _destroy(self) -> None:
+        self._file._destroy()
+
+    # -- meta (term, vote, commit index: not secret) -----------------------------------------
+    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:  # noqa: N802, N803
+        self._meta["raftCommitIndex"] = raftCommitIndex
+        self._meta_saved = False
+
+    def getRaftCommitIndex(self) -> int:  # noqa: N802
+        return int(self._meta.get("raftCommitIndex", 1))
+
+    def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:  # noqa: N802, N803
+        # Term and vote must be durable before any message that reflects them is sent.
+        self._meta["currentTerm"] = term
+        self._meta["votedForNodeId"] = votedForNodeId
+        self._meta_storer.storeMeta(self._meta)
+        self._meta_saved = True
+
+    def getCurrentTerm(self) -> int:  # noqa: N802
+        return int(self._meta.get("currentTerm", 0))
+
+    def getVotedForNodeId(self) -> Any:  # noqa: N802
+        return self._meta.get("votedForNodeId")
+
+    def onOneSecondTimer(self) -> None:  # noqa: N802
+        if not self._meta_saved:
+            self._meta_storer.storeMeta(self._meta)
+            self._meta_saved = True
+

@@ -7,6 +7,7 @@ of a 3-member cluster and the time from stopping the leader to the next committe
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -80,6 +81,7 @@ class Member:
         self.network: PeerNetwork | None = None
         self.store: RaftStore | None = None
         self.machine = StateMachine()
+        self.data_key = os.urandom(32)  # each manager seals its own journal under its own key
 
     def serve(self) -> Member:
         self.network = PeerNetwork(self.node_id, self.addresses.get,
@@ -100,7 +102,7 @@ class Member:
         assert self.network is not None
         self.machine = StateMachine()
         self.store = RaftStore(self.node_id, self.dir / "raft", self.machine, list(peers), network=self.network,
-                               data_key=bytes(32))
+                               data_key=self.data_key)
         self.store.start()
         return self
 

@@ -8,11 +8,9 @@ import platform
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 
 from swarmd import __version__, errors, netaddr
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
-from swarmd.errors import SwarmError
 from swarmd.manager import ipam
 
 DEFAULT_LISTEN_ADDR = "0.0.0.0:2377"

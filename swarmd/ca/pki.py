@@ -314,29 +314,39 @@ def _check_validity(cert: x509.Certificate, now: datetime, what: str) -> None:
         )
 
 
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        bc = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return False
+    if not bc.ca:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+
+
 def verify_node_cert(cert_pem: bytes, root_pem: bytes, now: datetime | None = None) -> Identity:
-    """Check that a node certificate was issued by (one of) the cluster root(s) and is
-    currently valid, then return the identity it carries."""
+    """Check that a node certificate (a leaf, possibly followed by the cross-signed intermediate
+    of a root rotation) chains to (one of) the cluster root(s) and is currently valid, then
+    return the identity it carries."""
     when = _utc(now)
     try:
-        cert = _load_cert(cert_pem)
+        chain = x509.load_pem_x509_certificates(cert_pem)
         roots = x509.load_pem_x509_certificates(root_pem)
     except ValueError as exc:
         raise ValueError(f"cannot parse certificate: {exc}") from exc
-    issuer: x509.Certificate | None = None
-    for root in roots:
-        try:
-            bc = root.extensions.get_extension_for_class(x509.BasicConstraints).value
-        except x509.ExtensionNotFound:
-            continue
-        if not bc.ca:
-            continue
-        try:
-            cert.verify_directly_issued_by(root)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        issuer = root
-        break
+    cert, intermediates = chain[0], chain[1:]
+    issuer = next((r for r in roots if _signed_by(cert, r)), None)
+    if issuer is None:
+        for mid in intermediates:
+            root = next((r for r in roots if _signed_by(mid, r)), None)
+            if root is not None and _signed_by(cert, mid):
+                _check_validity(mid, when, "intermediate certificate")
+                issuer = root
+                break
     if issuer is None:
         raise ValueError("x509: certificate signed by unknown authority")
     _check_validity(cert, when, "certificate")

@@ -330,7 +330,11 @@ class Manager:
     def raft_leave(self, node_id: str) -> None:
         """Leader side of a manager leaving: out of Raft, then a Down worker in the node list."""
         if node_id in self.store.members():
-            self.store.remove_member(node_id)
+            try:
+                self.store.remove_member(node_id)
+            except StoreError as e:  # e.g. the leader itself: a clear refusal, not an internal error
+                raise SwarmError(f"could not remove {node_id} from the raft cluster: {e}",
+                                 grpc.StatusCode.FAILED_PRECONDITION) from None
         self.propose("set_node_role", id=node_id, role="worker", manager_addr="", state="down",
                      message="node left the swarm", now=now_rfc3339())
 

@@ -103,18 +103,19 @@ class Manager:
             return str(manager["addr"]) if manager else None
         return self.machine.read(addr)
 
-    def is_member(self, node_id: str) -> bool:
-        return self.machine.read(lambda state: node_id in state["nodes"])
+    def desired_role(self, node_id: str) -> str | None:
+        """The node's desired role; None when it is not (or no longer) in the swarm."""
+        return self.machine.read(lambda state: (state["nodes"].get(node_id) or {}).get("role"))
 
-    def trust(self) -> tuple[str, dict[str, str], Callable[[str], bool]]:
-        """What the TLS layer needs: cluster ID, live join tokens, node membership."""
+    def trust(self) -> tuple[str, dict[str, str], Callable[[str], str | None]]:
+        """What the TLS layer needs: cluster ID, live join tokens, each node's desired role."""
         def get(state: State) -> tuple[str, dict[str, str]]:
             cluster = state["cluster"]
             if cluster is None:
                 return "", {}
             return str(cluster["id"]), dict(cluster["join_tokens"])
         cluster_id, join_tokens = self.machine.read(get)
-        return cluster_id, join_tokens, self.is_member
+        return cluster_id, join_tokens, self.desired_role
 
     def heartbeat_ns(self) -> int:
         return int(self.machine.read(lambda state: state["cluster"]["spec"]["dispatcher_heartbeat_ns"]

@@ -1,5 +1,5 @@
 """Every RPC against every identity, on one live cluster (one manager, one worker, one removed
-worker).
+worker, and two admitted nodes whose role changed after their certificate was issued).
 
 The RPCs come from the generated descriptors and the expected outcome from ``authz.RULES``, so
 an RPC added to the proto is covered here (and must be given a rule) without editing this file.
@@ -8,9 +8,10 @@ Each (identity, RPC) pair is its own test, e.g. ``worker-Control/Init``:
 * an identity whose TLS handshake must fail (no certificate, another CA's certificate, an
   expired certificate) gets UNAVAILABLE for every RPC;
 * a removed node gets PERMISSION_DENIED for every RPC, its certificate still being valid;
+* a node whose role changed since its certificate was issued has the lesser of the two roles;
 * otherwise a role that ``RULES`` allows gets past the interceptor (any status but
-  PERMISSION_DENIED / UNAUTHENTICATED: an empty request often fails validation, which is fine)
-  and any other role is refused by the interceptor with PERMISSION_DENIED.
+  PERMISSION_DENIED / UNAUTHENTICATED / INTERNAL: an empty request often fails validation, which
+  is fine) and any other role is refused by the interceptor with PERMISSION_DENIED.
 
 Requests are empty or harmless (see ``HARMLESS``), so allowed calls with side effects (Leave,
 Init, RemoveNode, RaftMembership) leave the cluster as it was.
@@ -56,6 +57,9 @@ def rpc_path(method: MethodDescriptor) -> str:
     return f"/{method.containing_service.full_name}/{method.name}"
 
 
+LIST_NODES = next(m for m in METHODS if rpc_path(m) == "/swarm.v1.Control/ListNodes")
+
+
 def rpc_name(method: MethodDescriptor) -> str:
     return f"{method.containing_service.name}/{method.name}"
 
@@ -70,6 +74,8 @@ ROLE_OF: dict[str, str | None] = {
     "join-worker": authz.JOIN_WORKER,
     "join-manager": authz.JOIN_MANAGER,
     "removed": None,  # a valid certificate of a node that is no longer in the swarm
+    "demoted": authz.WORKER,  # a manager certificate of a node demoted since
+    "promoted": authz.WORKER,  # a worker certificate of a node promoted since (not yet renewed)
 }
 HANDSHAKE_FAILS = ("no-certificate", "other-ca", "expired")
 IDENTITIES = [*ROLE_OF, *HANDSHAKE_FAILS]
@@ -95,6 +101,8 @@ class Cluster:
     root_pem: bytes
     join_tokens: dict[str, str]
     removed_cert: tuple[bytes, bytes]  # (certificate, key) copied before `node rm --force`
+    demoted_cert: tuple[bytes, bytes]
+    promoted_cert: tuple[bytes, bytes]
     root_key: bytes | None             # None: see root_key_problem
     root_key_problem: str = ""
     channels: dict[str, grpc.Channel] = field(default_factory=dict)
@@ -132,6 +140,26 @@ def _root_key_from_stopped_manager(manager: Daemon, node_id: str, scratch: Path)
     return str(key).encode(), ""
 
 
+def _admit(manager: Daemon, token: str) -> tuple[str, bytes, bytes]:
+    """A node admitted with ``token`` the way a joiner is: (node ID, certificate, key)."""
+    ca = join.join_ca(tokens.token_secret(token))
+    client_key, client_cert = ca.client_credentials()
+    creds = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem, private_key=client_key,
+                                         certificate_chain=client_cert)
+    key = pki.generate_key()
+    with grpc.secure_channel(manager.listen, creds, options=[("grpc.ssl_target_name_override", ca.sni)]) as ch:
+        resp = pb_grpc.CAStub(ch).IssueNodeCertificate(pb.IssueNodeCertificateRequest(csr=pki.make_csr(key)),
+                                                       timeout=CALL_TIMEOUT)
+    return resp.node_id, resp.certificate, pki.key_to_pem(key)
+
+
+def _changed_role(manager: Daemon, token: str, command: str) -> tuple[bytes, bytes]:
+    """A certificate of a node that was promoted or demoted after it was issued."""
+    node_id, cert, key = _admit(manager, token)
+    manager.ok("node", command, node_id)
+    return cert, key
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("authz")
@@ -156,12 +184,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         removed.stop()
         manager.ok("node", "rm", "--force", removed_id)
         info = manager.info()
+        root_pem = (manager.state_dir / "certificates" / "swarm-root-ca.crt").read_bytes()
+        join_tokens = {r: manager.ok("join-token", "-q", r).strip() for r in ("worker", "manager")}
         c = Cluster(
             manager=manager, worker=worker, manager_id=manager_id, worker_id=worker.info().node_id,
             cluster_id=info.cluster.id,
-            root_pem=(manager.state_dir / "certificates" / "swarm-root-ca.crt").read_bytes(),
-            join_tokens={r: manager.ok("join-token", "-q", r).strip() for r in ("worker", "manager")},
-            removed_cert=removed_cert, root_key=root_key, root_key_problem=problem)
+            root_pem=root_pem, join_tokens=join_tokens, removed_cert=removed_cert,
+            demoted_cert=_changed_role(manager, join_tokens["manager"], "demote"),
+            promoted_cert=_changed_role(manager, join_tokens["worker"], "promote"),
+            root_key=root_key, root_key_problem=problem)
         yield c
         for channel in c.channels.values():
             channel.close()
@@ -222,6 +253,8 @@ CHANNELS: dict[str, Callable[[Cluster], grpc.Channel]] = {
     "join-worker": lambda c: _join_channel(c, "worker"),
     "join-manager": lambda c: _join_channel(c, "manager"),
     "removed": lambda c: _tls_channel(c, *c.removed_cert),
+    "demoted": lambda c: _tls_channel(c, *c.demoted_cert),
+    "promoted": lambda c: _tls_channel(c, *c.promoted_cert),
     "no-certificate": lambda c: _tls_channel(c),
     "other-ca": _other_ca_channel,
     "expired": lambda c: _tls_channel(c, *expired_certificate(c)),
@@ -302,6 +335,24 @@ def test_every_rpc_has_a_rule_and_every_rule_an_rpc() -> None:
     assert all(roles <= known for roles in authz.RULES.values())
 
 
+def test_rules_keep_the_security_model() -> None:
+    """The matrix checks that RULES are enforced; this pins what RULES may ever grant (DESIGN
+    §2, §4), per service, so a new RPC cannot quietly widen it."""
+    lifecycle = {"/swarm.v1.Control/Init", "/swarm.v1.Control/Join", "/swarm.v1.Control/Leave"}
+    ceiling = {
+        "swarm.v1.Control": {authz.LOCAL, authz.MANAGER},
+        "swarm.v1.CA": {authz.MANAGER, authz.WORKER, authz.JOIN_WORKER, authz.JOIN_MANAGER},
+        "swarm.v1.Dispatcher": {authz.MANAGER, authz.WORKER},
+        "swarm.v1.RaftMembership": {authz.MANAGER},
+        "swarm.v1.Raft": {authz.MANAGER},
+    }
+    for method in METHODS:
+        path = rpc_path(method)
+        allowed = ceiling[method.containing_service.full_name] & (
+            {authz.LOCAL} if path in lifecycle else set(ROLE_OF.values()))
+        assert authz.RULES[path] <= allowed, f"{path} grants {sorted(authz.RULES[path] - allowed)}"
+
+
 # -- the matrix -------------------------------------------------------------------------------------
 
 MATRIX = [pytest.param(identity, method, id=f"{identity}-{rpc_name(method)}")
@@ -327,6 +378,8 @@ def test_authorization_matrix(cluster: Cluster, identity: str, method: MethodDes
         assert outcome.code not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
                                     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNIMPLEMENTED), \
             f"{role} may call {path}, got {outcome}"
+        # Past the interceptor, even a request that makes no sense gets a clear answer.
+        assert outcome.code != grpc.StatusCode.INTERNAL, str(outcome)
     else:
         assert outcome.code == grpc.StatusCode.PERMISSION_DENIED, f"{identity} must be refused {path}, got {outcome}"
         assert outcome.details.startswith(REFUSAL), str(outcome)
@@ -351,8 +404,7 @@ def test_expired_identity_differs_only_in_validity(cluster: Cluster) -> None:
     expired identity is refused for its dates alone."""
     cert, key = _cluster_signed(cluster, datetime.now(UTC))
     with _tls_channel(cluster, cert, key) as channel:
-        list_nodes = next(m for m in METHODS if rpc_path(m) == "/swarm.v1.Control/ListNodes")
-        outcome = call(channel, list_nodes, pb.ListNodesRequest())
+        outcome = call(channel, LIST_NODES, pb.ListNodesRequest())
     assert outcome.code == grpc.StatusCode.OK, str(outcome)
 
 
@@ -428,13 +480,9 @@ def assert_standard_node_certificate(c: Cluster, pem: bytes, node_id: str, role:
 def test_csr_never_decides_the_certificate(cluster: Cluster, identity: str, asks_role: str,
                                            gets_role: str) -> None:
     key = pki.generate_key()
-    issue = next(m for m in METHODS if rpc_path(m) == "/swarm.v1.CA/IssueNodeCertificate")
     request = pb.IssueNodeCertificateRequest(csr=hostile_csr(key, asks_role),
                                              description=pb.NodeDescription(hostname=f"csr-{identity}"))
-    path = rpc_path(issue)
-    response = channel_of(cluster, identity).unary_unary(
-        path, pb.IssueNodeCertificateRequest.SerializeToString, pb.IssueNodeCertificateResponse.FromString,
-    )(request, timeout=CALL_TIMEOUT)
+    response = pb_grpc.CAStub(channel_of(cluster, identity)).IssueNodeCertificate(request, timeout=CALL_TIMEOUT)
     assert response.role == ("manager" if gets_role == pki.MANAGER_ROLE else "worker")
     assert response.cluster_id == cluster.cluster_id
     if identity == "worker":
@@ -444,8 +492,7 @@ def test_csr_never_decides_the_certificate(cluster: Cluster, identity: str, asks
     assert_standard_node_certificate(cluster, response.certificate, response.node_id, gets_role, key)
     # The issued certificate works, with the role it names and not the one asked for.
     with _tls_channel(cluster, response.certificate, pki.key_to_pem(key)) as channel:
-        list_nodes = next(m for m in METHODS if rpc_path(m) == "/swarm.v1.Control/ListNodes")
-        outcome = call(channel, list_nodes, pb.ListNodesRequest())
+        outcome = call(channel, LIST_NODES, pb.ListNodesRequest())
     expected = grpc.StatusCode.OK if gets_role == pki.MANAGER_ROLE else grpc.StatusCode.PERMISSION_DENIED
     assert outcome.code == expected, str(outcome)
 

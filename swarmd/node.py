@@ -50,6 +50,11 @@ def _rfc1123(when: datetime) -> str:
     return when.strftime("%a, %d %b %Y %H:%M:%S UTC")
 
 
+def _role_as_certified(node_id: str) -> str:
+    """No store to check against yet: no certificate is capped below the role it names."""
+    return "manager"
+
+
 class NodeRuntime:
     def __init__(self, state_dir: Path, hostname: str, register: Register) -> None:
         self.state_dir = state_dir
@@ -103,17 +108,18 @@ class NodeRuntime:
             raise SwarmError("no client certificate", grpc.StatusCode.UNAUTHENTICATED)
         return pki.identity_from_cert(certs[0]).node_id
 
-    def _trust(self) -> tuple[str, dict[str, str], Callable[[str], bool]]:
+    def _trust(self) -> tuple[str, dict[str, str], Callable[[str], str | None]]:
         """For the TLS layer. Until this manager's store holds the cluster (a manager that is
-        still catching up), any certificate of this cluster's root counts as a member."""
+        still catching up), any certificate of this cluster's root counts as a member with the
+        role it names."""
         local, manager = self.local, self.manager
         cluster_id = local.cluster_id if local else ""
         if manager is None:
-            return cluster_id, {}, lambda node_id: True
-        store_cluster, join_tokens, is_member = manager.trust()
+            return cluster_id, {}, _role_as_certified
+        store_cluster, join_tokens, role_of = manager.trust()
         if not store_cluster:
-            return cluster_id, {}, lambda node_id: True
-        return store_cluster, join_tokens, is_member
+            return cluster_id, {}, _role_as_certified
+        return store_cluster, join_tokens, role_of
 
     def _manager_addr_of(self, node_id: str) -> str | None:
         manager = self.manager

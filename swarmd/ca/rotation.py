@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtensionOID
 
 from swarmd.ca import pki
 
@@ -40,7 +41,7 @@ def cross_sign(new_root_pem: bytes, old_root_pem: bytes, old_key_pem: bytes) -> 
                .not_valid_before(new.not_valid_before_utc)
                .not_valid_after(min(new.not_valid_after_utc, old.not_valid_after_utc)))
     for ext in new.extensions:
-        if ext.oid != x509.ExtensionOID.AUTHORITY_KEY_IDENTIFIER:
+        if ext.oid != ExtensionOID.AUTHORITY_KEY_IDENTIFIER:
             builder = builder.add_extension(ext.value, ext.critical)
     builder = builder.add_extension(
         x509.AuthorityKeyIdentifier.from_issuer_public_key(old.public_key()), critical=False)  # type: ignore[arg-type]

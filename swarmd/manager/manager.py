@@ -104,18 +104,19 @@ class Manager:
             return str(manager["addr"]) if manager else None
         return self.machine.read(addr)
 
-    def is_member(self, node_id: str) -> bool:
-        return self.machine.read(lambda state: node_id in state["nodes"])
+    def desired_role(self, node_id: str) -> str | None:
+        """The node's desired role; None when it is not (or no longer) in the swarm."""
+        return self.machine.read(lambda state: (state["nodes"].get(node_id) or {}).get("role"))
 
-    def trust(self) -> tuple[str, dict[str, str], Callable[[str], bool]]:
-        """What the TLS layer needs: cluster ID, live join tokens, node membership."""
+    def trust(self) -> tuple[str, dict[str, str], Callable[[str], str | None]]:
+        """What the TLS layer needs: cluster ID, live join tokens, each node's desired role."""
         def get(state: State) -> tuple[str, dict[str, str]]:
             cluster = state["cluster"]
             if cluster is None:
                 return "", {}
             return str(cluster["id"]), dict(cluster["join_tokens"])
         cluster_id, join_tokens = self.machine.read(get)
-        return cluster_id, join_tokens, self.is_member
+        return cluster_id, join_tokens, self.desired_role
 
     def heartbeat_ns(self) -> int:
         return int(self.machine.read(lambda state: state["cluster"]["spec"]["dispatcher_heartbeat_ns"]
@@ -352,7 +353,11 @@ class Manager:
     def raft_leave(self, node_id: str) -> None:
         """Leader side of a manager leaving: out of Raft, then a Down worker in the node list."""
         if node_id in self.store.members():
-            self.store.remove_member(node_id)
+            try:
+                self.store.remove_member(node_id)
+            except StoreError as e:  # e.g. the leader itself: a clear refusal, not an internal error
+                raise SwarmError(f"could not remove {node_id} from the raft cluster: {e}",
+                                 grpc.StatusCode.FAILED_PRECONDITION) from None
         self.propose("set_node_role", id=node_id, role="worker", manager_addr="", state="down",
                      message="node left the swarm", now=now_rfc3339())
 

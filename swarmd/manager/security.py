@@ -23,8 +23,10 @@ from swarmd.manager import authz
 
 log = logging.getLogger(__name__)
 
-# (cluster_id, {"worker": token, "manager": token}, is_member(node_id) -> bool)
-TrustSource = Callable[[], tuple[str, dict[str, str], Callable[[str], bool]]]
+# The desired role ("manager" | "worker") the store holds for a node ID; None: not in the swarm.
+RoleOf = Callable[[str], "str | None"]
+# (cluster_id, {"worker": token, "manager": token}, role_of)
+TrustSource = Callable[[], tuple[str, dict[str, str], RoleOf]]
 
 
 @functools.lru_cache(maxsize=16)
@@ -138,14 +140,17 @@ class ManagerSecurity:
         cert = _parse(certs[0])
         if cert is None:
             return None
-        cluster_id, join_tokens, is_member = self._trust()
+        cluster_id, join_tokens, role_of = self._trust()
         issuer = _issuer_cn(cert)
         if issuer == pki.CA_ROLE:
             identity = _root_identity(certs[0], self._root_pem)
             if identity is None or identity.cluster_id != cluster_id or identity.role not in (authz.MANAGER, authz.WORKER):
                 return None
-            if not is_member(identity.node_id):
+            desired = role_of(identity.node_id)
+            if desired is None:
                 return None  # removed from the swarm: refused even with a valid certificate
+            if identity.role == authz.MANAGER and desired != "manager":
+                return authz.WORKER  # demoted: its manager certificate no longer speaks for a manager
             return identity.role
         if issuer.startswith(join.JOIN_CA_PREFIX):
             for role, ca in self._join_cas(join_tokens).items():

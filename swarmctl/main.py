@@ -214,15 +214,65 @@ def leave(ctx: click.Context, force: bool) -> None:
 @click.pass_context
 def ca(ctx: click.Context, rotate: bool, cert_expiry: int | None, ca_cert: Path | None,
        ca_key: Path | None, detach: bool, quiet: bool) -> None:
-    """Display the swarm's root CA certificate, exactly as stored."""
+    """Display the swarm's root CA certificate, exactly as stored; with --rotate, move every node
+    to a new root CA (made here, or the --ca-cert/--ca-key given) and show the progress."""
     if not rotate:
         for flag, value in (("ca-cert", ca_cert), ("ca-key", ca_key), ("cert-expiry", cert_expiry)):
             if value is not None:
                 raise CLIError(f"`--{flag}` flag requires the `--rotate` flag to update the CA")
-    else:
-        raise CLIError("root CA rotation is not supported yet by this swarmd version")
-    resp = client(ctx).call("GetCluster", pb.GetClusterRequest())
-    out(resp.cluster.tls_info.trust_root.rstrip("\n") + "\n")
+        resp = client(ctx).call("GetCluster", pb.GetClusterRequest())
+        out(resp.cluster.tls_info.trust_root.rstrip("\n") + "\n")
+        return
+    if ca_cert is not None and ca_key is None:
+        raise CLIError("the --ca-cert flag requires that a --ca-key flag and/or --external-ca flag be provided as well")
+    req = pb.UpdateClusterRequest(rotate_root_ca=True, signing_ca_cert=_read_pem(ca_cert),
+                                  signing_ca_key=_read_pem(ca_key),
+                                  has_cert_expiry=cert_expiry is not None, cert_expiry_ns=cert_expiry or 0)
+    desired = client(ctx).call("UpdateCluster", req).cluster.desired_tls_info
+    if detach:
+        return
+    try:
+        _follow_root_rotation(ctx, desired, quiet)
+    except KeyboardInterrupt:
+        sys.stderr.write("Operation continuing in background.\n"
+                         f"Use `{PROG} info` to check progress.\n")
+        raise
+    if not quiet:
+        resp = client(ctx).call("GetCluster", pb.GetClusterRequest())
+        out(resp.cluster.tls_info.trust_root.rstrip("\n") + "\n")
+
+
+def _read_pem(path: Path | None) -> bytes:
+    if path is None:
+        return b""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CLIError(f"unable to read {path}: {e.strerror}") from None
+    if b"-----BEGIN " not in data:
+        raise CLIError("file contents must be in PEM format")
+    return data
+
+
+def _follow_root_rotation(ctx: click.Context, desired: pb.TLSInfo, quiet: bool) -> None:
+    """Poll every 200 ms until every node that is up has a certificate from the new root and
+    trusts it (Docker's progress display)."""
+    import time
+
+    tty = sys.stdout.isatty()
+    shown = ""
+    while True:
+        cluster = client(ctx).call("GetCluster", pb.GetClusterRequest()).cluster
+        nodes = [n for n in client(ctx).call("ListNodes", pb.ListNodesRequest()).nodes if n.state != "down"]
+        progress = render.RootRotationProgress.of(cluster, desired, nodes)
+        text = progress.text()
+        if not quiet and text != shown:
+            out(render.redraw(shown, text) if tty else text)
+            sys.stdout.flush()
+            shown = text
+        if progress.done:
+            return
+        time.sleep(0.2)
 
 
 @cli.command("unlock-key", short_help="Manage the unlock key")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +46,44 @@ def unlock_key(key: str, rotated: bool, quiet: bool) -> str:
             f"    {key}\n\n"
             "Remember to store this key in a password manager, since without it you\n"
             "will not be able to restart the manager.\n")
+
+
+# -- root rotation ----------------------------------------------------------------------------
+
+def _bar(current: int, total: int) -> str:
+    """Docker's progress bar: 50 columns of '=' then '>'."""
+    filled = 50 * current // total if total else 50
+    return f"[{'=' * filled}>{' ' * (50 - filled)}] {current}/{total} nodes"
+
+
+@dataclass
+class RootRotationProgress:
+    digest: str
+    total: int
+    tls_done: int
+    ca_done: int
+    done: bool
+
+    @classmethod
+    def of(cls, cluster: pb.Cluster, desired: pb.TLSInfo, nodes: list[pb.Node]) -> RootRotationProgress:
+        import hashlib
+
+        finished = not cluster.root_rotation_in_progress and cluster.tls_info.trust_root == desired.trust_root
+        tls_done = sum(1 for n in nodes if n.tls_info.cert_issuer_public_key == desired.cert_issuer_public_key)
+        ca_done = sum(1 for n in nodes if finished and n.tls_info.trust_root == desired.trust_root)
+        return cls("sha256:" + hashlib.sha256(desired.trust_root.encode()).hexdigest(), len(nodes),
+                   tls_done, ca_done, finished and ca_done == tls_done == len(nodes))
+
+    def text(self) -> str:
+        return (f"desired root digest: {self.digest}\n"
+                f"  rotated TLS certificates: {_bar(self.tls_done, self.total)}\n"
+                f"  rotated CA certificates:  {_bar(self.ca_done, self.total)}\n")
+
+
+def redraw(previous: str, text: str) -> str:
+    """Replace the lines written last on a terminal."""
+    up = previous.count("\n")
+    return (f"\x1b[{up}A\x1b[J" if up else "") + text
 
 
 # -- info ------------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ Credentials = Callable[[], grpc.ChannelCredentials]
 class Agent:
     def __init__(self, node_id: str, credentials: Credentials, managers: list[tuple[str, str]],
                  heartbeat_ns: int, description: pb.NodeDescription, advertise_addr: str,
-                 on_message: Callable[[pb.SessionMessage], None]) -> None:
+                 on_message: Callable[[pb.SessionMessage], None],
+                 tls_info: Callable[[], pb.TLSInfo] = pb.TLSInfo) -> None:
         self.node_id = node_id
         self._credentials = credentials
         self._managers = list(managers)
@@ -36,6 +37,9 @@ class Agent:
         self._description = description
         self._advertise = advertise_addr
         self._on_message = on_message
+        self._tls_info = tls_info
+        self._sent_tls: pb.TLSInfo | None = None
+        self._kick = threading.Event()
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._lock = threading.Lock()
@@ -50,8 +54,13 @@ class Agent:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
+    def report_tls(self) -> None:
+        """Send a heartbeat now: the certificate or trust root changed (renewal, rotation)."""
+        self._kick.set()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._kick.set()
         self._cancel()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
@@ -108,8 +117,10 @@ class Agent:
         self._channel = channel
         heartbeat_stop = threading.Event()
         try:
+            tls = self._tls_info()
             call = pb_grpc.DispatcherStub(channel).Session(
-                pb.SessionRequest(description=self._description, advertise_addr=self._advertise))
+                pb.SessionRequest(description=self._description, advertise_addr=self._advertise, tls_info=tls))
+            self._sent_tls = tls
             with self._lock:
                 self._call = call
             for message in call:
@@ -151,9 +162,17 @@ class Agent:
 
     def _heartbeats(self, channel: grpc.Channel, stop: threading.Event) -> None:
         stub = pb_grpc.DispatcherStub(channel)
-        while not stop.wait(self._period) and not self._stop.is_set():
+        while not stop.is_set() and not self._stop.is_set():
+            self._kick.wait(self._period)
+            self._kick.clear()
+            if stop.is_set() or self._stop.is_set():
+                return
             try:
-                stub.Heartbeat(pb.HeartbeatRequest(), timeout=max(self._period, 1.0))
+                tls = self._tls_info()
+                changed = tls if tls != self._sent_tls else None
+                stub.Heartbeat(pb.HeartbeatRequest(tls_info=changed), timeout=max(self._period, 1.0))
+                if changed is not None:
+                    self._sent_tls = changed
             except grpc.RpcError as e:
                 log.info("heartbeat failed (%s); looking for a manager", e.details() or e.code())
                 self._cancel()

@@ -21,7 +21,7 @@ from swarmd import __version__, errors, netaddr
 from swarmd.agent import Agent
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
-from swarmd.ca import ids, keyfile, pki, tokens
+from swarmd.ca import ids, keyfile, pki, rotation, tokens
 from swarmd.ca.store import CertificateStore
 from swarmd.errors import SwarmError
 from swarmd.fsutil import ensure_dir, remove_tree
@@ -33,6 +33,7 @@ from swarmd.manager.dispatcher import NOT_LEADER, Dispatcher
 from swarmd.manager.manager import Manager
 from swarmd.manager.security import ManagerSecurity
 from swarmd.nodestate import LocalState
+from swarmd.renewal import Renewer
 from swarmd.server import start_remote_server
 from swarmd.store.transport import PeerNetwork
 from swarmd.timeutil import now_rfc3339
@@ -74,6 +75,8 @@ class NodeRuntime:
         self.expired = False         # certificates expired while the daemon was down
         self._sealing_lock = threading.Lock()
         self._sealed_with: str | None = None
+        self._renewer: Renewer | None = None
+        self._renew_lock = threading.Lock()
         self.dispatcher = Dispatcher(self)
         self._channels: dict[str, grpc.Channel] = {}
         self._channels_lock = threading.Lock()
@@ -120,6 +123,10 @@ class NodeRuntime:
         if not store_cluster:
             return cluster_id, {}, _role_as_certified
         return store_cluster, join_tokens, role_of
+
+    def _store_roots(self) -> bytes:
+        manager = self.manager
+        return manager.trusted_roots() if manager is not None else b""
 
     def _manager_addr_of(self, node_id: str) -> str | None:
         manager = self.manager
@@ -235,7 +242,7 @@ class NodeRuntime:
     def _start_manager(self, local: LocalState, peers: list[tuple[str, str]], raft_join: bool = False) -> None:
         """Remote API first (a joining manager must answer the leader's check), then Raft."""
         m = self.identity.material()
-        security = ManagerSecurity(m.root_pem, m.cert_pem, m.key_pem, self._trust)
+        security = ManagerSecurity(m.root_pem, m.cert_pem, m.key_pem, self._trust, self._store_roots)
         network = PeerNetwork(local.node_id, self._manager_addr_of, security.channel_credentials)
         self._bootstrap_addrs = {i: a for i, a in peers if i != local.node_id}
         self.security, self._network = security, network
@@ -284,12 +291,24 @@ class NodeRuntime:
 
     def _start_agent(self, local: LocalState, managers: list[tuple[str, str]], heartbeat_ns: int) -> Agent:
         agent = Agent(local.node_id, self.node_channel_credentials, managers, heartbeat_ns, self._description(),
-                      local.advertise_addr, self._on_session)
+                      local.advertise_addr, self._on_session, self._tls_info)
         self.agent = agent
         agent.start()
+        self._renewer = Renewer(lambda: (self.identity.not_before(), self.identity.not_after()),
+                                self._renew_in_place)
+        self._renewer.start()
         return agent
 
+    def _tls_info(self) -> pb.TLSInfo:
+        m = self.identity.material()
+        subject, public_key = rotation.issuer_info(m.cert_pem, m.root_pem)
+        return pb.TLSInfo(trust_root=m.root_pem.decode(), cert_issuer_subject=subject,
+                          cert_issuer_public_key=public_key)
+
     def _stop_agent(self) -> None:
+        if self._renewer is not None:
+            self._renewer.stop()
+            self._renewer = None
         if self.agent is not None:
             self.agent.stop()
             self.agent = None
@@ -605,11 +624,47 @@ class NodeRuntime:
         wanted = message.desired_role
         if wanted in ("worker", "manager") and wanted != local.role:
             threading.Thread(target=self._change_role, args=(wanted,), name="role-change", daemon=True).start()
+            return
+        if message.root_ca and message.root_ca != self.identity.material().root_pem:
+            self._adopt_root(message.root_ca)
+        if message.renew_certificate and self._renewer is not None:
+            self._renewer.renew_now()
+
+    def _adopt_root(self, root: bytes) -> None:
+        """A root rotation ended: trust the new root, once this node's certificate chains to it
+        (otherwise renew first; the new root then comes with the certificate)."""
+        try:
+            pki.verify_node_cert(self.identity.material().cert_pem, root)
+        except ValueError:
+            if self._renewer is not None:
+                self._renewer.renew_now()
+            return
+        self.identity.replace_root(root)
+        log.info("the swarm's root CA changed; this node now trusts the new root")
+        if self.agent is not None:
+            self.agent.report_tls()
+
+    def _renew_in_place(self) -> None:
+        """The renewer's job: a new certificate for the same role (a role change has its own path)."""
+        with self._renew_lock:
+            local, agent = self.local, self.agent
+            if local is None or agent is None:
+                return
+            root, cert, key, role = self._renew(agent.managers)
+            if role != local.role:
+                return  # the session's desired role drives promotion and demotion
+            self.identity.replace_certificate(root, cert, key)
+            if self.security is not None:
+                self.security.update_node_certificate(cert, key)
+            agent.report_tls()
 
     def _renew(self, managers: list[tuple[str, str]]) -> tuple[bytes, bytes, bytes, str]:
         key = pki.generate_key()
         resp = self._call_ca_renewal(pki.make_csr(key), managers)
         root = self.identity.material().root_pem
+        if resp.root_ca and resp.root_ca != root:
+            # A rotation ended: the new root came over a connection the current root authenticated.
+            root = resp.root_ca
         pki.verify_node_cert(resp.certificate, root)
         return root, resp.certificate, pki.key_to_pem(key), resp.role
 

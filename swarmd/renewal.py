@@ -78,6 +78,7 @@ class Renewer:
                 log.info("node certificate renewed")
             except Exception as e:  # noqa: BLE001 - retried with backoff
                 log.warning("could not renew the node certificate (retrying in %.0fs): %s", backoff, e)
+                self._forced = True  # a renewal that was due (or asked for) stays due
                 self._wake.wait(backoff)
                 self._wake.clear()
                 backoff = min(backoff * 2, MAX_BACKOFF)

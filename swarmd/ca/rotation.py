@@ -73,6 +73,8 @@ def check_signing_ca(cert_pem: bytes, key_pem: bytes, current_root_pem: bytes,
     except (ValueError, TypeError):
         raise RotationError("could not parse the desired CA key (a PEM key without a passphrase)") from None
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise RotationError("the desired CA key must be an ECDSA key")
     if key.public_key().public_bytes(serialization.Encoding.DER, spki) != \
             cert.public_key().public_bytes(serialization.Encoding.DER, spki):
         raise RotationError("the desired CA key does not match the desired CA certificate")

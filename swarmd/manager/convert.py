@@ -16,6 +16,15 @@ def tls_info(root_pem: str) -> pb.TLSInfo:
     return pb.TLSInfo(trust_root=root_pem, cert_issuer_subject=subject, cert_issuer_public_key=public_key)
 
 
+def _node_tls(reported: dict[str, str] | None, trust: pb.TLSInfo) -> pb.TLSInfo:
+    """What the node last reported of its TLS; the cluster's until it has reported."""
+    if not reported:
+        return trust
+    return pb.TLSInfo(trust_root=reported.get("trust_root", ""),
+                      cert_issuer_subject=reported.get("issuer_subject", ""),
+                      cert_issuer_public_key=reported.get("issuer_public_key", ""))
+
+
 def node(obj: dict[str, Any], trust: pb.TLSInfo, leader_id: str | None,
          reachable: Callable[[str], bool]) -> pb.Node:
     msg = pb.Node(
@@ -32,7 +41,7 @@ def node(obj: dict[str, Any], trust: pb.TLSInfo, leader_id: str | None,
         nano_cpus=obj["nano_cpus"],
         memory_bytes=obj["memory_bytes"],
         engine_version=obj["engine_version"],
-        tls_info=trust,
+        tls_info=_node_tls(obj.get("tls"), trust),
         state=obj["state"],
         addr=obj["addr"],
         message=obj.get("message", ""),
@@ -85,7 +94,8 @@ def cluster(obj: dict[str, Any]) -> pb.Cluster:
             autolock_managers=spec["autolock_managers"],
         ),
         tls_info=tls_info(obj["root_ca"]["cert"]),
-        root_rotation_in_progress=False,
+        root_rotation_in_progress=bool(obj.get("root_rotation")),
+        desired_tls_info=tls_info(obj["root_rotation"]["cert"] if obj.get("root_rotation") else obj["root_ca"]["cert"]),
         default_addr_pool=obj["default_addr_pool"],
         subnet_size=obj["subnet_size"],
         data_path_port=obj["data_path_port"],

@@ -44,17 +44,19 @@ class _View:
     """What the leader tells every session, computed once per store change."""
 
     def __init__(self, managers: list[tuple[str, str]], heartbeat_ns: int, leader_addr: str,
-                 roles: dict[str, str]) -> None:
+                 roles: dict[str, tuple[str, bool]], root_ca: bytes) -> None:
         self.managers = [pb.RemoteManager(node_id=i, addr=a) for i, a in managers]
         self.heartbeat_ns = heartbeat_ns
         self.leader_addr = leader_addr
-        self.roles = roles
-        self.key = (tuple(managers), heartbeat_ns, leader_addr)
+        self.roles = roles        # node ID -> (desired role, asked to renew onto a new root)
+        self.root_ca = root_ca
+        self.key = (tuple(managers), heartbeat_ns, leader_addr, root_ca)
 
     def message(self, node_id: str) -> pb.SessionMessage:
-        role = self.roles.get(node_id)
+        role, renew = self.roles.get(node_id, ("", False))
         return pb.SessionMessage(managers=self.managers, heartbeat_period_ns=self.heartbeat_ns,
-                                 desired_role=role or "", removed=role is None, leader_addr=self.leader_addr)
+                                 desired_role=role, removed=not role, leader_addr=self.leader_addr,
+                                 root_ca=self.root_ca, renew_certificate=renew)
 
 
 class Dispatcher(pb_grpc.DispatcherServicer):
@@ -82,8 +84,12 @@ class Dispatcher(pb_grpc.DispatcherServicer):
 
     # -- the shared view -------------------------------------------------------------------------------
     def _compute_view(self, manager: Any) -> _View:
-        roles = manager.machine.read(lambda state: {i: n["role"] for i, n in state["nodes"].items()})
-        return _View(manager.managers(), manager.heartbeat_ns(), manager.leader_addr() or "", roles)
+        def read(state: Any) -> tuple[dict[str, tuple[str, bool]], bytes]:
+            roles = {i: (n["role"], bool(n.get("cert_rotate"))) for i, n in state["nodes"].items()}
+            root = state["cluster"]["root_ca"]["cert"].encode() if state["cluster"] else b""
+            return roles, root
+        roles, root = manager.machine.read(read)
+        return _View(manager.managers(), manager.heartbeat_ns(), manager.leader_addr() or "", roles, root)
 
     def _view_loop(self) -> None:
         """Wakes sessions only when what they would be told changed; a status write (the most
@@ -135,6 +141,12 @@ class Dispatcher(pb_grpc.DispatcherServicer):
             log.warning("could not record the status of %s: %s", node_id, e.message)
             return False
 
+    def _record_tls(self, manager: Any, node_id: str, info: pb.TLSInfo) -> None:
+        try:
+            manager.record_tls(node_id, info)
+        except SwarmError as e:
+            log.warning("could not record the TLS state of %s: %s", node_id, e.message)
+
     # -- RPCs ----------------------------------------------------------------------------------------
     @abort_on_error
     def Session(self, request: pb.SessionRequest, context: Any) -> Iterator[pb.SessionMessage]:
@@ -146,6 +158,7 @@ class Dispatcher(pb_grpc.DispatcherServicer):
                        if getattr(request.description, k)}
         addr = netaddr.host_of(request.advertise_addr) or peer_ip(context)
         self._mark(manager, node_id, state="ready", message="", addr=addr, **description)
+        self._record_tls(manager, node_id, request.tls_info)
         log.info("session opened by %s from %s", node_id, peer_ip(context))
         wake = threading.Event()
         with self._lock:
@@ -180,6 +193,8 @@ class Dispatcher(pb_grpc.DispatcherServicer):
             return pb.HeartbeatResponse(period_ns=manager.heartbeat_ns())
         now = time.monotonic()
         self._last_seen[node_id] = now
+        if request.HasField("tls_info"):
+            self._record_tls(manager, node_id, request.tls_info)
         # Self-healing: whatever made the store say otherwise (a lost write, a Down that raced
         # this heartbeat), a node that heartbeats is Ready. Written at most once a second.
         state = manager.machine.read(lambda st: (st["nodes"].get(node_id) or {}).get("state"))
@@ -193,8 +208,11 @@ class Dispatcher(pb_grpc.DispatcherServicer):
         while not self._stop.wait(0.25):
             try:
                 self._reap()
+                manager = self.rt.manager
+                if manager is not None and manager.is_leader():
+                    manager.reconcile_root_rotation()
             except Exception:  # noqa: BLE001 - the reaper must survive a failed write
-                log.exception("liveness check failed")
+                log.exception("liveness check or root rotation step failed")
 
     def _reap(self) -> None:
         manager = self.rt.manager

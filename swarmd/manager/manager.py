@@ -18,10 +18,10 @@ import grpc
 
 from swarmd import errors, netaddr
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
-from swarmd.ca import ids, keyfile, pki, tokens
+from swarmd.ca import ids, keyfile, pki, rotation, tokens
 from swarmd.errors import SwarmError
 from swarmd.initplan import spec_overrides
-from swarmd.manager import convert
+from swarmd.manager import convert, rootrotation
 from swarmd.store.machine import Result, State, StateMachine, encode_op
 from swarmd.store.raft import RaftStore, StoreError
 from swarmd.store.transport import PeerNetwork
@@ -151,10 +151,34 @@ class Manager:
             if not autolock:
                 raise SwarmError("cannot rotate because autolock is not turned on")
             unlock_key = keyfile.generate_unlock_key()
+        if req.rotate_root_ca:
+            rootrotation.start(self, req)  # also applies --cert-expiry
+            changes.pop("node_cert_expiry_ns", None)
+        elif req.signing_ca_cert or req.signing_ca_key:
+            raise errors.invalid("a signing CA is only used to rotate the root CA")
         if changes or unlock_key is not None:
             self.propose("update_cluster", spec=changes, unlock_key=unlock_key, now=now_rfc3339())
         cluster = self.cluster()
         return cluster, str(cluster.get("unlock_key", ""))
+
+    def trusted_roots(self) -> bytes:
+        """Roots node certificates may come from (empty until the store holds the cluster)."""
+        return self.machine.read(lambda s: rootrotation.trusted_roots(s["cluster"]) if s["cluster"] else b"")
+
+    def reconcile_root_rotation(self) -> None:
+        rootrotation.reconcile(self)
+
+    def record_tls(self, node_id: str, info: pb.TLSInfo) -> None:
+        """A node's trust root and certificate issuer, as it reports them (written on change)."""
+        if not info.cert_issuer_public_key:
+            return
+        tls = {"trust_root": info.trust_root, "issuer_subject": info.cert_issuer_subject,
+               "issuer_public_key": info.cert_issuer_public_key}
+        fields: dict[str, Any] = {"tls": tls}
+        desired = self.machine.read(lambda s: rootrotation.desired_root(s["cluster"]) if s["cluster"] else "")
+        if desired and rootrotation.converged({"tls": tls}, rotation.spki_b64(desired.encode())):
+            fields["cert_rotate"] = False
+        self.set_node_status(node_id, **fields)
 
     def counts(self) -> tuple[int, int]:
         """(nodes, managers) as docker info reports them."""
@@ -257,13 +281,13 @@ class Manager:
     def _sign(self, csr: bytes, node_id: str, role: str) -> tuple[bytes, str]:
         cluster = self.cluster()
         expiry = timedelta(microseconds=cluster["spec"]["node_cert_expiry_ns"] // 1000)
+        ca_cert, ca_key, chain = rootrotation.signing_material(cluster)
         try:
-            cert = pki.sign_node_certificate(cluster["root_ca"]["cert"].encode(), cluster["root_ca"]["key"].encode(),
-                                             csr, node_id, cluster["id"],
+            cert = pki.sign_node_certificate(ca_cert, ca_key, csr, node_id, cluster["id"],
                                              pki.MANAGER_ROLE if role == "manager" else pki.WORKER_ROLE, expiry)
         except ValueError as e:
             raise errors.invalid(str(e)) from None
-        return cert, str(cluster["id"])
+        return cert + chain, str(cluster["id"])
 
     def admit_node(self, role: str, csr: bytes, availability: str, advertise_addr: str,
                    description: dict[str, Any], peer_ip: str) -> pb.IssueNodeCertificateResponse:
@@ -285,7 +309,7 @@ class Manager:
         return pb.IssueNodeCertificateResponse(
             node_id=node_id, certificate=cert, cluster_id=cluster_id, role=role,
             managers=[pb.RemoteManager(node_id=i, addr=a) for i, a in self.managers()],
-            heartbeat_period_ns=self.heartbeat_ns())
+            heartbeat_period_ns=self.heartbeat_ns(), root_ca=self.cluster()["root_ca"]["cert"].encode())
 
     def renew_certificate(self, node_id: str, csr: bytes) -> pb.IssueNodeCertificateResponse:
         """A node of this swarm asks again: the certificate carries its current desired role."""
@@ -296,7 +320,7 @@ class Manager:
         return pb.IssueNodeCertificateResponse(
             node_id=node_id, certificate=cert, cluster_id=cluster_id, role=str(role),
             managers=[pb.RemoteManager(node_id=i, addr=a) for i, a in self.managers()],
-            heartbeat_period_ns=self.heartbeat_ns())
+            heartbeat_period_ns=self.heartbeat_ns(), root_ca=self.cluster()["root_ca"]["cert"].encode())
 
     def raft_join(self, node_id: str, addr: str, check: Callable[[str, str], None]) -> list[tuple[str, str]]:
         """Leader side of a manager joining Raft: reachability check, record, add member."""

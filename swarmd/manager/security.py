@@ -43,16 +43,23 @@ def _parse(pem: bytes) -> x509.Certificate | None:
 
 
 @functools.lru_cache(maxsize=8192)
-def _root_identity(pem: bytes, root_pem: bytes) -> pki.Identity | None:
-    """The identity in a leaf the root signed directly (cached: nodes call every few seconds)."""
+def _root_identity(pem: bytes, roots_pem: bytes) -> pki.Identity | None:
+    """The identity in a leaf one of the roots signed directly (cached: nodes call every few
+    seconds). During a root rotation the roots are the old and the new one."""
     cert = _parse(pem)
     if cert is None:
         return None
     try:
-        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(root_pem))
-        return pki.identity_from_cert(pem)
-    except Exception:  # noqa: BLE001 - any failure means "not a node of this cluster"
+        roots = x509.load_pem_x509_certificates(roots_pem)
+    except ValueError:
         return None
+    for root in roots:
+        try:
+            cert.verify_directly_issued_by(root)
+            return pki.identity_from_cert(pem)
+        except Exception:  # noqa: BLE001 - any failure means "not from this root"
+            continue
+    return None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -67,10 +74,12 @@ def _issuer_cn(cert: x509.Certificate) -> str:
 
 
 class ManagerSecurity:
-    def __init__(self, root_pem: bytes, cert_pem: bytes, key_pem: bytes, trust: TrustSource) -> None:
+    def __init__(self, root_pem: bytes, cert_pem: bytes, key_pem: bytes, trust: TrustSource,
+                 roots: Callable[[], bytes] = lambda: b"") -> None:
         self._lock = threading.Lock()
         self._root_pem, self._cert_pem, self._key_pem = root_pem, cert_pem, key_pem
         self._trust = trust
+        self._roots = roots
         self._served: tuple[Any, ...] | None = None   # what the current config was built from
         self._join_servers: dict[str, tuple[bytes, bytes]] = {}  # secret -> served (key, cert)
 
@@ -78,6 +87,11 @@ class ManagerSecurity:
     @property
     def root_pem(self) -> bytes:
         return self._root_pem
+
+    def trusted_roots(self) -> bytes:
+        """The cluster's roots from the store (both during a rotation); the node's own root file
+        until the store holds the cluster."""
+        return self._roots() or self._root_pem
 
     def node_credentials(self) -> tuple[bytes, bytes]:
         with self._lock:
@@ -90,7 +104,7 @@ class ManagerSecurity:
     def channel_credentials(self) -> grpc.ChannelCredentials:
         """For this manager's own calls to other managers (Raft, forwarding, membership)."""
         cert, key = self.node_credentials()
-        return grpc.ssl_channel_credentials(root_certificates=self._root_pem, private_key=key,
+        return grpc.ssl_channel_credentials(root_certificates=self.trusted_roots(), private_key=key,
                                             certificate_chain=cert)
 
     def _join_cas(self, join_tokens: dict[str, str]) -> dict[str, join.JoinCA]:
@@ -103,12 +117,13 @@ class ManagerSecurity:
     # -- the server's configuration ----------------------------------------------------------------
     def _current(self) -> tuple[tuple[Any, ...], Any]:
         _, join_tokens, _ = self._trust()
+        roots = self.trusted_roots()
         with self._lock:
-            key = (self._cert_pem, self._key_pem, tuple(sorted(join_tokens.items())))
+            key = (self._cert_pem, self._key_pem, tuple(sorted(join_tokens.items())), roots)
             if key == self._served:
                 return key, None
             pairs = [(self._key_pem, self._cert_pem)]
-            anchors = [self._root_pem]
+            anchors = [roots]
             for ca in self._join_cas(join_tokens).values():
                 secret_key = ca.short
                 if secret_key not in self._join_servers:
@@ -142,8 +157,8 @@ class ManagerSecurity:
             return None
         cluster_id, join_tokens, role_of = self._trust()
         issuer = _issuer_cn(cert)
-        if issuer == pki.CA_ROLE:
-            identity = _root_identity(certs[0], self._root_pem)
+        if not issuer.startswith(join.JOIN_CA_PREFIX):
+            identity = _root_identity(certs[0], self.trusted_roots())
             if identity is None or identity.cluster_id != cluster_id or identity.role not in (authz.MANAGER, authz.WORKER):
                 return None
             desired = role_of(identity.node_id)
@@ -152,7 +167,7 @@ class ManagerSecurity:
             if identity.role == authz.MANAGER and desired != "manager":
                 return authz.WORKER  # demoted: its manager certificate no longer speaks for a manager
             return identity.role
-        if issuer.startswith(join.JOIN_CA_PREFIX):
+        else:
             for role, ca in self._join_cas(join_tokens).items():
                 if ca.name == issuer and _join_issued(certs[0], ca):
                     return authz.JOIN_MANAGER if role == "manager" else authz.JOIN_WORKER

@@ -50,6 +50,9 @@ class StateMachine:
             "bootstrap": _bootstrap,
             "rotate_join_token": _rotate_join_token,
             "update_cluster": _update_cluster,
+            "start_root_rotation": _start_root_rotation,
+            "mark_cert_rotation": _mark_cert_rotation,
+            "finish_root_rotation": _finish_root_rotation,
             "update_node": _update_node,
             "set_node_status": _set_node_status,
             "create_network": _create_network,
@@ -170,6 +173,52 @@ def _update_cluster(state: State, cmd: dict[str, Any]) -> Result:
     return {}
 
 
+def _start_root_rotation(state: State, cmd: dict[str, Any]) -> Result:
+    """``swarmctl ca --rotate``: the new root (cert, key, cross-signed cert) to move nodes to."""
+    cluster = _cluster(state)
+    rotation = cmd["rotation"]
+    _require(all(isinstance(rotation.get(k), str) and rotation[k] for k in ("cert", "key", "cross_signed")),
+             "INVALID_ARGUMENT", "incomplete root rotation")
+    cluster["root_rotation"] = dict(rotation)
+    if cmd.get("force_rotate") is not None:
+        cluster["force_rotate"] = cmd["force_rotate"]
+    cluster["spec"].update({k: v for k, v in (cmd.get("spec") or {}).items() if k in _SPEC_KEYS})
+    for node_id, node in list(state["nodes"].items()):
+        if node.get("cert_rotate"):
+            state["nodes"][node_id] = {**node, "cert_rotate": False}
+    cluster["version"] = state["index"]
+    cluster["updated_at"] = cmd["now"]
+    return {}
+
+
+def _mark_cert_rotation(state: State, cmd: dict[str, Any]) -> Result:
+    """The next batch of nodes asked to renew onto the new root."""
+    for node_id in cmd["ids"]:
+        if node_id in state["nodes"]:
+            node = _node(state, node_id)
+            node["cert_rotate"] = True
+            node["version"] = state["index"]
+    return {}
+
+
+def _finish_root_rotation(state: State, cmd: dict[str, Any]) -> Result:
+    """Every node holds a certificate from the new root: it becomes the trust root, and both join
+    tokens are replaced (their digest names the root)."""
+    cluster = _cluster(state)
+    rotation: dict[str, str] = cluster.get("root_rotation") or {}
+    _require(bool(rotation), "FAILED_PRECONDITION", "no root rotation in progress")
+    _require(rotation["cert"] == cmd["cert"], "FAILED_PRECONDITION", "the root rotation changed meanwhile")
+    cluster["root_ca"] = {"cert": rotation["cert"], "key": rotation["key"]}
+    cluster["root_rotation"] = None
+    cluster["join_tokens"] = dict(cmd["join_tokens"])
+    for node_id, node in list(state["nodes"].items()):
+        if node.get("cert_rotate"):
+            state["nodes"][node_id] = {**node, "cert_rotate": False}
+    cluster["version"] = state["index"]
+    cluster["updated_at"] = cmd["now"]
+    return {}
+
+
 def _node(state: State, node_id: str) -> dict[str, Any]:
     """The draft's own copy of a node, safe to change."""
     node = state["nodes"].get(node_id)
@@ -197,7 +246,7 @@ def _update_node(state: State, cmd: dict[str, Any]) -> Result:
 
 def _set_node_status(state: State, cmd: dict[str, Any]) -> Result:
     node = _node(state, cmd["id"])
-    for key in ("state", "addr", "message"):
+    for key in ("state", "addr", "message", "tls", "cert_rotate"):
         if key in cmd:
             node[key] = cmd[key]
     if "manager_addr" in cmd and node.get("manager"):

@@ -1510,12 +1510,15 @@ class IssueNodeCertificateResponse(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     MANAGERS_FIELD_NUMBER: _builtins.int
     HEARTBEAT_PERIOD_NS_FIELD_NUMBER: _builtins.int
+    ROOT_CA_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     certificate: _builtins.bytes
     cluster_id: _builtins.str
     role: _builtins.str
     """worker | manager"""
     heartbeat_period_ns: _builtins.int
+    root_ca: _builtins.bytes
+    """the cluster's trust root now (it changes when a root rotation ends)"""
     @_builtins.property
     def managers(self) -> _containers.RepeatedCompositeFieldContainer[Global___RemoteManager]: ...
     def __init__(
@@ -1527,10 +1530,11 @@ class IssueNodeCertificateResponse(_message.Message):
         role: _builtins.str = ...,
         managers: _abc.Iterable[Global___RemoteManager] | None = ...,
         heartbeat_period_ns: _builtins.int = ...,
+        root_ca: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "cluster_id", b"cluster_id", "heartbeat_period_ns", b"heartbeat_period_ns", "managers", b"managers", "node_id", b"node_id", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "cluster_id", b"cluster_id", "heartbeat_period_ns", b"heartbeat_period_ns", "managers", b"managers", "node_id", b"node_id", "role", b"role", "root_ca", b"root_ca"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

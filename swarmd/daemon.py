@@ -99,6 +99,10 @@ class Daemon:
         local = self.runtime.local
         if local is None:
             return f"swarm inactive; control socket {self.socket_path}"
+        if self.runtime.locked:
+            return f"swarm locked: run 'swarmctl unlock'; control socket {self.socket_path}"
+        if self.runtime.expired:
+            return f"swarm certificates expired: leave and join again; control socket {self.socket_path}"
         return f"swarm active as {local.role} {local.node_id}; control socket {self.socket_path}"
 
     def run(self) -> int:

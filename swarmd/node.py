@@ -573,6 +573,8 @@ class NodeRuntime:
             local = self.local
             if local is None:
                 raise SwarmError(errors.NOT_PART_OF_SWARM)
+            if self.locked and not force:
+                raise SwarmError(errors.SWARM_LOCKED)  # as Docker: a locked manager leaves only with --force
             manager = self.manager
             if manager is not None:
                 if not force:

@@ -35,7 +35,7 @@ def test_init_autolock_restart_is_locked_until_unlocked(daemon: Daemon) -> None:
     node_id = daemon.info().node_id
 
     daemon.restart()
-    for args in (("node", "ls"), ("join-token", "worker"), ("update", "--autolock=false")):
+    for args in (("node", "ls"), ("join-token", "worker"), ("update", "--autolock=false"), ("leave",)):
         r = daemon.ctl(*args)
         assert (r.returncode, r.stdout, r.stderr) == (1, "", LOCKED), args
     r = daemon.ctl("unlock-key")

@@ -17,7 +17,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -120,10 +120,10 @@ def _seal_dek(dek: bytes, kek: bytes) -> str:
 
 
 def _open_dek(text: str, kek: bytes) -> bytes:
-    raw = base64.b64decode(text)
     try:
+        raw = base64.b64decode(text)
         return AESGCM(kek).decrypt(raw[:12], raw[12:], _DEK_AAD)
-    except InvalidTag:
+    except (InvalidTag, ValueError):
         raise WrongUnlockKey("invalid key provided") from None
 
 
@@ -149,20 +149,26 @@ def decode(data: bytes, kek: bytes | None) -> NodeKey:
     ``WrongUnlockKey`` if ``kek`` does not open it."""
     label, headers, der = _split(data)
     dek_text = headers.pop("raft-dek", None)
-    version = int(headers.pop("kek-version", "0") or 0)
+    try:
+        version = int(headers.pop("kek-version", "0") or 0)
+    except ValueError:
+        raise KeyFileError("the node key file has a bad kek-version header") from None
     if label == ENCRYPTED_LABEL:
         if kek is None:
             raise LockedError("the node key is encrypted")
         dek = _open_dek(dek_text, kek) if dek_text else None
         try:
             key = serialization.load_der_private_key(der, password=kek)
-        except ValueError:
+        except (ValueError, TypeError, UnsupportedAlgorithm):
             raise WrongUnlockKey("invalid key provided") from None
     elif label == PLAIN_LABEL:
-        dek = base64.b64decode(dek_text) if dek_text else None
+        try:
+            dek = base64.b64decode(dek_text) if dek_text else None
+        except ValueError:
+            raise KeyFileError("the node key file is damaged") from None
         try:
             key = serialization.load_der_private_key(der, password=None)
-        except ValueError:
+        except (ValueError, TypeError, UnsupportedAlgorithm):
             raise KeyFileError("the node key file is damaged") from None
     else:
         raise KeyFileError(f"unexpected PEM block {label!r} in the node key file")

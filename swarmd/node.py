@@ -325,7 +325,7 @@ class NodeRuntime:
                     self._wipe_swarm_state()
                 return
             self.local = local
-            if local.role == "manager" and self.identity.is_locked_on_disk():
+            if self.identity.is_locked_on_disk():
                 self.locked = True
                 log.warning("this manager is locked: run 'swarmctl unlock' with the swarm's unlock key")
                 return
@@ -703,6 +703,8 @@ class NodeRuntime:
                     others = [(i, a) for i, a in agent_managers if i != local.node_id]
                     root, cert, key, _ = self._renew(others)
                     self.identity.replace_certificate(root, cert, key)
+                    self.identity.set_kek(None)  # workers are never locked
+                    self._sealed_with = None
                     local.role = "worker"
                 local.save(self.state_dir)
                 log.info("this node is now a %s", wanted)

@@ -141,12 +141,6 @@ class Dispatcher(pb_grpc.DispatcherServicer):
             log.warning("could not record the status of %s: %s", node_id, e.message)
             return False
 
-    def _record_tls(self, manager: Any, node_id: str, info: pb.TLSInfo) -> None:
-        try:
-            manager.record_tls(node_id, info)
-        except SwarmError as e:
-            log.warning("could not record the TLS state of %s: %s", node_id, e.message)
-
     # -- RPCs ----------------------------------------------------------------------------------------
     @abort_on_error
     def Session(self, request: pb.SessionRequest, context: Any) -> Iterator[pb.SessionMessage]:
@@ -157,8 +151,8 @@ class Dispatcher(pb_grpc.DispatcherServicer):
                        ("hostname", "os", "architecture", "nano_cpus", "memory_bytes", "engine_version")
                        if getattr(request.description, k)}
         addr = netaddr.host_of(request.advertise_addr) or peer_ip(context)
-        self._mark(manager, node_id, state="ready", message="", addr=addr, **description)
-        self._record_tls(manager, node_id, request.tls_info)
+        self._mark(manager, node_id, state="ready", message="", addr=addr, **description,
+                   **manager.tls_fields(request.tls_info))
         log.info("session opened by %s from %s", node_id, peer_ip(context))
         wake = threading.Event()
         with self._lock:
@@ -194,7 +188,7 @@ class Dispatcher(pb_grpc.DispatcherServicer):
         now = time.monotonic()
         self._last_seen[node_id] = now
         if request.HasField("tls_info"):
-            self._record_tls(manager, node_id, request.tls_info)
+            self._mark(manager, node_id, **manager.tls_fields(request.tls_info))
         # Self-healing: whatever made the store say otherwise (a lost write, a Down that raced
         # this heartbeat), a node that heartbeats is Ready. Written at most once a second.
         state = manager.machine.read(lambda st: (st["nodes"].get(node_id) or {}).get("state"))

@@ -168,17 +168,18 @@ class Manager:
     def reconcile_root_rotation(self) -> None:
         rootrotation.reconcile(self)
 
-    def record_tls(self, node_id: str, info: pb.TLSInfo) -> None:
-        """A node's trust root and certificate issuer, as it reports them (written on change)."""
+    def tls_fields(self, info: pb.TLSInfo) -> dict[str, Any]:
+        """A node's reported trust root and certificate issuer as node fields to store (and its
+        rotation request cleared once it holds a certificate from the desired root)."""
         if not info.cert_issuer_public_key:
-            return
+            return {}
         tls = {"trust_root": info.trust_root, "issuer_subject": info.cert_issuer_subject,
                "issuer_public_key": info.cert_issuer_public_key}
         fields: dict[str, Any] = {"tls": tls}
         desired = self.machine.read(lambda s: rootrotation.desired_root(s["cluster"]) if s["cluster"] else "")
         if desired and rootrotation.converged({"tls": tls}, rotation.spki_b64(desired.encode())):
             fields["cert_rotate"] = False
-        self.set_node_status(node_id, **fields)
+        return fields
 
     def counts(self) -> tuple[int, int]:
         """(nodes, managers) as docker info reports them."""

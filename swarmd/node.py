@@ -19,6 +19,7 @@ import grpc
 
 from swarmd import __version__, errors, netaddr
 from swarmd.agent import Agent
+from swarmd.autolock import KeySealer
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 from swarmd.ca import ids, keyfile, pki, rotation, tokens
@@ -73,8 +74,7 @@ class NodeRuntime:
         self.identity = NodeIdentity(self.certs)
         self.locked = False          # an autolocked manager after a restart, until unlocked
         self.expired = False         # certificates expired while the daemon was down
-        self._sealing_lock = threading.Lock()
-        self._sealed_with: str | None = None
+        self.sealer = KeySealer(self.identity, self._cluster_unlock_key)
         self._renewer: Renewer | None = None
         self._renew_lock = threading.Lock()
         self.dispatcher = Dispatcher(self)
@@ -265,7 +265,7 @@ class NodeRuntime:
             others = [i for i, _ in peers if i != local.node_id]
             manager = Manager(local.node_id, self.raft_dir, others, network, data_key=self.identity.data_key())
             manager.machine.add_listener(self.dispatcher.notify)
-            manager.machine.add_listener(self._on_store_change)
+            manager.machine.add_listener(self.sealer.observe)
             self.manager = manager
             manager.start()
             log.debug("raft store started after %.3fs", time.monotonic() - started)
@@ -380,30 +380,11 @@ class NodeRuntime:
                 raise
             log.info("manager unlocked")
 
-    def _on_store_change(self) -> None:
-        """Store listener (on the Raft thread): keep the key file sealed as the cluster says."""
+    def _cluster_unlock_key(self) -> str | None:
         manager = self.manager
-        if manager is None:
-            return
-        wanted = manager.machine.read(lambda s: (s["cluster"] or {}).get("unlock_key", ""))
-        if (wanted or None) == self._sealed_with:
-            return
-        self._sealed_with = wanted or None
-        threading.Thread(target=self._reseal, name="reseal-key", daemon=True).start()
-
-    def _reseal(self) -> None:
-        with self._sealing_lock:
-            manager = self.manager
-            if manager is None or self.local is None:
-                return
-            wanted = manager.machine.read(lambda s: (s["cluster"] or {}).get("unlock_key", ""))
-            try:
-                kek = keyfile.parse_unlock_key(wanted) if wanted else None
-                if self.identity.set_kek(kek):
-                    log.info("node key %s", "sealed under the unlock key" if kek else "stored without autolock")
-            except Exception as e:  # noqa: BLE001 - retried on the next change
-                log.error("could not reseal the node key: %s", type(e).__name__)
-                self._sealed_with = "?"
+        if manager is None or self.local is None:
+            return None
+        return str(manager.machine.read(lambda s: (s["cluster"] or {}).get("unlock_key", "")))
 
     def _heartbeat_hint(self) -> int:
         manager = self.manager
@@ -448,7 +429,7 @@ class NodeRuntime:
         ensure_dir(self.state_dir)
         self.identity.create(root_pem, cert_pem, key_pem,
                              keyfile.parse_unlock_key(unlock_key) if unlock_key else None, with_data_key=True)
-        self._sealed_with = unlock_key or None
+        self.sealer.assume(unlock_key)
         local = LocalState(node_id=node_id, cluster_id=cluster_id, role="manager",
                            listen_addr=plan.listen_addr, advertise_addr=plan.advertise_addr,
                            local_addr=plan.local_addr, data_path_addr=plan.data_path_addr,
@@ -704,7 +685,7 @@ class NodeRuntime:
                     root, cert, key, _ = self._renew(others)
                     self.identity.replace_certificate(root, cert, key)
                     self.identity.set_kek(None)  # workers are never locked
-                    self._sealed_with = None
+                    self.sealer.assume(None)
                     local.role = "worker"
                 local.save(self.state_dir)
                 log.info("this node is now a %s", wanted)

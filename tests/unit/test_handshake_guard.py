@@ -278,15 +278,22 @@ def test_peer_key(peer: str, key: tuple[str, int] | None) -> None:
 
 
 class Kernel:
-    def __init__(self) -> None:
+    """The kernel's view for a guard: open connections, with the peer filter done here."""
+
+    def __init__(self, clock: Clock | None = None, cost: float = 0.0) -> None:
         self.live: dict[tuple[str, int], int] = {}
         self.refused: list[Seen] = []
         self.broken = False
+        self.lookups: list[list[str] | None] = []
+        self.clock, self.cost = clock, cost
 
-    def list(self) -> Iterable[Seen]:
+    def list(self, peers: list[str] | None) -> Iterable[Seen]:
         if self.broken:
             raise PermissionError(1, "Operation not permitted")
-        return [(ip, port, inode) for (ip, port), inode in self.live.items()]
+        self.lookups.append(peers)
+        if self.clock is not None and peers is None:
+            self.clock.now += self.cost  # a full lookup takes time
+        return [(ip, port, inode) for (ip, port), inode in self.live.items() if peers is None or ip in peers]
 
     def refuse(self, conns: list[Seen]) -> None:
         self.refused += conns
@@ -306,7 +313,7 @@ def test_guard_reconciles_calls_before_it_looks_for_closed_connections() -> None
     guard.on_call(f"ipv4:{A}:1", True)   # known now: a dict lookup and nothing else
     assert f"ipv4:{A}:1" not in guard.ledger.confirmed  # closed, so forgotten
     for port in range(3, 13):
-        kernel.live[(B, port)] = port
+        kernel.live[(B, port)] = 100 + port
         guard.on_connection()
         del kernel.live[(B, port)]
     guard.on_connection()
@@ -325,3 +332,55 @@ def test_guard_switches_itself_off_once_when_the_kernel_will_not_list(caplog: py
         guard.on_connection()
     assert [r.getMessage() for r in caplog.records] == [
         "failed TLS handshakes are not rate-limited: Operation not permitted"]
+
+
+def test_full_lookups_are_spaced_and_refused_sources_are_still_looked_up_in_between() -> None:
+    clock = Clock()
+    kernel = Kernel(clock, cost=0.002)
+    guard = HandshakeGuard(Limits(lookup_share=0.2), clock=clock, lister=kernel.list, refuser=kernel.refuse)
+    for port in range(1, 11):  # ten failures, each seen by a full lookup
+        kernel.live[(B, port)] = port
+        guard.on_connection()
+        del kernel.live[(B, port)]
+        clock.now += 0.01
+    guard.on_connection()
+    assert guard.ledger.blocked(B, clock.now)
+    assert all(peers is None for peers in kernel.lookups)
+    kernel.lookups.clear()
+    clock.now += 0.001  # within the 10 ms that the last 2 ms lookup buys
+    kernel.live[(B, 50)] = 150
+    kernel.live[(A, 51)] = 151
+    guard.on_connection()
+    assert kernel.lookups == [[B]]             # only the refused source, filtered in the kernel
+    assert kernel.refused == [(B, 50, 150)]
+    guard.on_connection()
+    assert kernel.refused == [(B, 50, 150)]    # once
+    clock.now += 0.01
+    guard.on_connection()
+    assert kernel.lookups[-1] is None          # the budget allows a full lookup again
+    assert guard.ledger.tracked() == 2
+
+
+def test_without_refused_sources_a_lookup_over_budget_is_skipped() -> None:
+    clock = Clock()
+    kernel = Kernel(clock, cost=0.002)
+    guard = HandshakeGuard(clock=clock, lister=kernel.list, refuser=kernel.refuse)
+    guard.on_connection()
+    guard.on_connection()
+    assert kernel.lookups == [None]
+
+
+def test_over_budget_a_source_that_waits_or_failed_is_watched_on_every_connection() -> None:
+    clock = Clock()
+    kernel = Kernel(clock, cost=0.05)  # full lookups at most every 0.25 s
+    guard = HandshakeGuard(clock=clock, lister=kernel.list, refuser=kernel.refuse)
+    for port in range(1, 11):
+        kernel.live[(A, port)] = port
+        guard.on_connection()
+        del kernel.live[(A, port)]
+        clock.now += 0.01
+    kernel.live[(A, 11)] = 11
+    guard.on_connection()
+    assert kernel.lookups == [None] + [[A]] * 10
+    assert guard.ledger.blocked(A, clock.now)
+    assert kernel.refused == [(A, 11, 11)]

@@ -61,12 +61,50 @@ def test_other_ports_are_filtered_out_in_the_kernel(pair: tuple[socket.socket, .
     assert theirs == {peer_addr}
 
 
-def test_find_fds_maps_inodes_to_this_process_descriptors(pair: tuple[socket.socket, ...]) -> None:
+def test_fd_finder_maps_inodes_to_this_process_descriptors(pair: tuple[socket.socket, ...]) -> None:
     _, _, accepted = pair
+    finder = sockdiag.FdFinder()
     inode = os.fstat(accepted.fileno()).st_ino
-    assert sockdiag.find_fds({inode}) == {inode: accepted.fileno()}
-    assert sockdiag.find_fds(set()) == {}
-    assert sockdiag.find_fds({1}) == {}
+    assert finder.find({inode}) == {inode: accepted.fileno()}
+    assert finder.find({inode}) == {inode: accepted.fileno()}  # the second time from its recent list
+    assert finder.find(set()) == {}
+    assert finder.find({1}) == {}
+    with open(__file__, "rb") as f:  # a file's inode number is not a socket's
+        assert sockdiag.FdFinder().find({os.fstat(f.fileno()).st_ino}) == {}
+
+
+def test_the_kernel_filters_by_local_and_peer_address(pair: tuple[socket.socket, ...]) -> None:
+    listener, client, _accepted = pair
+    ip, port = listener.getsockname()
+    source = client.getsockname()[0]
+    with socket.socket() as second:
+        second.bind((private_loopback(), 0))
+        second.connect((ip, port))
+        with listener.accept()[0]:
+            everyone = {(c.peer_ip, c.peer_port) for c in sockdiag.list_connections(port, local_ip=ip)}
+            assert everyone == {client.getsockname(), second.getsockname()}
+            some = sockdiag.list_connections(port, local_ip=ip, peers=[source])
+            assert [(c.peer_ip, c.peer_port) for c in some] == [client.getsockname()]
+            both = sockdiag.list_connections(port, local_ip=ip, peers=["127.0.0.1", source, second.getsockname()[0]])
+            assert {(c.peer_ip, c.peer_port) for c in both} == everyone
+            assert sockdiag.list_connections(port, local_ip=ip, peers=["127.0.0.1", "::1"]) == []
+            assert sockdiag.list_connections(port, local_ip=private_loopback()) == []
+
+
+def test_a_dual_stack_listener_shows_ipv4_peers_as_ipv4() -> None:
+    """gRPC listens on IPv6 sockets that take IPv4 too; their peers come back as plain IPv4."""
+    ip, source = private_loopback(), private_loopback()
+    with socket.socket(socket.AF_INET6) as listener, socket.socket() as client:
+        listener.bind(("::ffff:" + ip, 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client.bind((source, 0))
+        client.connect((ip, port))
+        with listener.accept()[0] as accepted:
+            assert sockdiag.listener_families(port, ip) == (socket.AF_INET6,)
+            conns = sockdiag.list_connections(port, (socket.AF_INET6,), local_ip=ip, peers=[source])
+            assert conns == [sockdiag.Connection(ip, source, client.getsockname()[1],
+                                                 os.fstat(accepted.fileno()).st_ino)]
 
 
 def test_shut_down_drops_what_the_peer_sent_and_ends_the_connection(pair: tuple[socket.socket, ...]) -> None:
@@ -95,3 +133,12 @@ def _pending(sock: socket.socket) -> int:
         return len(sock.recv(100, socket.MSG_PEEK | socket.MSG_DONTWAIT))
     except BlockingIOError:
         return 0
+
+
+def test_unaffected_by_pysyncobj_replacing_socket_inet_ntop(pair: tuple[socket.socket, ...]) -> None:
+    import pysyncobj  # noqa: F401 - its import swaps socket.inet_ntop for a Windows-only function
+
+    listener, client, _ = pair
+    ip, port = listener.getsockname()
+    assert [(c.local_ip, c.peer_ip) for c in sockdiag.list_connections(port, local_ip=ip)] == [
+        (ip, client.getsockname()[0])]

@@ -307,8 +307,8 @@ class Ledger:
             self._idle[inode] = None
             if self.failed(conn.ip, now):
                 newly_blocked.add(conn.ip)
-        for key in [k for k, (_, _, at) in self._early.items() if at <= deadline]:
-            del self._early[key]                   # its connection closed before a lookup saw it
+        while self._early and next(iter(self._early.values()))[2] <= deadline:
+            self._early.popitem(last=False)        # its connection closed before a lookup saw it
         if newly_blocked:
             for inode in [*self._pending, *self._idle]:
                 conn = self._conns[inode]
@@ -438,8 +438,11 @@ class HandshakeGuard:
     def _reconcile_calls(self) -> None:
         """After the kernel's list was taken: a call queued before a connection closed is
         always known by the time its closing is seen."""
-        while self._calls:
+        drained: list[tuple[float, str, bool]] = []
+        while self._calls:  # popitem is atomic: on_call may add more meanwhile
             peer, (authenticated, at) = self._calls.popitem()
+            drained.append((at, peer, authenticated))
+        for at, peer, authenticated in sorted(drained):
             key = peer_key(peer)
             if key is not None:
                 self.ledger.called(key[0], key[1], peer, authenticated, at)

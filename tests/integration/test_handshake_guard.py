@@ -105,8 +105,10 @@ def test_a_source_with_a_wrong_token_is_refused_and_others_still_join(daemons: F
     outcomes = [client.attempt(source, m) for _ in range(10)]
     assert outcomes == [HANDSHAKE] * 10  # below the threshold every handshake runs
     started = time.monotonic()
-    outcomes = [client.attempt(source, m) for _ in range(3)]
-    assert REFUSED in outcomes, outcomes  # at once past the threshold (a close may still be in flight)
+    outcomes = [client.attempt(source, m) for _ in range(4)]
+    # At once past the threshold: a close may still be in flight, or on a busy manager the first
+    # connection may have gone unseen (security.md), so allow a few.
+    assert REFUSED in outcomes, outcomes
     first = outcomes.index(REFUSED)
     assert all(o == REFUSED for o in outcomes[first:]), outcomes
     assert time.monotonic() - started < 1.0

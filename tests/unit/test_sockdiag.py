@@ -142,3 +142,24 @@ def test_unaffected_by_pysyncobj_replacing_socket_inet_ntop(pair: tuple[socket.s
     ip, port = listener.getsockname()
     assert [(c.local_ip, c.peer_ip) for c in sockdiag.list_connections(port, local_ip=ip)] == [
         (ip, client.getsockname()[0])]
+
+
+def test_ipv6_peers_and_local_address() -> None:
+    try:
+        listener = socket.socket(socket.AF_INET6)
+        listener.bind(("::1", 0))
+    except OSError as e:
+        listener.close()
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    with listener, socket.socket(socket.AF_INET6) as client:
+        listener.listen()
+        port = listener.getsockname()[1]
+        client.connect(("::1", port))
+        with listener.accept()[0] as accepted:
+            inode = os.fstat(accepted.fileno()).st_ino
+            expected = [sockdiag.Connection("::1", "::1", client.getsockname()[1], inode)]
+            assert sockdiag.listener_families(port, "::1") == (socket.AF_INET6,)
+            assert sockdiag.list_connections(port, (socket.AF_INET6,), "::1", ["127.0.0.1", "::1"]) == expected
+            assert sockdiag.list_connections(port, (socket.AF_INET6,), "::1", ["::2"]) == []
+            assert sockdiag.list_connections(port, (socket.AF_INET6,), "::1", known={inode}) == [
+                sockdiag.Connection("", "", 0, inode)]

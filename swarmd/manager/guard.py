@@ -24,6 +24,7 @@ failures may go uncounted, not its later ones.
 from __future__ import annotations
 
 import collections
+import errno
 import ipaddress
 import logging
 import threading
@@ -346,6 +347,9 @@ def peer_key(peer: str) -> Key | None:
         return None
 
 
+_UNSUPPORTED = frozenset({errno.EPERM, errno.EACCES, errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT,
+                          errno.EOPNOTSUPP, errno.ENOENT, errno.EINVAL})
+
 # (peers or None for every connection) -> the open connections on the listen port
 Lister = Callable[[Sequence[str] | None], Iterable[Seen]]
 Refuser = Callable[[list[Seen]], None]
@@ -370,6 +374,7 @@ class HandshakeGuard:
         self._lock = threading.Lock()
         self._broken = False
         self._next_full = float("-inf")
+        self._next_error_log = float("-inf")
 
     def bind(self, listen_ip: str, port: int) -> None:
         """Start watching ``listen_ip:port`` (an unspecified address: every local address)."""
@@ -398,6 +403,21 @@ class HandshakeGuard:
         self._broken = True
         log.warning("failed TLS handshakes are not rate-limited: %s", e.strerror or e)
 
+    def _failed_lookup(self, e: OSError) -> None:
+        """A kernel that cannot list sockets at all switches the guard off; anything else (out of
+        descriptors in a flood, a timeout) costs this one connection its check."""
+        if e.errno in _UNSUPPORTED:
+            self._disable(e)
+            return
+        self._log_error(f"could not check a new connection for failed TLS handshakes: {e.strerror or e}")
+
+    def _log_error(self, message: str, exc_info: bool = False) -> None:
+        """At most one such line per log period: this runs for every new connection."""
+        now = self._clock()
+        if now >= self._next_error_log:
+            self._next_error_log = now + self._limits.log_period
+            log.warning("%s", message, exc_info=exc_info)
+
     def on_call(self, peer: str, authenticated: bool) -> None:
         calls = self._calls
         if peer in self.ledger.confirmed or peer in calls or len(calls) >= self._limits.max_connections:
@@ -412,10 +432,16 @@ class HandshakeGuard:
             try:
                 refuse = self._look(lister)
             except OSError as e:
-                self._disable(e)
+                self._failed_lookup(e)
+                return
+            except Exception:  # noqa: BLE001 - a defect must cost a check, not a handshake or a log flood
+                self._log_error("the failed-handshake guard failed", exc_info=True)
                 return
         if refuse:
-            self._refuser(refuse)
+            try:
+                self._refuser(refuse)
+            except Exception:  # noqa: BLE001 - as above
+                self._log_error("the failed-handshake guard failed", exc_info=True)
 
     def _look(self, lister: Lister) -> list[Seen]:
         started = self._clock()

@@ -284,12 +284,15 @@ class Kernel:
         self.live: dict[tuple[str, int], int] = {}
         self.refused: list[Seen] = []
         self.broken = False
+        self.exhausted = False
         self.lookups: list[list[str] | None] = []
         self.clock, self.cost = clock, cost
 
     def list(self, peers: list[str] | None) -> Iterable[Seen]:
         if self.broken:
             raise PermissionError(1, "Operation not permitted")
+        if self.exhausted:
+            raise OSError(24, "Too many open files")
         self.lookups.append(peers)
         if self.clock is not None and peers is None:
             self.clock.now += self.cost  # a full lookup takes time
@@ -384,3 +387,18 @@ def test_over_budget_a_source_that_waits_or_failed_is_watched_on_every_connectio
     assert kernel.lookups == [None] + [[A]] * 10
     assert guard.ledger.blocked(A, clock.now)
     assert kernel.refused == [(A, 11, 11)]
+
+
+def test_a_passing_lookup_failure_skips_one_check_and_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    clock, kernel = Clock(), Kernel()
+    guard = HandshakeGuard(clock=clock, lister=kernel.list, refuser=kernel.refuse)
+    kernel.exhausted = True
+    with caplog.at_level(logging.WARNING, logger="swarmd.manager.guard"):
+        guard.on_connection()
+        guard.on_connection()
+    assert [r.getMessage() for r in caplog.records] == [
+        "could not check a new connection for failed TLS handshakes: Too many open files"]
+    kernel.exhausted = False
+    kernel.live[(A, 1)] = 11
+    guard.on_connection()
+    assert kernel.lookups == [None]  # still on

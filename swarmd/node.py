@@ -31,6 +31,7 @@ from swarmd.initplan import DEFAULT_LISTEN_ADDR, InitPlan, check_availability, h
 from swarmd.joiner import JoinResult, request_certificate
 from swarmd.manager.authz import AuthzInterceptor
 from swarmd.manager.dispatcher import NOT_LEADER, Dispatcher
+from swarmd.manager.guard import HandshakeGuard
 from swarmd.manager.manager import Manager
 from swarmd.manager.security import ManagerSecurity
 from swarmd.nodestate import LocalState
@@ -252,8 +253,11 @@ class NodeRuntime:
             pb_grpc.add_RaftServicer_to_server(network.servicer(), server)
 
         started = time.monotonic()
-        self._remote = start_remote_server(local.listen_addr, security.server_credentials(),
-                                           AuthzInterceptor(self.remote_role), register)
+        guard = HandshakeGuard()
+        listen_ip = netaddr.host_of(local.listen_addr)
+        self._remote = start_remote_server(local.listen_addr, security.server_credentials(guard.on_connection),
+                                           AuthzInterceptor(self.remote_role, on_call=guard.on_call), register,
+                                           on_bound=lambda port: guard.bind(listen_ip, port))
         log.debug("remote API on %s after %.3fs", local.listen_addr, time.monotonic() - started)
         try:
             if raft_join:

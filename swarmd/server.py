@@ -6,6 +6,7 @@ import functools
 import inspect
 import logging
 import os
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,9 @@ def start_control_server(socket_path: Path, interceptor: grpc.ServerInterceptor,
 
 
 def start_remote_server(listen: str, credentials: grpc.ServerCredentials,
-                        interceptor: grpc.ServerInterceptor, register: Any) -> grpc.Server:
+                        interceptor: grpc.ServerInterceptor, register: Any,
+                        on_bound: Callable[[int], None] | None = None) -> grpc.Server:
+    """``on_bound`` learns the bound port before the first connection is accepted."""
     # Every node's session stream holds one worker thread for its lifetime (sync gRPC), so the
     # pool is sized for thousands of nodes; idle threads cost little.
     # Raft frames (log entries, snapshot chunks) may exceed the control API's limit.
@@ -72,6 +75,8 @@ def start_remote_server(listen: str, credentials: grpc.ServerCredentials,
         server.stop(None)
         raise SwarmError(f"manager stopped: failed to listen on remote API address: listen tcp {listen}: "
                          "bind: address already in use or not available")
+    if on_bound is not None:
+        on_bound(port)
     server.start()
     return server
 

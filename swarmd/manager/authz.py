@@ -53,6 +53,8 @@ RULES: dict[str, frozenset[str]] = {
 }
 
 Identify = Callable[[grpc.ServicerContext], "str | None"]
+# Told of every call: (gRPC's peer text, whether the caller is a node or joiner of this cluster).
+CallHook = Callable[[str, bool], None]
 
 
 def local_identity(context: grpc.ServicerContext) -> str | None:
@@ -60,9 +62,11 @@ def local_identity(context: grpc.ServicerContext) -> str | None:
 
 
 class AuthzInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, identify: Identify, rules: dict[str, frozenset[str]] = RULES) -> None:
+    def __init__(self, identify: Identify, rules: dict[str, frozenset[str]] = RULES,
+                 on_call: CallHook | None = None) -> None:
         self._identify = identify
         self._rules = rules
+        self._on_call = on_call
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
@@ -70,10 +74,13 @@ class AuthzInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             return None
         allowed = self._rules.get(details.method, frozenset())
         method = details.method
+        on_call = self._on_call
 
         def guard(behavior: Callable[..., Any]) -> Callable[..., Any]:
             def checked(request: Any, context: grpc.ServicerContext) -> Any:
                 role = self._identify(context)
+                if on_call is not None:
+                    on_call(context.peer(), role is not None)
                 if role not in allowed:
                     log.warning("refused %s for %s", method, role or "an unidentified peer")
                     context.abort(grpc.StatusCode.PERMISSION_DENIED,

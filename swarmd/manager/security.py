@@ -134,10 +134,17 @@ class ManagerSecurity:
             self._served = key
             return key, config
 
-    def server_credentials(self) -> grpc.ServerCredentials:
+    def server_credentials(self, on_connection: Callable[[], None] | None = None) -> grpc.ServerCredentials:
+        """``on_connection`` runs before each handshake too (gRPC calls ``fetch`` on every new
+        connection): where the failed-handshake guard looks at the new connection."""
         _, initial = self._current()
 
         def fetch() -> Any:
+            if on_connection is not None:
+                try:
+                    on_connection()
+                except Exception:  # the guard must never stop a handshake
+                    log.exception("the failed-handshake guard failed")
             try:
                 _, config = self._current()
                 return config

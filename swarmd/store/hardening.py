@@ -13,9 +13,11 @@ Nothing outside ``swarmd.store`` imports pysyncobj; ``install()`` is called once
 
 from __future__ import annotations
 
+import _socket
 import io
 import os
 import pickle
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -222,6 +224,9 @@ def install() -> None:
             return
         ps_pickle.loads = safe_loads
         ps_pickle.load = safe_load
+        # pysyncobj's win_inet_pton replaces socket.inet_ntop/inet_pton for the whole process
+        # with a Windows-only version: put the real ones back.
+        socket.inet_ntop, socket.inet_pton = _socket.inet_ntop, _socket.inet_pton
         ps_journal.loads = safe_loads
         ps_syncobj.createJournal = _create_journal
         ps_syncobj.Serializer = SealedSerializer

@@ -19,7 +19,7 @@ from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 from swarmd.ca import join as join_ca
 from swarmd.ca import tokens
-from tests.harness import SWARMCTL, Daemon, join, node_rows, private_loopback, wait_for
+from tests.harness import SWARMCTL, Daemon, join, node_rows, node_tls, private_loopback, wait_for
 
 Factory = Callable[..., Daemon]
 HANDSHAKE, REFUSED = "handshake", "refused"
@@ -67,10 +67,8 @@ class WrongTokenClient:
 
 def manager_stub(m: Daemon) -> tuple[grpc.Channel, pb_grpc.ControlStub]:
     """The control API over the remote port with the manager's own certificate (as `swarmctl -H`)."""
-    certs = m.state_dir / "certificates"
-    creds = grpc.ssl_channel_credentials(root_certificates=(certs / "swarm-root-ca.crt").read_bytes(),
-                                         private_key=(certs / "swarm-node.key").read_bytes(),
-                                         certificate_chain=(certs / "swarm-node.crt").read_bytes())
+    root, cert, key = node_tls(m.state_dir)
+    creds = grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=cert)
     channel = grpc.secure_channel(m.listen, creds, options=[("grpc.ssl_target_name_override", "swarm-manager")])
     return channel, pb_grpc.ControlStub(channel)
 

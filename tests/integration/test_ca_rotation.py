@@ -110,11 +110,26 @@ def test_rotation_to_an_operator_ca_and_its_errors(daemons: Callable[..., Daemon
         "Error response from daemon: rpc error: code = InvalidArgument desc = Cannot update to a cert with an "
         "identical key\n")
 
-    # With the operator's key a certificate that expired while the worker was down can be made:
+    # With the operator's key, certificates of any age can be made. One 89 % through its life is
+    # renewed over mutual TLS as soon as the worker starts...
+    w1.stop()
+    _, worker_cert, _ = node_tls(w1.state_dir)
+    old = aged_copy(worker_cert, cert, key, timedelta(days=80), timedelta(days=10))
+    (w1.state_dir / "certificates" / "swarm-node.crt").write_bytes(old)
+    w1.start()
+    wait_for(lambda: node_tls(w1.state_dir)[1] != old, 15, what="the worker to renew its aging certificate")
+    fresh = x509.load_pem_x509_certificate(node_tls(w1.state_dir)[1])
+    assert datetime.now(timezone.utc) - fresh.not_valid_before_utc < timedelta(hours=2)
+    assert fresh.not_valid_after_utc - datetime.now(timezone.utc) > timedelta(days=80)
+    assert pki.identity_from_cert(node_tls(w1.state_dir)[1]).node_id == pki.identity_from_cert(old).node_id
+    assert "node certificate renewed" in w1.log()
+
+    # ...and one that expired while the worker was down:
     # the worker then reports Docker's text and can only leave.
     w1.stop()
     _, worker_cert, _ = node_tls(w1.state_dir)
-    (w1.state_dir / "certificates" / "swarm-node.crt").write_bytes(expired_copy(worker_cert, cert, key))
+    (w1.state_dir / "certificates" / "swarm-node.crt").write_bytes(
+        aged_copy(worker_cert, cert, key, timedelta(hours=3), -timedelta(hours=1)))
     w1.start()
     info = w1.info()
     expired = "Swarm certificates have expired. To replace them, leave the swarm and join again."
@@ -126,15 +141,16 @@ def test_rotation_to_an_operator_ca_and_its_errors(daemons: Callable[..., Daemon
     assert w1.info().local_node_state == "inactive"
 
 
-def expired_copy(cert_pem: bytes, ca_cert_pem: bytes, ca_key_pem: bytes) -> bytes:
-    """The same node certificate (subject, key, extensions), expired an hour ago."""
+def aged_copy(cert_pem: bytes, ca_cert_pem: bytes, ca_key_pem: bytes, age: timedelta, left: timedelta) -> bytes:
+    """The same node certificate (subject, key, extensions), issued ``age`` ago and valid for
+    ``left`` more (negative: expired that long ago)."""
     leaf = x509.load_pem_x509_certificate(cert_pem)
     ca = x509.load_pem_x509_certificate(ca_cert_pem)
     ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
     now = datetime.now(timezone.utc)
     builder = (x509.CertificateBuilder().subject_name(leaf.subject).issuer_name(ca.subject)
                .public_key(leaf.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - timedelta(hours=3)).not_valid_after(now - timedelta(hours=1)))
+               .not_valid_before(now - age).not_valid_after(now + left))
     for ext in leaf.extensions:
         builder = builder.add_extension(ext.value, ext.critical)
     return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ from swarmd.ca import ids, pki, tokens
 from swarmd.errors import SwarmError
 from swarmd.manager import convert
 from swarmd.store.machine import Result, State, StateMachine, encode_op
-from swarmd.store.raft import RaftStore, StoreError
+from swarmd.store.raft import MAX_OP_BYTES, OpTooLarge, RaftStore, StoreError
 from swarmd.store.transport import PeerNetwork
 from swarmd.timeutil import now_rfc3339
 
@@ -60,8 +60,11 @@ class Manager:
 
     # -- plumbing ------------------------------------------------------------------------------
     def propose(self, kind: str, **fields: Any) -> Result:
+        limit = None if kind == "restore" else MAX_OP_BYTES
         try:
-            result = self.store.propose(encode_op(kind, **fields))
+            result = self.store.propose(encode_op(kind, **fields), max_bytes=limit)
+        except OpTooLarge as e:
+            raise SwarmError(f"request too large: {e}", grpc.StatusCode.RESOURCE_EXHAUSTED) from None
         except StoreError as e:
             if e.no_leader:
                 raise SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN) from None

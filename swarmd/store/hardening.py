@@ -2,6 +2,9 @@
 
 * Restricted unpickling: pysyncobj pickles its log entries and journal meta. Only the few types
   it really writes may be loaded back, so a tampered journal cannot run code.
+* Applying never raises: pysyncobj retries a committed entry whose apply raised on every tick,
+  forever, on every member. An entry no member can apply (a forwarded write of a shape our
+  ``apply`` never makes) is skipped everywhere alike, with a warning and a failed result.
 * Durability: the journal is written through an mmap and never synced. ``DurableJournal`` syncs
   every appended entry before pysyncobj can acknowledge it, stores the meta file with fsync, and
   reserves disk blocks with ``posix_fallocate`` so a full disk is an ``OSError``, not SIGBUS.
@@ -12,6 +15,7 @@ Nothing outside ``swarmd.store`` imports pysyncobj; ``install()`` is called once
 from __future__ import annotations
 
 import io
+import logging
 import os
 import pickle
 import threading
@@ -23,6 +27,8 @@ import pysyncobj.pickle as ps_pickle
 import pysyncobj.syncobj as ps_syncobj
 
 from swarmd.fsutil import atomic_write
+
+log = logging.getLogger(__name__)
 
 _ALLOWED: frozenset[tuple[str, str]] = frozenset({
     ("_codecs", "encode"),          # protocol 2 pickles of bytes
@@ -166,6 +172,19 @@ def _create_journal(journalFile: str | None = None) -> Any:  # noqa: N803
     return DurableJournal(journalFile)
 
 
+def _never_raising(apply: Any) -> Any:
+    def apply_command(self: Any, command: bytes) -> Any:
+        try:
+            return apply(self, command)
+        except ps_syncobj.SyncObjExceptionWrongVer:
+            raise  # pysyncobj's own, handled by its caller
+        except Exception as e:  # noqa: BLE001 - see the module docstring
+            log.warning("raft: skipping a log entry that cannot be applied: %s: %s", type(e).__name__, e)
+            return {"ok": False, "code": "INVALID_ARGUMENT",
+                    "message": f"the write cannot be applied: {type(e).__name__}"}
+    return apply_command
+
+
 _installed = False
 _install_lock = threading.Lock()
 
@@ -181,4 +200,5 @@ def install() -> None:
         ps_journal.loads = safe_loads
         ps_journal.ResizableFile = _AllocatedFile
         ps_syncobj.createJournal = _create_journal
+        ps_syncobj.SyncObj._SyncObj__doApplyCommand = _never_raising(ps_syncobj.SyncObj._SyncObj__doApplyCommand)
         _installed = True

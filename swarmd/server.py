@@ -14,6 +14,7 @@ import grpc
 
 from swarmd import errors
 from swarmd.errors import SwarmError
+from swarmd.wire import MalformedRequestInterceptor
 
 log = logging.getLogger("swarmd.api")
 
@@ -37,8 +38,9 @@ def _new_server(interceptor: grpc.ServerInterceptor, workers: int,
                 max_message: int = MAX_MESSAGE_BYTES) -> grpc.Server:
     options = [*_COMMON_OPTIONS, ("grpc.max_receive_message_length", max_message),
                ("grpc.max_send_message_length", max_message)]
+    # The authorisation interceptor first: only an authorised caller gets as far as parsing.
     return grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-                       interceptors=[interceptor], options=options)
+                       interceptors=[interceptor, MalformedRequestInterceptor()], options=options)
 
 
 def start_control_server(socket_path: Path, interceptor: grpc.ServerInterceptor,

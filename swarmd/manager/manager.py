@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 
 import grpc
 
-from swarmd import errors, netaddr
+from swarmd import errors, gostr
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.ca import ids, pki, tokens
 from swarmd.errors import SwarmError
-from swarmd.manager import convert
+from swarmd.manager import convert, fields
 from swarmd.store.machine import Result, State, StateMachine, encode_op
 from swarmd.store.raft import MAX_OP_BYTES, OpTooLarge, RaftStore, StoreError
 from swarmd.store.transport import PeerNetwork
@@ -221,6 +221,7 @@ class Manager:
             raise errors.invalid("network name must not be empty")
         if req.driver not in ("", "overlay"):
             raise errors.invalid(f'network driver "{req.driver}" is not supported: swarm networks use "overlay"')
+        fields.check_network_spec(name, req.ingress, req.attachable, len(req.ipam))
         ipam = [{"subnet": c.subnet, "gateway": c.gateway} for c in req.ipam]
         result = self.propose(
             "create_network", id=ids.new_id(), name=name, ingress=req.ingress, internal=req.internal,
@@ -250,10 +251,11 @@ class Manager:
         """A joiner holding a valid token: create its node and issue its first certificate."""
         availability = availability or "active"
         if availability not in ("active", "pause", "drain"):
-            raise errors.invalid(f'invalid availability "{availability}"')
+            raise errors.invalid(f"invalid availability {gostr.quote(availability[:40])}")
+        description = fields.check_description(description)
+        host = fields.advertised_host(advertise_addr)
         node_id = ids.new_id()
         cert, cluster_id = self._sign(csr, node_id, role)  # a bad CSR fails before anything is stored
-        host = netaddr.host_of(advertise_addr)
         now = now_rfc3339()
         node = {
             "id": node_id, "created_at": now, "updated_at": now, "role": role, "availability": availability,
@@ -339,6 +341,7 @@ class Manager:
 
     def set_role(self, ref: str, role: str) -> tuple[str, bool]:
         """Promote or demote; returns (node ID, changed). Runs on the leader."""
+        role = fields.check_node_role(role)
         node = self.read(lambda state: dict(self._resolve_node(state, ref)))
         if node["role"] == role:
             return node["id"], False

@@ -117,13 +117,16 @@ class IPNetList(click.ParamType[list[str]]):
         text = str(value)
         for mark in "\"'`":  # pflag drops every quote character before reading the list
             text = text.replace(mark, "")
+        # ... and reads it as one CSV record: a line break ends it.
+        text = text.split("\n", 1)[0].removesuffix("\r")
         if not text:
             return []
         out = []
         for part in text.split(","):
             part = part.strip()
             if not _is_go_cidr(part):
-                raise fail(value, param, f"invalid CIDR address: {part}")
+                shown = part if part.isprintable() else gostr.quote(part)
+                raise fail(value, param, f"invalid CIDR address: {shown}")
             out.append(part)
         return out
 

@@ -20,7 +20,8 @@ from swarmd import errors, gostr
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.ca import ids, pki, tokens
 from swarmd.errors import SwarmError
-from swarmd.manager import convert, fields
+from swarmd.manager import convert
+from swarmd.manager import fields as checks
 from swarmd.store.machine import Result, State, StateMachine, encode_op
 from swarmd.store.raft import MAX_OP_BYTES, OpTooLarge, RaftStore, StoreError
 from swarmd.store.transport import PeerNetwork
@@ -221,7 +222,7 @@ class Manager:
             raise errors.invalid("network name must not be empty")
         if req.driver not in ("", "overlay"):
             raise errors.invalid(f'network driver "{req.driver}" is not supported: swarm networks use "overlay"')
-        fields.check_network_spec(name, req.ingress, req.attachable, len(req.ipam))
+        checks.check_network_spec(name, req.ingress, req.attachable, len(req.ipam))
         ipam = [{"subnet": c.subnet, "gateway": c.gateway} for c in req.ipam]
         result = self.propose(
             "create_network", id=ids.new_id(), name=name, ingress=req.ingress, internal=req.internal,
@@ -252,8 +253,8 @@ class Manager:
         availability = availability or "active"
         if availability not in ("active", "pause", "drain"):
             raise errors.invalid(f"invalid availability {gostr.quote(availability[:40])}")
-        description = fields.check_description(description)
-        host = fields.advertised_host(advertise_addr)
+        description = checks.check_description(description)
+        host = checks.advertised_host(advertise_addr)
         node_id = ids.new_id()
         cert, cluster_id = self._sign(csr, node_id, role)  # a bad CSR fails before anything is stored
         now = now_rfc3339()
@@ -341,7 +342,7 @@ class Manager:
 
     def set_role(self, ref: str, role: str) -> tuple[str, bool]:
         """Promote or demote; returns (node ID, changed). Runs on the leader."""
-        role = fields.check_node_role(role)
+        role = checks.check_node_role(role)
         node = self.read(lambda state: dict(self._resolve_node(state, ref)))
         if node["role"] == role:
             return node["id"], False

@@ -77,8 +77,8 @@ def test_any_text_is_a_token_or_invalid_join_token(text: str) -> None:
     try:
         parsed = tokens.parse_join_token(text)
     except tokens.InvalidJoinToken as e:
-        _one_line(str(e))
-        assert text.rsplit("-", 1)[-1] not in str(e) or len(text.rsplit("-", 1)[-1]) < 5  # no secret echoed
+        # Docker's fixed texts: nothing of the token (its secret) is echoed.
+        assert str(e) in ("invalid join token", "invalid checksum digest length", "invalid checksum digest format")
         return
     assert len(parsed.digest_hex) == 64 and int(parsed.digest_hex, 16) < 1 << 256
     assert len(parsed.secret) == tokens.MAX_GENERATED_SECRET_LENGTH

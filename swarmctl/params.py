@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import click
 
-from swarmd import netaddr
+from swarmd import gostr, netaddr
 from swarmd.timeutil import format_go_duration, parse_go_duration
 
 
@@ -26,7 +27,9 @@ def _flag_name(param: click.Parameter | None) -> str:
 
 
 def fail(value: Any, param: click.Parameter | None, why: str) -> FlagValueError:
-    return FlagValueError(f'invalid argument "{value}" for "{_flag_name(param)}" flag: {why}', param)
+    """pflag's ``invalid argument %q for %q flag: %v``: one line whatever the value holds."""
+    return FlagValueError(f"invalid argument {gostr.quote(str(value))} for "
+                          f"{gostr.quote(_flag_name(param))} flag: {why}", param)
 
 
 class Duration(click.ParamType[int]):
@@ -48,6 +51,8 @@ def duration_default(ns: int) -> str:
 
 
 class UInt(click.ParamType[int]):
+    """pflag's uint/uint32/uint64: ``strconv.ParseUint(s, 0, bits)`` (so 0x10 and 0o17 work too)."""
+
     def __init__(self, bits: int) -> None:
         self.bits = bits
         self.name = f"uint{bits}" if bits != 64 else "uint"
@@ -55,23 +60,24 @@ class UInt(click.ParamType[int]):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
-        text = str(value)
-        if not text.isdigit() or int(text) >= 1 << self.bits:
-            raise fail(value, param, f'strconv.ParseUint: parsing "{text}": '
-                       + ("value out of range" if text.isdigit() else "invalid syntax"))
-        return int(text)
+        try:
+            return gostr.parse_uint(str(value), self.bits)
+        except gostr.NumError as e:
+            raise fail(value, param, str(e)) from None
 
 
 class Int(click.ParamType[int]):
+    """pflag's int: ``strconv.ParseInt(s, 0, 64)``."""
+
     name = "int"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
         try:
-            return int(str(value), 10)
-        except ValueError:
-            raise fail(value, param, f'strconv.ParseInt: parsing "{value}": invalid syntax') from None
+            return gostr.parse_int(str(value), 64)
+        except gostr.NumError as e:
+            raise fail(value, param, str(e)) from None
 
 
 class NodeAddr(click.ParamType[str]):
@@ -86,6 +92,20 @@ class NodeAddr(click.ParamType[str]):
             raise FlagValueError(str(e), param) from None
 
 
+def _is_go_cidr(text: str) -> bool:
+    """Whether Go's ``net.ParseCIDR`` takes ``text``: an address without zone, ``/``, then a
+    decimal prefix length that fits (Python's ``ip_network`` also takes netmasks, bare
+    addresses and Unicode digits)."""
+    addr, slash, bits = text.partition("/")
+    if not slash or "%" in addr or not bits.isascii() or not bits.isdigit():
+        return False
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return int(bits) <= ip.max_prefixlen
+
+
 class IPNetList(click.ParamType[list[str]]):
     """--default-addr-pool: comma-separated CIDRs, repeatable (pflag's ipNetSlice)."""
 
@@ -94,15 +114,19 @@ class IPNetList(click.ParamType[list[str]]):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[str]:
         if isinstance(value, list):
             return value
-        import ipaddress
-
+        text = str(value)
+        for mark in "\"'`":  # pflag drops every quote character before reading the list
+            text = text.replace(mark, "")
+        # ... and reads it as one CSV record: a line break ends it.
+        text = text.split("\n", 1)[0].removesuffix("\r")
+        if not text:
+            return []
         out = []
-        for part in str(value).split(","):
+        for part in text.split(","):
             part = part.strip()
-            try:
-                ipaddress.ip_network(part, strict=False)
-            except ValueError:
-                raise fail(value, param, f"invalid CIDR address: {part}") from None
+            if not _is_go_cidr(part):
+                shown = part if part.isprintable() else gostr.quote(part)
+                raise fail(value, param, f"invalid CIDR address: {shown}")
             out.append(part)
         return out
 

@@ -90,12 +90,25 @@ def spec_overrides(req: pb.InitRequest | pb.UpdateClusterRequest) -> dict[str, A
     return changes
 
 
+def check_listen_port(port: str) -> None:
+    """The port the remote API will bind, refused up front as Go's ``net.Listen`` refuses it
+    (Docker then reports the manager's failure to listen). An empty port means any free port."""
+    why = ""
+    if port and not (port.isascii() and port.isdigit()):
+        why = f"lookup tcp/{port}: unknown port"
+    elif port and int(port) > 65535:
+        why = f"address {port}: invalid port"
+    if why:
+        raise errors.invalid(f"manager stopped: failed to listen on remote API address: listen tcp: {why}")
+
+
 def plan_init(req: pb.InitRequest) -> InitPlan:
     """Docker's validation order (swarm-behaviour.md §3.2), all before anything is created."""
     listen = req.listen_addr or DEFAULT_LISTEN_ADDR
     try:
         interfaces = netaddr.list_interfaces()
         listen_ip, listen_port = netaddr.resolve_listen_addr(listen, interfaces)
+        check_listen_port(listen_port)
         adv_host, adv_port = netaddr.resolve_advertise_addr(req.advertise_addr, listen_port, interfaces)
         data_path = netaddr.resolve_data_path_addr(req.data_path_addr, interfaces)
         local_addr = netaddr.local_addr(listen_ip, adv_host, interfaces)

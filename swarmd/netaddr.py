@@ -20,6 +20,8 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from swarmd.gostr import quote as _go_quote
+
 __all__ = [
     "AddrError",
     "AutoDetectError",
@@ -202,30 +204,6 @@ def host_of(addr: str) -> str:
 
 
 # --------------------------------------------------------------------------- --listen-addr (CLI side)
-
-
-def _go_quote(text: str) -> str:
-    """Go's ``strconv.Quote`` (what ``%q`` prints); surrogate-escaped bytes print as ``\\xNN``."""
-    out = ['"']
-    for ch in text:
-        cp = ord(ch)
-        if ch in ('"', "\\"):
-            out.append("\\" + ch)
-        elif 0xDC80 <= cp <= 0xDCFF:
-            out.append(f"\\x{cp - 0xDC00:02x}")
-        elif ch.isprintable():
-            out.append(ch)
-        elif ch in "\a\b\f\n\r\t\v":
-            out.append({"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n",
-                        "\r": "\\r", "\t": "\\t", "\v": "\\v"}[ch])
-        elif cp < 0x20 or cp == 0x7F:
-            out.append(f"\\x{cp:02x}")
-        elif cp < 0x10000:
-            out.append(f"\\u{cp:04x}")
-        else:
-            out.append(f"\\U{cp:08x}")
-    out.append('"')
-    return "".join(out)
 
 
 class _UrlError(ValueError):

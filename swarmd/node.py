@@ -27,7 +27,14 @@ from swarmd.ca.store import CertificateStore
 from swarmd.errors import SwarmError
 from swarmd.fsutil import ensure_dir, remove_tree
 from swarmd.identity import LockedError, NodeIdentity, WrongUnlockKey
-from swarmd.initplan import DEFAULT_LISTEN_ADDR, InitPlan, check_availability, host_description, plan_init
+from swarmd.initplan import (
+    DEFAULT_LISTEN_ADDR,
+    InitPlan,
+    check_availability,
+    check_listen_port,
+    host_description,
+    plan_init,
+)
 from swarmd.joiner import JoinResult, request_certificate
 from swarmd.manager.authz import AuthzInterceptor
 from swarmd.manager.dispatcher import NOT_LEADER, Dispatcher
@@ -513,6 +520,7 @@ class NodeRuntime:
                 data_path = netaddr.resolve_data_path_addr(req.data_path_addr, interfaces)
             except netaddr.AddrError as e:
                 raise errors.invalid(str(e)) from None
+            check_listen_port(listen_port)
             try:
                 adv_host, adv_port = netaddr.resolve_advertise_addr(req.advertise_addr, listen_port, interfaces)
             except netaddr.AddrError:

@@ -15,12 +15,15 @@ import grpc
 
 from swarmd import errors
 from swarmd.errors import SwarmError
+from swarmd.wire import MalformedRequestInterceptor
 
 log = logging.getLogger("swarmd.api")
 
 MAX_MESSAGE_BYTES = 4 << 20
 REMOTE_WORKERS = 4096
-RAFT_MAX_MESSAGE = 65 << 20  # a 64 MiB frame plus gRPC framing
+# Every caller of port 2377 (joiners included) gets the same limit, so it must suit the largest
+# legitimate message: a Raft frame (transport.MAX_FRAME, 4 MiB) plus its protobuf framing.
+REMOTE_MAX_MESSAGE = MAX_MESSAGE_BYTES + (64 << 10)
 
 _COMMON_OPTIONS = [
     ("grpc.so_reuseport", 0),  # a second daemon on the same address must fail, not share it
@@ -36,8 +39,9 @@ def _new_server(interceptor: grpc.ServerInterceptor, workers: int,
                 max_message: int = MAX_MESSAGE_BYTES) -> grpc.Server:
     options = [*_COMMON_OPTIONS, ("grpc.max_receive_message_length", max_message),
                ("grpc.max_send_message_length", max_message)]
+    # The authorisation interceptor first: only an authorised caller gets as far as parsing.
     return grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-                       interceptors=[interceptor], options=options)
+                       interceptors=[interceptor, MalformedRequestInterceptor()], options=options)
 
 
 def start_control_server(socket_path: Path, interceptor: grpc.ServerInterceptor,
@@ -64,8 +68,7 @@ def start_remote_server(listen: str, credentials: grpc.ServerCredentials,
     """``on_bound`` learns the bound port before the first connection is accepted."""
     # Every node's session stream holds one worker thread for its lifetime (sync gRPC), so the
     # pool is sized for thousands of nodes; idle threads cost little.
-    # Raft frames (log entries, snapshot chunks) may exceed the control API's limit.
-    server = _new_server(interceptor, workers=REMOTE_WORKERS, max_message=RAFT_MAX_MESSAGE)
+    server = _new_server(interceptor, workers=REMOTE_WORKERS, max_message=REMOTE_MAX_MESSAGE)
     register(server)
     try:
         port = server.add_secure_port(listen, credentials)

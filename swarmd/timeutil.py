@@ -14,67 +14,131 @@ def now_rfc3339() -> str:
     return f"{base}.{frac:09d}Z"
 
 
-_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
-          "m": 60_000_000_000, "h": 3_600_000_000_000}
+_UNITS = {"ns": 1, "us": 1_000, "\u00b5s": 1_000, "\u03bcs": 1_000, "ms": 1_000_000,
+          "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
+_MAX_NS = 1 << 63  # a Duration is an int64; the magnitude may reach 2^63 only when negative
+
+
+def _time_quote(text: str) -> str:
+    """Go's ``time.quote``: non-ASCII and control characters as their UTF-8 bytes in ``\\xNN``."""
+    out = ['"']
+    for ch in text:
+        if ch < " " or ord(ch) >= 0x80:
+            raw = ch.encode("utf-8", "surrogateescape") if 0xDC80 <= ord(ch) <= 0xDCFF \
+                else ch.encode("utf-8", "replace")
+            out.extend(f"\\x{b:02x}" for b in raw)
+        else:
+            out.append("\\" + ch if ch in '"\\' else ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _is_digit(ch: str) -> bool:
+    return "0" <= ch <= "9"  # not str.isdigit(): Go takes ASCII digits only
 
 
 def parse_go_duration(text: str) -> int:
-    """Go's time.ParseDuration, returning nanoseconds (e.g. "2160h0m0s", "1.5h", "-5s")."""
-    s = text.strip()
-    if not s:
-        raise ValueError(f'time: invalid duration "{text}"')
-    sign = 1
-    if s[0] in "+-":
-        sign = -1 if s[0] == "-" else 1
+    """Go's ``time.ParseDuration``, returning nanoseconds ("2160h0m0s", "1.5h", "-5s").
+
+    Integer arithmetic as in Go, so every int64 duration parses exactly (a float sum loses
+    nanoseconds past 2^53). Raises ValueError with Go's texts.
+    """
+    def invalid() -> ValueError:
+        return ValueError(f"time: invalid duration {_time_quote(text)}")
+
+    s = text
+    neg = False
+    if s and s[0] in "+-":
+        neg = s[0] == "-"
         s = s[1:]
     if s == "0":
         return 0
     if not s:
-        raise ValueError(f'time: invalid duration "{text}"')
-    total = 0.0
+        raise invalid()
+    total = 0
     while s:
+        if not (s[0] == "." or _is_digit(s[0])):
+            raise invalid()
         i = 0
-        while i < len(s) and (s[i].isdigit() or s[i] == "."):
+        while i < len(s) and _is_digit(s[i]):
             i += 1
-        number = s[:i]
-        if not number or number == "." or number.count(".") > 1:
-            raise ValueError(f'time: invalid duration "{text}"')
+        pre = i > 0
+        digits = s[:i].lstrip("0")
+        if len(digits) > 19 or (digits and int(digits) > _MAX_NS):  # Go's leadingInt overflow
+            raise invalid()
+        whole = int(digits) if digits else 0
         s = s[i:]
-        j = 0
-        while j < len(s) and not (s[j].isdigit() or s[j] == "."):
-            j += 1
-        unit = s[:j]
-        s = s[j:]
-        if not unit:
-            raise ValueError(f'time: missing unit in duration "{text}"')
-        if unit not in _UNITS:
-            raise ValueError(f'time: unknown unit "{unit}" in duration "{text}"')
-        total += float(number) * _UNITS[unit]
-    if total > 2**63 - 1:
-        raise ValueError(f'time: invalid duration "{text}"')
-    return sign * int(round(total))
+        frac, scale, post = 0, 1, False
+        if s[:1] == ".":
+            s = s[1:]
+            i = 0
+            overflow = False  # Go's leadingFraction stops gaining precision, without failing
+            while i < len(s) and _is_digit(s[i]):
+                if not overflow:
+                    more = frac * 10 + ord(s[i]) - ord("0")
+                    if frac > (_MAX_NS - 1) // 10 or more > _MAX_NS:
+                        overflow = True
+                    else:
+                        frac, scale = more, scale * 10
+                i += 1
+            post = i > 0
+            s = s[i:]
+        if not pre and not post:
+            raise invalid()
+        i = 0
+        while i < len(s) and not (s[i] == "." or _is_digit(s[i])):
+            i += 1
+        if i == 0:
+            raise ValueError(f"time: missing unit in duration {_time_quote(text)}")
+        unit_text, s = s[:i], s[i:]
+        unit = _UNITS.get(unit_text)
+        if unit is None:
+            raise ValueError(f"time: unknown unit {_time_quote(unit_text)} in duration {_time_quote(text)}")
+        if whole > _MAX_NS // unit:
+            raise invalid()
+        value = whole * unit
+        if frac:
+            value += int(float(frac) * (float(unit) / scale))  # Go's float64 step, for equal rounding
+            if value > _MAX_NS:
+                raise invalid()
+        total += value
+        if total > _MAX_NS:
+            raise invalid()
+    if neg:
+        return -total
+    if total > _MAX_NS - 1:
+        raise invalid()
+    return total
+
+
+def _frac(value: int, digits: int) -> tuple[str, int]:
+    """Go's ``fmtFrac``: the last ``digits`` decimals of ``value`` without trailing zeros (and
+    without the point when they are all zero), and what is left of ``value``."""
+    value, rest = divmod(value, 10**digits)
+    text = f"{rest:0{digits}d}".rstrip("0")
+    return ("." + text if text else ""), value
 
 
 def format_go_duration(ns: int) -> str:
-    """Go's Duration.String() for whole seconds and above (what the flag defaults print)."""
-    if ns == 0:
-        return "0s"
+    """Go's ``Duration.String()``: "2160h0m0s", "1.5s", "1.2ms", "0s"."""
     sign = "-" if ns < 0 else ""
-    ns = abs(ns)
-    if ns < 1_000_000_000:
-        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
-            if ns >= size:
-                value = f"{ns / size:.9f}".rstrip("0").rstrip(".")
-                return f"{sign}{value}{unit}"
-    hours, rem = divmod(ns, 3_600_000_000_000)
-    minutes, rem = divmod(rem, 60_000_000_000)
-    seconds = rem / 1_000_000_000
-    sec_text = f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
+    u = abs(ns)
+    if u == 0:
+        return "0s"
+    if u < 1_000_000_000:
+        if u < 1_000:
+            return f"{sign}{u}ns"
+        unit, digits = ("\u00b5s", 3) if u < 1_000_000 else ("ms", 6)
+        frac, whole = _frac(u, digits)
+        return f"{sign}{whole}{frac}{unit}"
+    frac, secs = _frac(u, 9)
+    minutes, secs = divmod(secs, 60)
+    hours, minutes = divmod(minutes, 60)
     if hours:
-        return f"{sign}{hours}h{minutes}m{sec_text}"
+        return f"{sign}{hours}h{minutes}m{secs}{frac}s"
     if minutes:
-        return f"{sign}{minutes}m{sec_text}"
-    return f"{sign}{sec_text}"
+        return f"{sign}{minutes}m{secs}{frac}s"
+    return f"{sign}{secs}{frac}s"
 
 
 def human_duration(ns: int) -> str:

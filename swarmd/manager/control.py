@@ -13,7 +13,7 @@ import pysyncobj.version
 from swarmd import API_VERSION, __version__
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
-from swarmd.manager import authz, convert
+from swarmd.manager import authz, convert, fields
 from swarmd.manager.dispatcher import peer_ip
 from swarmd.errors import SwarmError
 from swarmd.server import abort_on_error
@@ -191,7 +191,8 @@ class RaftMembershipServicer(pb_grpc.RaftMembershipServicer):
         manager = self.rt.require_manager()
         node_id = self.rt.security_identity(context)
         self.rt.require_leader(manager)
-        members = manager.raft_join(node_id, request.addr, self.rt.check_manager_reachable)
+        addr = fields.check_raft_join_addr(request.addr)
+        members = manager.raft_join(node_id, addr, self.rt.check_manager_reachable)
         return pb.RaftJoinResponse(members=[pb.RemoteManager(node_id=i, addr=a) for i, a in members])
 
     @abort_on_error

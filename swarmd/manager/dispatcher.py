@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from swarmd import netaddr
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 from swarmd.errors import SwarmError
+from swarmd.manager import fields
 from swarmd.server import abort_on_error
 
 if TYPE_CHECKING:
@@ -150,7 +150,8 @@ class Dispatcher(pb_grpc.DispatcherServicer):
         description = {k: getattr(request.description, k) for k in
                        ("hostname", "os", "architecture", "nano_cpus", "memory_bytes", "engine_version")
                        if getattr(request.description, k)}
-        addr = netaddr.host_of(request.advertise_addr) or peer_ip(context)
+        fields.check_description(description)
+        addr = fields.advertised_host(request.advertise_addr) or peer_ip(context)
         self._mark(manager, node_id, state="ready", message="", addr=addr, **description,
                    **manager.tls_fields(request.tls_info))
         log.info("session opened by %s from %s", node_id, peer_ip(context))

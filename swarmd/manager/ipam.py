@@ -22,13 +22,18 @@ class IPAMError(ValueError):
 
 
 def parse_cidr(text: str) -> IPv4Net:
-    """Parse an IPv4 CIDR that must be a network address (no host bits)."""
+    """Parse an IPv4 CIDR that must be a network address (no host bits).
+
+    Only ``address/decimal-length``, as Go's ``net.ParseCIDR``: Python would also take a
+    netmask or hostmask after the slash, and Unicode digits.
+    """
+    _, slash, bits = text.strip().partition("/")
+    if not slash or not bits.isascii() or not bits.isdigit():
+        raise IPAMError(f"invalid CIDR address: {text}")
     try:
         iface = ipaddress.ip_interface(text.strip())
     except ValueError:
         raise IPAMError(f"invalid CIDR address: {text}") from None
-    if "/" not in text:
-        raise IPAMError(f"invalid CIDR address: {text}")
     if not isinstance(iface, ipaddress.IPv4Interface):
         raise IPAMError(f"invalid CIDR address: {text} (only IPv4 subnets are supported)")
     if iface.ip != iface.network.network_address:

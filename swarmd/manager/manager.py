@@ -16,14 +16,15 @@ from typing import Any, TypeVar
 
 import grpc
 
-from swarmd import errors, netaddr
+from swarmd import errors, gostr
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.ca import ids, keyfile, pki, rotation, tokens
 from swarmd.errors import SwarmError
 from swarmd.initplan import spec_overrides
 from swarmd.manager import convert, rootrotation
+from swarmd.manager import fields as checks
 from swarmd.store.machine import Result, State, StateMachine, encode_op
-from swarmd.store.raft import RaftStore, StoreError
+from swarmd.store.raft import MAX_OP_BYTES, OpTooLarge, RaftStore, StoreError
 from swarmd.store.transport import PeerNetwork
 from swarmd.timeutil import now_rfc3339
 
@@ -61,8 +62,11 @@ class Manager:
 
     # -- plumbing ------------------------------------------------------------------------------
     def propose(self, kind: str, **fields: Any) -> Result:
+        limit = None if kind == "restore" else MAX_OP_BYTES
         try:
-            result = self.store.propose(encode_op(kind, **fields))
+            result = self.store.propose(encode_op(kind, **fields), max_bytes=limit)
+        except OpTooLarge as e:
+            raise SwarmError(f"request too large: {e}", grpc.StatusCode.RESOURCE_EXHAUSTED) from None
         except StoreError as e:
             if e.no_leader:
                 raise SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN) from None
@@ -266,6 +270,7 @@ class Manager:
             raise errors.invalid("network name must not be empty")
         if req.driver not in ("", "overlay"):
             raise errors.invalid(f'network driver "{req.driver}" is not supported: swarm networks use "overlay"')
+        checks.check_network_spec(name, req.ingress, req.attachable, len(req.ipam))
         ipam = [{"subnet": c.subnet, "gateway": c.gateway} for c in req.ipam]
         result = self.propose(
             "create_network", id=ids.new_id(), name=name, ingress=req.ingress, internal=req.internal,
@@ -295,10 +300,11 @@ class Manager:
         """A joiner holding a valid token: create its node and issue its first certificate."""
         availability = availability or "active"
         if availability not in ("active", "pause", "drain"):
-            raise errors.invalid(f'invalid availability "{availability}"')
+            raise errors.invalid(f"invalid availability {gostr.quote(availability[:40])}")
+        description = checks.check_description(description)
+        host = checks.advertised_host(advertise_addr)
         node_id = ids.new_id()
         cert, cluster_id = self._sign(csr, node_id, role)  # a bad CSR fails before anything is stored
-        host = netaddr.host_of(advertise_addr)
         now = now_rfc3339()
         node = {
             "id": node_id, "created_at": now, "updated_at": now, "role": role, "availability": availability,
@@ -388,6 +394,7 @@ class Manager:
 
     def set_role(self, ref: str, role: str) -> tuple[str, bool]:
         """Promote or demote; returns (node ID, changed). Runs on the leader."""
+        role = checks.check_node_role(role)
         node = self.read(lambda state: dict(self._resolve_node(state, ref)))
         if node["role"] == role:
             return node["id"], False

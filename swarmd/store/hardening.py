@@ -2,6 +2,9 @@
 
 * Restricted unpickling: pysyncobj pickles its log entries and journal meta. Only the few types
   it really writes may be loaded back, so a tampered journal cannot run code.
+* Applying never raises: pysyncobj retries a committed entry whose apply raised on every tick,
+  forever, on every member. An entry no member can apply (a forwarded write of a shape our
+  ``apply`` never makes) is skipped everywhere alike, with a warning and a failed result.
 * Durability and encryption at rest: pysyncobj's FileJournal writes through an mmap, never
   syncs, and keeps commands in clear. ``journal.EncryptedJournal`` replaces it (sealed, synced
   records); the meta file is stored with fsync; disk blocks are reserved with
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import _socket
 import io
+import logging
 import os
 import pickle
 import socket
@@ -30,6 +34,8 @@ import pysyncobj.syncobj as ps_syncobj
 from swarmd.fsutil import atomic_write
 from swarmd.store.crypto import DataCipher, DecryptError
 from swarmd.store.journal import EncryptedJournal
+
+log = logging.getLogger(__name__)
 
 _ALLOWED: frozenset[tuple[str, str]] = frozenset({
     ("_codecs", "encode"),          # protocol 2 pickles of bytes
@@ -212,6 +218,19 @@ def _create_journal(journalFile: str | None = None) -> Any:  # noqa: N803
                             _DurableMetaStorer(journalFile + ".meta"))
 
 
+def _never_raising(apply: Any) -> Any:
+    def apply_command(self: Any, command: bytes) -> Any:
+        try:
+            return apply(self, command)
+        except ps_syncobj.SyncObjExceptionWrongVer:
+            raise  # pysyncobj's own, handled by its caller
+        except Exception as e:  # noqa: BLE001 - see the module docstring
+            log.warning("raft: skipping a log entry that cannot be applied: %s: %s", type(e).__name__, e)
+            return {"ok": False, "code": "INVALID_ARGUMENT",
+                    "message": f"the write cannot be applied: {type(e).__name__}"}
+    return apply_command
+
+
 _installed = False
 _install_lock = threading.Lock()
 
@@ -230,4 +249,5 @@ def install() -> None:
         ps_journal.loads = safe_loads
         ps_syncobj.createJournal = _create_journal
         ps_syncobj.Serializer = SealedSerializer
+        ps_syncobj.SyncObj._SyncObj__doApplyCommand = _never_raising(ps_syncobj.SyncObj._SyncObj__doApplyCommand)
         _installed = True

@@ -42,6 +42,9 @@ T = TypeVar("T")
 SNAPSHOT_FORMAT = 1
 TICK_PERIOD = 0.05
 MIN_FREE_BYTES = 4 << 20
+# One write's limit (swarmkit's MaxTransactionBytes): keeps every Raft message well inside the
+# transport's frame limit, whatever a caller packs into labels or descriptions.
+MAX_OP_BYTES = 1536 << 10
 
 _FAIL_TEXT = {
     FAIL_REASON.QUEUE_FULL: "the write queue is full",
@@ -61,6 +64,10 @@ class StoreError(Exception):
     def __init__(self, message: str, no_leader: bool = False) -> None:
         super().__init__(message)
         self.no_leader = no_leader
+
+
+class OpTooLarge(StoreError):
+    """A write refused before it reached Raft because of its size."""
 
 
 class _Replicated(SyncObjConsumer):  # type: ignore[misc]
@@ -393,8 +400,14 @@ class RaftStore:
             self._on_leader_change(new == 2)
 
     # -- writes ------------------------------------------------------------------------------
-    def propose(self, op: bytes, timeout: float = 5.0) -> Result:
-        """Replicate ``op`` and return the state machine's result once it is committed here."""
+    def propose(self, op: bytes, timeout: float = 5.0, max_bytes: int | None = MAX_OP_BYTES) -> Result:
+        """Replicate ``op`` and return the state machine's result once it is committed here.
+
+        ``max_bytes`` None lifts the size limit, for the one write that carries a whole state
+        (force-new-cluster); pysyncobj ships a large entry to followers in small chunks.
+        """
+        if max_bytes is not None and len(op) > max_bytes:
+            raise OpTooLarge(f"the change takes {len(op)} bytes, more than the {max_bytes} byte limit of one write")
         self._check_disk()
         obj = self._obj()
         done = threading.Event()

@@ -55,15 +55,19 @@ from swarmd.ca import pki
 
 log = logging.getLogger(__name__)
 
-MAX_FRAME = 64 << 20              # largest accepted or sent payload
+# Largest accepted or sent payload. pysyncobj cuts log entries and snapshots of 64 KiB or more
+# into 64 KiB chunks, and one write is at most raft.MAX_OP_BYTES, so real frames stay far below;
+# the remote API (server.REMOTE_MAX_MESSAGE) refuses anything larger before it is read whole.
+MAX_FRAME = 4 << 20
 BATCH_BYTES = 1 << 20             # messages queued together share a frame up to this size
-MAX_BACKLOG = 2 * MAX_FRAME       # queued bytes to a peer before the stream is dropped as stuck
+MAX_BACKLOG = 128 << 20           # queued bytes to a peer before the stream is dropped as stuck
 HEARTBEAT_INTERVAL = 0.5          # an idle stream carries an empty frame this often ...
 DEAD_AFTER = 3.0                  # ... and is closed after this long without any frame
 ACK_TIMEOUT = 5.0                 # a dialled stream must be accepted within this
 MIN_BACKOFF = 0.02
 ATTACH_WAIT = 3.0
 MAX_BACKOFF = 1.0
+MAX_BAD_FRAMES_IN_A_ROW = 100   # a stream that sends only junk is closed (the peer may redial)
 JOIN_TIMEOUT = 2.0                # bound on joining dialer and reader threads when stopping
 _MAX_EVENTS_PER_WAKE = 2000       # the tick thread has its own work too
 _GRPC_SLACK = 1 << 16
@@ -96,24 +100,56 @@ class CodecError(ValueError):
     """A frame that is not a well-formed pysyncobj message."""
 
 
-_NONE = type(None)
-# pysyncobj 0.3.17's messages (syncobj.py): type -> (required fields, optional fields).
-# Tuples (log entries, snapshot chunks) arrive as lists; pysyncobj only indexes and unpacks them.
-_Fields = dict[str, tuple[type, ...]]
+# pysyncobj 0.3.17's messages (syncobj.py): type -> (required fields, optional fields), each
+# field with the kind of value pysyncobj sends. Terms, indexes and request IDs are counters: ints
+# (never bools, which msgpack keeps apart) in [0, 2^63), so a peer cannot push a term past what
+# the journal and msgpack can hold. Any other field is refused: a message cannot smuggle in, say,
+# a sender ID (the sender is the stream's verified certificate).
+COUNTER, MAYBE_COUNTER, FLAG, BLOB, TEXT, ENTRIES, CHUNK = range(7)
+_Fields = dict[str, int]
 _SCHEMA: dict[str, tuple[_Fields, _Fields]] = {
-    "request_vote": ({"term": (int,), "last_log_index": (int,), "last_log_term": (int,)}, {}),
-    "response_vote": ({"term": (int,)}, {}),
-    "timeout_now": ({"term": (int,)}, {}),
+    "request_vote": ({"term": COUNTER, "last_log_index": COUNTER, "last_log_term": COUNTER}, {}),
+    "response_vote": ({"term": COUNTER}, {}),
+    "timeout_now": ({"term": COUNTER}, {}),
     "append_entries": (
-        {"term": (int,), "commit_index": (int,)},
-        {"entries": (list,), "prevLogIdx": (int, _NONE), "prevLogTerm": (int, _NONE),
-         "transmission": (str,), "data": (bytes,), "serialized": (list, _NONE)},
+        {"term": COUNTER, "commit_index": COUNTER},
+        {"entries": ENTRIES, "prevLogIdx": MAYBE_COUNTER, "prevLogTerm": MAYBE_COUNTER,
+         "transmission": TEXT, "data": BLOB, "serialized": CHUNK},
     ),
-    "apply_command": ({"command": (bytes,)}, {"request_id": (int,)}),
-    "apply_command_response": ({"request_id": (int,)},
-                               {"error": (int,), "log_idx": (int,), "log_term": (int,)}),
-    "next_node_idx": ({"next_node_idx": (int,), "reset": (bool,), "success": (bool,)}, {}),
+    "apply_command": ({"command": BLOB}, {"request_id": COUNTER}),
+    "apply_command_response": ({"request_id": COUNTER},
+                               {"error": COUNTER, "log_idx": COUNTER, "log_term": COUNTER}),
+    "next_node_idx": ({"next_node_idx": COUNTER, "reset": FLAG, "success": FLAG}, {}),
 }
+_COUNTER_LIMIT = 1 << 63
+_TRANSMISSIONS = ("start", "process", "finish")
+# pysyncobj's command types (syncobj._COMMAND_TYPE): a member forwards only regular writes to
+# the leader; membership and version changes are made on the leader itself.
+_REGULAR_COMMAND = 0
+
+
+def _is_counter(value: Any) -> bool:
+    return type(value) is int and 0 <= value < _COUNTER_LIMIT
+
+
+def _valid(kind: int, value: Any) -> bool:
+    if kind == COUNTER:
+        return _is_counter(value)
+    if kind == MAYBE_COUNTER:
+        return value is None or _is_counter(value)
+    if kind == FLAG:
+        return type(value) is bool
+    if kind == BLOB:
+        return type(value) is bytes
+    if kind == TEXT:
+        return type(value) is str
+    if kind == ENTRIES:  # [command, index, term] each
+        return type(value) is list and all(
+            type(e) is list and len(e) == 3 and type(e[0]) is bytes and _is_counter(e[1]) and _is_counter(e[2])
+            for e in value)
+    # CHUNK: a snapshot chunk [data, is_first, is_last], or None when there is none to send
+    return value is None or (type(value) is list and len(value) == 3 and type(value[0]) is bytes
+                             and type(value[1]) is bool and type(value[2]) is bool)
 
 
 def _reject_ext(code: int, data: bytes) -> Any:
@@ -160,25 +196,39 @@ def _check(message: Any) -> None:
         raise CodecError(f"frame is a {type(message).__name__}, not a map")
     kind = message.get("type")
     if not isinstance(kind, str) or kind not in _SCHEMA:
-        raise CodecError(f"unknown message type {kind!r}")
+        raise CodecError(f"unknown message type {_short(kind)}")
     required, optional = _SCHEMA[kind]
     for name in required:
         if name not in message:
             raise CodecError(f"{kind} without {name}")
     for name, value in message.items():
-        allowed = required.get(name) or optional.get(name)
-        if allowed is not None and not isinstance(value, allowed):
-            raise CodecError(f"{kind}.{name} is a {type(value).__name__}")
+        if name == "type":
+            continue
+        field = required.get(name, optional.get(name)) if isinstance(name, str) else None
+        if field is None:
+            raise CodecError(f"{kind} with an unknown field {_short(name)}")
+        if not _valid(field, value):
+            raise CodecError(f"{kind}.{name} is not a valid {type(value).__name__} value")
     if kind == "append_entries":
-        for entry in message.get("entries", ()):
-            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], bytes)
-                    and isinstance(entry[1], int) and isinstance(entry[2], int)):
-                raise CodecError("append_entries with a malformed log entry")
-        serialized = message.get("serialized")
-        if serialized is not None and not (
-                len(serialized) == 3 and isinstance(serialized[0], bytes)
-                and isinstance(serialized[1], bool) and isinstance(serialized[2], bool)):
-            raise CodecError("append_entries with a malformed snapshot chunk")
+        if ("prevLogIdx" in message) != ("prevLogTerm" in message):
+            raise CodecError("append_entries with only one of prevLogIdx and prevLogTerm")
+        transmission = message.get("transmission")
+        if transmission is not None and transmission not in _TRANSMISSIONS:
+            raise CodecError(f"append_entries with an unknown transmission {_short(transmission)}")
+        if (transmission is None) != ("data" not in message) or (transmission and "prevLogIdx" not in message):
+            raise CodecError("append_entries with a chunk that is not part of a transmission")
+    elif kind == "apply_command":
+        if message["command"][:1] != bytes([_REGULAR_COMMAND]):
+            raise CodecError("apply_command that is not a regular write")
+    elif kind == "apply_command_response":
+        if "error" not in message and not ("log_idx" in message and "log_term" in message):
+            raise CodecError("apply_command_response without an error or a log position")
+
+
+def _short(value: Any) -> str:
+    """A peer-controlled value for a log line: repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # -- one stream ----------------------------------------------------------------------------------
@@ -196,6 +246,7 @@ class _Link:
         self.last_recv = time.monotonic()
         self.last_sent = time.monotonic()
         self.bad_frames = 0
+        self.bad_in_a_row = 0
 
     @property
     def closed(self) -> bool:
@@ -292,6 +343,7 @@ class _RaftTransport(Transport):  # type: ignore[misc]
         self._destroyed = False
         self._fd_lock = threading.Lock()
         self._next_heartbeat = 0.0
+        self._chunks_from: str | None = None  # the member whose chunked entry is arriving
         syncObj.addOnTickCallback(self._on_tick)
         try:
             network._attach(self, list(self._nodes))
@@ -331,8 +383,12 @@ class _RaftTransport(Transport):  # type: ignore[misc]
                 return
             try:
                 self._handle(kind, link, message)
-            except Exception:  # noqa: BLE001 - one bad message must not stop the others
-                log.exception("raft: handling a message from %s failed", link.peer)
+            except Exception as e:  # noqa: BLE001 - one bad message must not stop the others
+                # Messages come from other hosts: what they make pysyncobj raise is their fault,
+                # so one warning line (no traceback) says who sent what.
+                what = message.get("type") if isinstance(message, dict) else kind
+                log.warning("raft: a %s message from %s could not be handled: %s: %s",
+                            what, link.peer, type(e).__name__, _short(str(e)))
         if self._events:
             self._post([])  # more than one wake-up's worth: come back after the tick
 
@@ -373,6 +429,8 @@ class _RaftTransport(Transport):  # type: ignore[misc]
         where it was; a follower that really misses entries answers the next append with a
         reset, which pysyncobj still honours.
         """
+        if message["type"] == "append_entries" and not self._chunk_in_order(node, message):
+            return
         if message["type"] != "next_node_idx" or not message["success"] or message["reset"]:
             self._onMessageReceived(node, message)
             return
@@ -382,6 +440,31 @@ class _RaftTransport(Transport):  # type: ignore[misc]
         after = next_index.get(node)
         if before is not None and after is not None and after < before:
             next_index[node] = before
+
+    def _chunk_in_order(self, node: Any, message: dict[str, Any]) -> bool:
+        """Whether pysyncobj can take this piece of a chunked log entry.
+
+        pysyncobj keeps one buffer for an incoming chunked entry and appends every "process"
+        or "finish" chunk to it, so a chunk that continues no transfer (or another member's)
+        would make it raise or mix two entries: such chunks are dropped here. Only chunks that
+        pysyncobj reads at all (current term, with a previous-entry position) count.
+        """
+        transmission = message.get("transmission")
+        if transmission is None or "prevLogIdx" not in message:
+            return True
+        if message["term"] < self._syncobj._SyncObj__raftCurrentTerm:
+            return True  # pysyncobj ignores it
+        peer = str(node.id)
+        if transmission == "start":
+            self._chunks_from = peer
+            return True
+        if self._chunks_from != peer:
+            log.warning("raft: dropped a %r chunk from %s that continues no transfer it started",
+                        transmission, peer)
+            return False
+        if transmission == "finish":
+            self._chunks_from = None
+        return True
 
     def _set_connected(self) -> None:
         self.connected_ids = frozenset(self._current)
@@ -716,9 +799,14 @@ class PeerNetwork:
             messages = decode(payload)
         except CodecError as e:
             link.bad_frames += 1
+            link.bad_in_a_row += 1
             if link.bad_frames <= 10 or link.bad_frames % 1000 == 0:
                 log.warning("raft: dropped a bad frame from %s (%d so far): %s", link.peer, link.bad_frames, e)
+            if link.bad_in_a_row >= MAX_BAD_FRAMES_IN_A_ROW:
+                log.warning("raft: closing the stream with %s: %d bad frames in a row", link.peer, link.bad_in_a_row)
+                link.close("too many bad frames")
             return
+        link.bad_in_a_row = 0
         sink = self._sink
         if sink is not None:
             sink.post_messages(link, messages)

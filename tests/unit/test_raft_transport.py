@@ -107,6 +107,19 @@ def test_every_pysyncobj_message_round_trips() -> None:
     msgpack.packb({"type": "append_entries", "term": 1, "commit_index": 1, "entries": [[1, 2]]}),
     msgpack.packb({"type": "apply_command", "command": msgpack.ExtType(1, b"x")}),
     msgpack.packb({"type": "response_vote", "term": 1}) + b"\xc1",  # good message, then garbage
+    msgpack.packb({"type": "response_vote", "term": True}),              # a bool is not a term
+    msgpack.packb({"type": "response_vote", "term": -1}),                # nor a negative one
+    msgpack.packb({"type": "response_vote", "term": 1 << 63}),           # nor one past int64
+    msgpack.packb({"type": "response_vote", "term": 1, "node_id": "m2"}),  # no claimed sender
+    msgpack.packb({"type": "append_entries", "term": 1, "commit_index": 1, "prevLogIdx": 1}),
+    msgpack.packb({"type": "append_entries", "term": 1, "commit_index": 1, "prevLogIdx": 1,
+                   "prevLogTerm": 1, "transmission": "resume", "data": b"x"}),
+    msgpack.packb({"type": "append_entries", "term": 1, "commit_index": 1, "prevLogIdx": 1,
+                   "prevLogTerm": 1, "transmission": "start"}),
+    msgpack.packb({"type": "append_entries", "term": 1, "commit_index": 1, "serialized": [b"x", 1, 0]}),
+    msgpack.packb({"type": "apply_command", "command": b"\x02membership change"}),
+    msgpack.packb({"type": "apply_command_response", "request_id": 1}),
+    msgpack.packb({"type": "next_node_idx", "next_node_idx": 1, "reset": 0, "success": 1}),
 ])
 def test_malformed_frames_are_refused(payload: bytes) -> None:
     with pytest.raises(transport.CodecError):

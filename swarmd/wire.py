@@ -1,0 +1,84 @@
+"""Requests whose bytes are not the message the method takes.
+
+gRPC answers those with INTERNAL and logs a traceback per request, so anyone who can reach a
+port can fill the log with tracebacks. This interceptor parses the bytes itself: a request that
+does not parse is refused with INVALID_ARGUMENT and one warning line naming the method and the
+caller. It sits inside the authorisation interceptor, so only an authorised caller learns that
+its bytes were wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+log = logging.getLogger("swarmd.api")
+
+
+class MalformedRequest(ValueError):
+    """Raised into a streaming handler's request iterator when a message does not parse."""
+
+
+class _Unparsed:
+    """What the deserializer hands on instead of a message it could not parse."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+def _refusal(method: str, why: str) -> str:
+    return f"malformed request to {method}: {why}"
+
+
+class MalformedRequestInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        method: str = details.method
+        parse = handler.request_deserializer
+
+        def deserialize(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and whatever else
+                return _Unparsed(f"{type(e).__name__}: {e}")
+
+        def refuse(context: grpc.ServicerContext, bad: _Unparsed) -> None:
+            log.warning("refused a malformed %s request from %s: %s", method, context.peer(), bad.why)
+
+        def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            def checked(request: Any, context: grpc.ServicerContext) -> Any:
+                if isinstance(request, _Unparsed):
+                    refuse(context, request)
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refusal(method, request.why))
+                return behavior(request, context)
+            return checked
+
+        def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            def checked(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+                def parsed() -> Iterator[Any]:
+                    for request in requests:
+                        if isinstance(request, _Unparsed):
+                            refuse(context, request)
+                            context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+                            context.set_details(_refusal(method, request.why))
+                            raise MalformedRequest(request.why)
+                        yield request
+                return behavior(parsed(), context)
+            return checked
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                unary(handler.unary_unary), deserialize, handler.response_serializer)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                unary(handler.unary_stream), deserialize, handler.response_serializer)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                streaming(handler.stream_unary), deserialize, handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(
+            streaming(handler.stream_stream), deserialize, handler.response_serializer)

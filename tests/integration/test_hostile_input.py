@@ -17,7 +17,7 @@ import pytest
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 from swarmd.ca import join, pki, tokens
-from tests.harness import Daemon, leader_of, node_rows, wait_for
+from tests.harness import Daemon, leader_of, node_rows, node_tls, wait_for
 from tests.harness import join as join_node
 
 Factory = Callable[..., Daemon]
@@ -34,10 +34,9 @@ MALFORMED = [b"\x0f", b"\x0a\xff\xff\xff\xff\x0f", b"\x08\xff", b"\x0a\x05ab"]
 # -- helpers -----------------------------------------------------------------------------------------
 
 def certificates(d: Daemon) -> tuple[bytes, bytes, bytes]:
-    """(root, certificate, key) PEM from a node's state dir, as an intruder who copied them has."""
-    certs = d.state_dir / "certificates"
-    return tuple((certs / name).read_bytes()  # type: ignore[return-value]
-                 for name in ("swarm-root-ca.crt", "swarm-node.crt", "swarm-node.key"))
+    """(root, certificate, key) PEM from a node's state dir, as an intruder who copied them has
+    (without autolock the key file is not sealed)."""
+    return node_tls(d.state_dir)
 
 
 def node_id_of(d: Daemon) -> str:

@@ -33,6 +33,7 @@ from clusterlib import (PROCS, BenchError, Daemon, Metrics, check_binaries, cont
                         install_signal_handlers, log, percentile, start_all)
 
 from swarmd.api.swarm.v1 import swarm_pb2 as pb  # noqa: E402
+from swarmd.ca import keyfile  # noqa: E402
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc  # noqa: E402
 
 POLL_PERIOD = 0.020          # failover probe: one CreateNetwork attempt every ~20 ms
@@ -134,8 +135,8 @@ def failover(leader: Daemon, survivors: list[Daemon], r: int) -> dict[str, Any]:
     survivor = survivors[0]
     channel, stub = control_stub(survivor.sock)
     certs = survivor.root / "state" / "certificates"
-    creds = grpc.ssl_channel_credentials((certs / "swarm-root-ca.crt").read_bytes(),
-                                         (certs / "swarm-node.key").read_bytes(),
+    key = keyfile.decode((certs / "swarm-node.key").read_bytes(), None).key_pem  # headers, maybe a data key
+    creds = grpc.ssl_channel_credentials((certs / "swarm-root-ca.crt").read_bytes(), key,
                                          (certs / "swarm-node.crt").read_bytes())
     hb_channels = [grpc.secure_channel(d.listen, creds, options=[("grpc.ssl_target_name_override", "swarm-manager")])
                    for d in survivors]

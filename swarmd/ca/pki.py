@@ -188,6 +188,9 @@ def sign_node_certificate(
         raise ValueError("invalid CSR") from exc
     if not valid:
         raise ValueError("invalid CSR")
+    if not (isinstance(public_key, ec.EllipticCurvePublicKey)
+            and isinstance(public_key.curve, (ec.SECP256R1, ec.SECP384R1))):
+        raise ValueError("invalid CSR: the node key must be ECDSA P-256 (or P-384)")
     ca_cert = _load_cert(ca_cert_pem)
     ca_key = load_key(ca_key_pem)
     if _spki(ca_key.public_key()) != _spki(ca_cert.public_key()):

@@ -13,11 +13,12 @@ import secrets
 import stat
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
@@ -493,6 +494,16 @@ def test_bad_csr_signature_rejected(root: tuple[bytes, bytes]) -> None:
         _issue(root, csr=tampered)
     with pytest.raises(ValueError, match="invalid CSR"):
         _issue(root, csr=b"not a csr")
+
+
+@pytest.mark.parametrize("make_key", [lambda: rsa.generate_private_key(65537, 2048), ed25519.Ed25519PrivateKey.generate,
+                                      lambda: ec.generate_private_key(ec.SECP521R1())])
+def test_csr_with_a_key_nodes_never_use_is_refused(root: tuple[bytes, bytes], make_key: Any) -> None:
+    key = make_key()
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(
+        key, None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256())
+    with pytest.raises(ValueError, match="ECDSA P-256"):
+        _issue(root, csr=csr.public_bytes(serialization.Encoding.PEM))
 
 
 def test_sign_node_certificate_argument_checks(root: tuple[bytes, bytes]) -> None:

@@ -263,7 +263,7 @@ def _follow_root_rotation(ctx: click.Context, desired: pb.TLSInfo, quiet: bool) 
     shown = ""
     while True:
         cluster = client(ctx).call("GetCluster", pb.GetClusterRequest()).cluster
-        nodes = [n for n in client(ctx).call("ListNodes", pb.ListNodesRequest()).nodes if n.state != "down"]
+        nodes = [n for n in client(ctx).call("ListNodes", pb.ListNodesRequest()).nodes if n.state == "ready"]
         progress = render.RootRotationProgress.of(cluster, desired, nodes)
         text = progress.text()
         if not quiet and text != shown:

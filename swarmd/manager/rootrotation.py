@@ -2,7 +2,7 @@
 
 ``start`` records the new root, its key and the cross-signed certificate; from then on new node
 certificates come from the new key. ``reconcile`` (run by the leader every few hundred ms) asks
-nodes to renew in batches of 30 and, once every node that is up holds a certificate from the new
+nodes to renew in batches of 30 and, once every node that is up (Ready) holds a certificate from the new
 root, makes it the trust root and replaces both join tokens. A node that was down meanwhile is not
 waited for: its old certificate is no longer trusted, and it rejoins with the new token.
 """
@@ -87,7 +87,9 @@ def reconcile(manager: Manager) -> None:
     if current is None:
         return
     desired_spki = rotation.spki_b64(current["cert"].encode())
-    pending = [n for n in nodes if n.get("state") != "down" and not converged(n, desired_spki)]
+    # Only nodes that are up are waited for: a Down node (or one that never connected) would
+    # hold the rotation forever; it rejoins with the new token instead.
+    pending = [n for n in nodes if n.get("state") == "ready" and not converged(n, desired_spki)]
     if not pending:
         new_root = current["cert"].encode()
         try:

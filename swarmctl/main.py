@@ -41,8 +41,30 @@ class DockerGroup(click.Group):
     command_class = DockerCommand
 
 
+# Cluster settings that init and update (and ca --rotate) share.
+cert_expiry_option = click.option("--cert-expiry", type=params.DURATION, default=None,
+              help="Validity period for node certificates (ns|us|ms|s|m|h)  [default: 2160h0m0s]")
+heartbeat_option = click.option("--dispatcher-heartbeat", type=params.DURATION, default=None,
+              help="Dispatcher heartbeat period (ns|us|ms|s|m|h)  [default: 5s]")
+max_snapshots_option = click.option("--max-snapshots", type=params.UINT64, default=None,
+              help="Number of additional Raft snapshots to retain")
+snapshot_interval_option = click.option("--snapshot-interval", type=params.UINT64, default=None,
+              help="Number of log entries between Raft snapshots  [default: 10000]")
+task_history_option = click.option("--task-history-limit", type=params.INT, default=None,
+              help="Task history retention limit  [default: 5]")
+
 format_option = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
                              help="table, or json: one JSON object per line (for scripts)")
+
+
+def _spec_fields(cert_expiry: int | None, heartbeat: int | None, task_history: int | None,
+                 snapshot_interval: int | None, max_snapshots: int | None) -> dict[str, Any]:
+    """The request fields of the shared cluster settings: has_* says the flag was given."""
+    return {"has_cert_expiry": cert_expiry is not None, "cert_expiry_ns": cert_expiry or 0,
+            "has_dispatcher_heartbeat": heartbeat is not None, "dispatcher_heartbeat_ns": heartbeat or 0,
+            "has_task_history_limit": task_history is not None, "task_history_limit": task_history or 0,
+            "has_snapshot_interval": snapshot_interval is not None, "snapshot_interval": snapshot_interval or 0,
+            "has_max_snapshots": max_snapshots is not None, "max_snapshots": max_snapshots or 0}
 
 
 def client(ctx: click.Context) -> Client:
@@ -82,8 +104,7 @@ def cli(ctx: click.Context, host: str | None, tlscacert: Path | None, tlscert: P
               help='Availability of the node ("active", "pause", "drain")')
 @click.option("--autolock", is_flag=True,
               help="Enable manager autolocking (requiring an unlock key to start a stopped manager)")
-@click.option("--cert-expiry", type=params.DURATION, default=None,
-              help="Validity period for node certificates (ns|us|ms|s|m|h)  [default: 2160h0m0s]")
+@cert_expiry_option
 @click.option("--data-path-addr", default="", metavar="string",
               help='Address or interface to use for data path traffic (format: "<ip|interface>")')
 @click.option("--data-path-port", type=params.UINT32, default=0,
@@ -93,15 +114,11 @@ def cli(ctx: click.Context, host: str | None, tlscacert: Path | None, tlscert: P
               help="default address pool in CIDR format")
 @click.option("--default-addr-pool-mask-length", type=params.UINT32, default=24, show_default=True,
               help="default address pool subnet mask length")
-@click.option("--dispatcher-heartbeat", type=params.DURATION, default=None,
-              help="Dispatcher heartbeat period (ns|us|ms|s|m|h)  [default: 5s]")
+@heartbeat_option
 @click.option("--force-new-cluster", is_flag=True, help="Force create a new cluster from current state")
-@click.option("--max-snapshots", type=params.UINT64, default=None,
-              help="Number of additional Raft snapshots to retain")
-@click.option("--snapshot-interval", type=params.UINT64, default=None,
-              help="Number of log entries between Raft snapshots  [default: 10000]")
-@click.option("--task-history-limit", type=params.INT, default=None,
-              help="Task history retention limit  [default: 5]")
+@max_snapshots_option
+@snapshot_interval_option
+@task_history_option
 @click.pass_context
 def init(ctx: click.Context, advertise_addr: str, listen_addr: str, availability: str, autolock: bool,
          cert_expiry: int | None, data_path_addr: str, data_path_port: int,
@@ -116,12 +133,7 @@ def init(ctx: click.Context, advertise_addr: str, listen_addr: str, availability
         availability=availability.lower(), autolock=autolock,
         default_addr_pool=[p for group in default_addr_pool for p in group],
         subnet_size=default_addr_pool_mask_length,
-        has_cert_expiry=cert_expiry is not None, cert_expiry_ns=cert_expiry or 0,
-        has_dispatcher_heartbeat=dispatcher_heartbeat is not None,
-        dispatcher_heartbeat_ns=dispatcher_heartbeat or 0,
-        has_task_history_limit=task_history_limit is not None, task_history_limit=task_history_limit or 0,
-        has_snapshot_interval=snapshot_interval is not None, snapshot_interval=snapshot_interval or 0,
-        has_max_snapshots=max_snapshots is not None, max_snapshots=max_snapshots or 0)
+        **_spec_fields(cert_expiry, dispatcher_heartbeat, task_history_limit, snapshot_interval, max_snapshots))
     try:
         resp = client(ctx).call("Init", req)
     except CLIError as e:
@@ -202,8 +214,7 @@ def leave(ctx: click.Context, force: bool) -> None:
 @cli.command(short_help="Display and rotate the root CA")
 @click.option("--rotate", is_flag=True,
               help="Rotate the swarm CA - if no certificate or key are provided, new ones will be generated")
-@click.option("--cert-expiry", type=params.DURATION, default=None,
-              help="Validity period for node certificates (ns|us|ms|s|m|h)  [default: 2160h0m0s]")
+@cert_expiry_option
 @click.option("--ca-cert", type=click.Path(path_type=Path), default=None,
               help="Path to the PEM-formatted root CA certificate to use for the new cluster")
 @click.option("--ca-key", type=click.Path(path_type=Path), default=None,
@@ -318,16 +329,11 @@ def unlock(ctx: click.Context) -> None:
 @cli.command(short_help="Update the swarm", context_settings={"ignore_unknown_options": False})
 @click.option("--autolock", type=params.GO_BOOL, is_flag=False, flag_value="true", default=None,
               help="Change manager autolocking setting (true|false)")
-@click.option("--cert-expiry", type=params.DURATION, default=None,
-              help="Validity period for node certificates (ns|us|ms|s|m|h)  [default: 2160h0m0s]")
-@click.option("--dispatcher-heartbeat", type=params.DURATION, default=None,
-              help="Dispatcher heartbeat period (ns|us|ms|s|m|h)  [default: 5s]")
-@click.option("--max-snapshots", type=params.UINT64, default=None,
-              help="Number of additional Raft snapshots to retain")
-@click.option("--snapshot-interval", type=params.UINT64, default=None,
-              help="Number of log entries between Raft snapshots  [default: 10000]")
-@click.option("--task-history-limit", type=params.INT, default=None,
-              help="Task history retention limit  [default: 5]")
+@cert_expiry_option
+@heartbeat_option
+@max_snapshots_option
+@snapshot_interval_option
+@task_history_option
 @click.pass_context
 def update(ctx: click.Context, autolock: bool | None, cert_expiry: int | None, dispatcher_heartbeat: int | None,
            max_snapshots: int | None, snapshot_interval: int | None, task_history_limit: int | None) -> None:
@@ -339,12 +345,7 @@ def update(ctx: click.Context, autolock: bool | None, cert_expiry: int | None, d
     before = client(ctx).call("GetCluster", pb.GetClusterRequest()).cluster
     req = pb.UpdateClusterRequest(
         has_autolock=autolock is not None, autolock=bool(autolock),
-        has_cert_expiry=cert_expiry is not None, cert_expiry_ns=cert_expiry or 0,
-        has_dispatcher_heartbeat=dispatcher_heartbeat is not None,
-        dispatcher_heartbeat_ns=dispatcher_heartbeat or 0,
-        has_task_history_limit=task_history_limit is not None, task_history_limit=task_history_limit or 0,
-        has_snapshot_interval=snapshot_interval is not None, snapshot_interval=snapshot_interval or 0,
-        has_max_snapshots=max_snapshots is not None, max_snapshots=max_snapshots or 0)
+        **_spec_fields(cert_expiry, dispatcher_heartbeat, task_history_limit, snapshot_interval, max_snapshots))
     resp = client(ctx).call("UpdateCluster", req)
     out("Swarm updated.\n")
     if autolock and not before.spec.autolock_managers and resp.unlock_key:

@@ -183,12 +183,16 @@ def _start_root_rotation(state: State, cmd: dict[str, Any]) -> Result:
     if cmd.get("force_rotate") is not None:
         cluster["force_rotate"] = cmd["force_rotate"]
     cluster["spec"].update({k: v for k, v in (cmd.get("spec") or {}).items() if k in _SPEC_KEYS})
-    for node_id, node in list(state["nodes"].items()):
-        if node.get("cert_rotate"):
-            state["nodes"][node_id] = {**node, "cert_rotate": False}
+    _clear_cert_rotation(state)
     cluster["version"] = state["index"]
     cluster["updated_at"] = cmd["now"]
     return {}
+
+
+def _clear_cert_rotation(state: State) -> None:
+    for node_id, node in list(state["nodes"].items()):
+        if node.get("cert_rotate"):
+            state["nodes"][node_id] = {**node, "cert_rotate": False}
 
 
 def _mark_cert_rotation(state: State, cmd: dict[str, Any]) -> Result:
@@ -211,9 +215,7 @@ def _finish_root_rotation(state: State, cmd: dict[str, Any]) -> Result:
     cluster["root_ca"] = {"cert": rotation["cert"], "key": rotation["key"]}
     cluster["root_rotation"] = None
     cluster["join_tokens"] = dict(cmd["join_tokens"])
-    for node_id, node in list(state["nodes"].items()):
-        if node.get("cert_rotate"):
-            state["nodes"][node_id] = {**node, "cert_rotate": False}
+    _clear_cert_rotation(state)
     cluster["version"] = state["index"]
     cluster["updated_at"] = cmd["now"]
     return {}

@@ -58,6 +58,11 @@ class Agent:
         """Send a heartbeat now: the certificate or trust root changed (renewal, rotation)."""
         self._kick.set()
 
+    def reconnect(self) -> None:
+        """Open a new session: the node certificate changed, and an open connection keeps
+        presenting the one it was made with (which a finished root rotation no longer trusts)."""
+        self._cancel()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._kick.set()

@@ -295,6 +295,9 @@ class NodeRuntime:
             self._network.close()
         self._network = None
         self.security = None
+        self._close_leader_channels()
+
+    def _close_leader_channels(self) -> None:
         with self._channels_lock:
             channels, self._channels = list(self._channels.values()), {}
         for channel in channels:
@@ -316,10 +319,13 @@ class NodeRuntime:
         return pb.TLSInfo(trust_root=m.root_pem.decode(), cert_issuer_subject=subject,
                           cert_issuer_public_key=public_key)
 
-    def _stop_agent(self) -> None:
+    def _stop_renewer(self) -> None:
         if self._renewer is not None:
             self._renewer.stop()
             self._renewer = None
+
+    def _stop_agent(self) -> None:
+        self._stop_renewer()
         if self.agent is not None:
             self.agent.stop()
             self.agent = None
@@ -573,6 +579,7 @@ class NodeRuntime:
                 if not force:
                     raise SwarmError(self._leave_warning(manager))
                 self._leave_raft(manager)
+            self._stop_renewer()
             if self.agent is not None:
                 self.agent.leave()
                 self.agent = None
@@ -651,7 +658,8 @@ class NodeRuntime:
             self.identity.replace_certificate(root, cert, key)
             if self.security is not None:
                 self.security.update_node_certificate(cert, key)
-            agent.report_tls()
+                self._close_leader_channels()  # forwarding opens new ones with the new certificate
+            agent.reconnect()  # the new session presents the new certificate and reports it
 
     def _renew(self, managers: list[tuple[str, str]]) -> tuple[bytes, bytes, bytes, str]:
         key = pki.generate_key()

@@ -61,7 +61,11 @@ class Renewer:
         due: datetime | None = None
         while not self._stopping.is_set():
             if due is None:
-                due = renewal_time(*self._validity())
+                try:
+                    due = renewal_time(*self._validity())
+                except Exception as e:  # noqa: BLE001 - no certificate to look at (leaving): stop
+                    log.debug("certificate renewal stops: %s", e)
+                    return
                 log.debug("node certificate renewal due at %s", due.isoformat())
             wait = (due - self._now()).total_seconds()
             if wait > 0 and not self._forced:

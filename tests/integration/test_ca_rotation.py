@@ -34,6 +34,7 @@ def test_rotation_moves_every_node_and_replaces_both_tokens(daemons: Callable[..
     join(w1, m1)
     join(w2, m1)
     old_root = m1.ok("ca")
+    m2.ok("node", "ls")  # m2 forwards to the leader: its channel there predates the rotation
     old_tokens = {r: m1.ok("join-token", "-q", r).strip() for r in ("worker", "manager")}
 
     r = m1.ctl("ca", "--rotate", timeout=60)

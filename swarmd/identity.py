@@ -74,6 +74,34 @@ class NodeIdentity:
                 self._write_key()
             return self._key.dek
 
+    @property
+    def pending_data_key(self) -> bytes | None:
+        """The next data key while the Raft files move to it (a rotation a crash interrupted)."""
+        with self._lock:
+            return self._key.pending_dek if self._key is not None else None
+
+    def begin_data_key_rotation(self, kek: bytes | None) -> bytes:
+        """Record a new data key beside the current one (sealed under ``kek``), before any Raft
+        file is sealed under it, so a crash at any point leaves keys that open every file."""
+        with self._lock:
+            if self._key is None:
+                raise RuntimeError("the node identity is not loaded")
+            if self._key.pending_dek is None:
+                self._key.pending_dek = keyfile.new_data_key()
+            if kek != self._kek:
+                self._kek = kek
+                self._key.kek_version += 1
+            self._write_key()
+            return self._key.pending_dek
+
+    def finish_data_key_rotation(self) -> None:
+        """Every Raft file is sealed under the pending key: it becomes the data key."""
+        with self._lock:
+            if self._key is None or self._key.pending_dek is None:
+                return
+            self._key.dek, self._key.pending_dek = self._key.pending_dek, None
+            self._write_key()
+
     def not_after(self) -> dt.datetime:
         return x509.load_pem_x509_certificate(self.material().cert_pem).not_valid_after_utc
 
@@ -94,7 +122,8 @@ class NodeIdentity:
         with self._lock:
             if self._key is None:
                 raise RuntimeError("the node identity is not loaded")
-            self._key = NodeKey(key_pem, self._key.dek, self._key.kek_version, self._key.extra)
+            self._key = NodeKey(key_pem, self._key.dek, self._key.kek_version, self._key.pending_dek,
+                                self._key.extra)
             self._root, self._cert = root, cert
             self.store.save(root, cert, keyfile.encode(self._key, self._kek))
 

@@ -82,7 +82,7 @@ class NodeRuntime:
         self.identity = NodeIdentity(self.certs)
         self.locked = False          # an autolocked manager after a restart, until unlocked
         self.expired = False         # certificates expired while the daemon was down
-        self.sealer = KeySealer(self.identity, self._cluster_unlock_key)
+        self.sealer = KeySealer(self.identity, self._cluster_unlock_key, self._rekey)
         self._renewer: Renewer | None = None
         self._renew_lock = threading.Lock()
         self.dispatcher = Dispatcher(self)
@@ -274,11 +274,14 @@ class NodeRuntime:
                 self._bootstrap_addrs = {i: a for i, a in peers if i != local.node_id}
                 log.debug("admitted to raft after %.3fs", time.monotonic() - started)
             others = [i for i, _ in peers if i != local.node_id]
-            manager = Manager(local.node_id, self.raft_dir, others, network, data_key=self.identity.data_key())
+            pending = self.identity.pending_data_key
+            manager = Manager(local.node_id, self.raft_dir, others, network, data_key=self.identity.data_key(),
+                              other_keys=[pending] if pending else [])
             manager.machine.add_listener(self.dispatcher.notify)
             manager.machine.add_listener(self.sealer.observe)
             self.manager = manager
             manager.start()
+            self.sealer.finish_interrupted_rotation()
             log.debug("raft store started after %.3fs", time.monotonic() - started)
         except BaseException:
             self._stop_manager()
@@ -396,6 +399,12 @@ class NodeRuntime:
                 self.identity.forget()
                 raise
             log.info("manager unlocked")
+
+    def _rekey(self, data_key: bytes) -> None:
+        manager = self.manager
+        if manager is None:
+            raise SwarmError("this node runs no raft store")
+        manager.store.rekey(data_key)
 
     def _cluster_unlock_key(self) -> str | None:
         manager = self.manager

@@ -77,6 +77,7 @@ class NodeKey:
     key_pem: bytes                       # plain PKCS#8 PEM without headers, as TLS wants it
     dek: bytes | None = None             # the Raft data key (managers)
     kek_version: int = 0
+    pending_dek: bytes | None = None     # the next data key, while the Raft files move to it
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -136,11 +137,15 @@ def encode(node_key: NodeKey, kek: bytes | None) -> bytes:
                                 serialization.NoEncryption())
         if node_key.dek is not None:
             headers["raft-dek"] = base64.b64encode(node_key.dek).decode()
+        if node_key.pending_dek is not None:
+            headers["raft-dek-pending"] = base64.b64encode(node_key.pending_dek).decode()
         return _pem(PLAIN_LABEL, headers, der)
     der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                             serialization.BestAvailableEncryption(kek))
     if node_key.dek is not None:
         headers["raft-dek"] = _seal_dek(node_key.dek, kek)
+    if node_key.pending_dek is not None:
+        headers["raft-dek-pending"] = _seal_dek(node_key.pending_dek, kek)
     return _pem(ENCRYPTED_LABEL, headers, der)
 
 
@@ -149,6 +154,7 @@ def decode(data: bytes, kek: bytes | None) -> NodeKey:
     ``WrongUnlockKey`` if ``kek`` does not open it."""
     label, headers, der = _split(data)
     dek_text = headers.pop("raft-dek", None)
+    pending_text = headers.pop("raft-dek-pending", None)
     try:
         version = int(headers.pop("kek-version", "0") or 0)
     except ValueError:
@@ -157,6 +163,7 @@ def decode(data: bytes, kek: bytes | None) -> NodeKey:
         if kek is None:
             raise LockedError("the node key is encrypted")
         dek = _open_dek(dek_text, kek) if dek_text else None
+        pending = _open_dek(pending_text, kek) if pending_text else None
         try:
             key = serialization.load_der_private_key(der, password=kek)
         except (ValueError, TypeError, UnsupportedAlgorithm):
@@ -164,6 +171,7 @@ def decode(data: bytes, kek: bytes | None) -> NodeKey:
     elif label == PLAIN_LABEL:
         try:
             dek = base64.b64decode(dek_text) if dek_text else None
+            pending = base64.b64decode(pending_text) if pending_text else None
         except ValueError:
             raise KeyFileError("the node key file is damaged") from None
         try:
@@ -174,4 +182,4 @@ def decode(data: bytes, kek: bytes | None) -> NodeKey:
         raise KeyFileError(f"unexpected PEM block {label!r} in the node key file")
     plain = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                               serialization.NoEncryption())
-    return NodeKey(key_pem=plain, dek=dek, kek_version=version, extra=headers)
+    return NodeKey(key_pem=plain, dek=dek, kek_version=version, pending_dek=pending, extra=headers)

@@ -43,11 +43,12 @@ _CODES = {
 
 class Manager:
     def __init__(self, node_id: str, raft_dir: Path, peers: Sequence[str] = (),
-                 network: PeerNetwork | None = None, *, data_key: bytes) -> None:
+                 network: PeerNetwork | None = None, *, data_key: bytes, other_keys: Sequence[bytes] = ()) -> None:
         self.node_id = node_id
         self.machine = StateMachine()
         self.network = network
-        self.store = RaftStore(node_id, raft_dir, self.machine, peers, network=network, data_key=data_key)
+        self.store = RaftStore(node_id, raft_dir, self.machine, peers, network=network, data_key=data_key,
+                               other_keys=other_keys)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:

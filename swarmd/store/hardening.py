@@ -117,29 +117,40 @@ class _AllocatedFile(ps_journal.ResizableFile):  # type: ignore[misc]
             mm.resize(new_size)
         super().write(offset, values)
 
+    def renamed(self, path: str) -> None:
+        """The open file was renamed to ``path`` (growing it reopens it by name)."""
+        self._fd_path = path
+        self._ResizableFile__fileName = path
+
     def sync(self) -> None:
         # On Linux a shared file mapping dirties the page cache itself, so fdatasync on the file
         # writes the mapped changes (msync(MS_SYNC) is the same operation, but holds the GIL).
         os.fdatasync(self._ResizableFile__f.fileno())
 
 
-_ciphers: dict[str, DataCipher] = {}
+_ciphers: dict[str, tuple[DataCipher, ...]] = {}
 _ciphers_lock = threading.Lock()
 
 
-def register_cipher(raft_dir: Path, cipher: DataCipher) -> None:
+def register_cipher(raft_dir: Path, cipher: DataCipher, *others: DataCipher) -> None:
     """The data key for the journal and snapshots under ``raft_dir`` (pysyncobj builds them from
-    a file name only)."""
+    a file name only). ``others`` may also open existing files: the other key of a data-key
+    rotation that a crash interrupted."""
     with _ciphers_lock:
-        _ciphers[str(raft_dir.resolve())] = cipher
+        _ciphers[str(raft_dir.resolve())] = (cipher, *others)
+
+
+def ciphers_for(path: str) -> tuple[DataCipher, ...]:
+    """The keys for the file at ``path``: the one to write with first."""
+    with _ciphers_lock:
+        ciphers = _ciphers.get(str(Path(path).resolve().parent))
+    if not ciphers:
+        raise RuntimeError(f"no data key registered for {path}")
+    return ciphers
 
 
 def cipher_for(path: str) -> DataCipher:
-    with _ciphers_lock:
-        cipher = _ciphers.get(str(Path(path).resolve().parent))
-    if cipher is None:
-        raise RuntimeError(f"no data key registered for {path}")
-    return cipher
+    return ciphers_for(path)[0]
 
 
 SNAPSHOT_MAGIC = b"SWMDSNP1"
@@ -152,11 +163,22 @@ def seal_snapshot(path: str, data: bytes) -> bytes:
 def open_snapshot(path: str, blob: bytes) -> bytes:
     if not blob.startswith(SNAPSHOT_MAGIC):
         raise ValueError(f"{path} is not a swarmd raft snapshot")
+    for cipher in ciphers_for(path):
+        try:
+            return cipher.open(blob[len(SNAPSHOT_MAGIC):], SNAPSHOT_MAGIC)
+        except DecryptError:
+            continue
+    raise ValueError(f"raft snapshot {path} does not authenticate: damaged, or sealed under "
+                     "another data key")
+
+
+def reseal_snapshot(path: str) -> None:
+    """Seal an existing snapshot under the first registered key (a data-key rotation)."""
     try:
-        return cipher_for(path).open(blob[len(SNAPSHOT_MAGIC):], SNAPSHOT_MAGIC)
-    except DecryptError:
-        raise ValueError(f"raft snapshot {path} does not authenticate: damaged, or sealed under "
-                         "another data key") from None
+        blob = Path(path).read_bytes()
+    except FileNotFoundError:
+        return
+    atomic_write(Path(path), seal_snapshot(path, open_snapshot(path, blob)), 0o600)
 
 
 class SealedSerializer(ps_serializer.Serializer):  # type: ignore[misc]
@@ -214,7 +236,7 @@ class SealedSerializer(ps_serializer.Serializer):  # type: ignore[misc]
 def _create_journal(journalFile: str | None = None) -> Any:  # noqa: N803
     if journalFile is None:
         return ps_journal.MemoryJournal()
-    return EncryptedJournal(journalFile, cipher_for(journalFile), _AllocatedFile,
+    return EncryptedJournal(journalFile, ciphers_for(journalFile), _AllocatedFile,
                             _DurableMetaStorer(journalFile + ".meta"))
 
 

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
+from swarmd.fsutil import fsync_dir
 from swarmd.store.crypto import DataCipher, DecryptError
 
 MAGIC = b"SWMDJRNL"
@@ -48,9 +50,12 @@ def _header(end: int) -> bytes:
 class EncryptedJournal:
     """pysyncobj's Journal interface over an encrypted record file."""
 
-    def __init__(self, path: str, cipher: DataCipher, file_factory: Any, meta_storer: Any) -> None:
+    def __init__(self, path: str, ciphers: Sequence[DataCipher], file_factory: Any, meta_storer: Any) -> None:
+        """``ciphers``: the data key first; any others may have sealed an existing file (a
+        data-key rotation that a crash interrupted)."""
         self._path = path
-        self._cipher = cipher
+        self._ciphers = list(ciphers)
+        self._cipher = self._ciphers[0]
         self._new_file = file_factory
         self._entries: list[tuple[bytes, int, int]] = []
         self._offsets: list[int] = []       # start offset of each entry's record
@@ -118,13 +123,54 @@ class EncryptedJournal:
             head = record[:_IDX_TERM.size]
             idx, term = _IDX_TERM.unpack(head)
             try:
-                command = self._cipher.open(record[_IDX_TERM.size:], head)
+                if n == 0:
+                    # Which key sealed this file: the whole file is always under one key.
+                    command, self._cipher = self._open_first(record[_IDX_TERM.size:], head)
+                else:
+                    command = self._cipher.open(record[_IDX_TERM.size:], head)
             except DecryptError:
                 raise JournalError(
                     f"raft journal {self._path}: record {n} (index {idx}) does not authenticate; the journal "
                     "is damaged or was written under another data key") from None
             self._entries.append((command, idx, term))
             self._offsets.append(offset)
+
+    def _open_first(self, sealed: bytes, head: bytes) -> tuple[bytes, DataCipher]:
+        for cipher in self._ciphers:
+            try:
+                return cipher.open(sealed, head), cipher
+            except DecryptError:
+                continue
+        raise DecryptError("no data key opens the journal")
+
+    @property
+    def sealed_with(self) -> DataCipher:
+        return self._cipher
+
+    def rekey(self, cipher: DataCipher) -> None:
+        """Seal every entry under ``cipher``: a new file, synced, then renamed over the old one
+        (a crash leaves one whole file under one of the two keys)."""
+        fresh = self._path + ".rekey"
+        if os.path.exists(fresh):
+            os.unlink(fresh)
+        old_file, old_end, old_offsets, old_cipher = self._file, self._end, self._offsets, self._cipher
+        entries, self._entries, self._offsets = self._entries, [], []
+        self._file = self._new_file(fresh, defaultContent=_header(HEADER_SIZE))
+        self._end, self._cipher = HEADER_SIZE, cipher
+        try:
+            for entry in entries:
+                self._append(*entry)
+            self._file.sync()
+            os.replace(fresh, self._path)
+            self._file.renamed(self._path)
+        except BaseException:
+            self._file._destroy()
+            self._file, self._end, self._offsets, self._cipher = old_file, old_end, old_offsets, old_cipher
+            self._entries = entries
+            raise
+        fsync_dir(Path(self._path).parent)
+        old_file._destroy()
+        self._dirty = False
 
     def _rewrite(self, entries: list[tuple[bytes, int, int]]) -> None:
         for entry in entries:

@@ -110,13 +110,14 @@ class RaftStore:
     def __init__(self, node_id: str, raft_dir: Path, machine: StateMachine,
                  peers: Sequence[str] = (),
                  on_leader_change: Callable[[bool], None] | None = None,
-                 network: PeerNetwork | None = None, *, data_key: bytes) -> None:
+                 network: PeerNetwork | None = None, *, data_key: bytes,
+                 other_keys: Sequence[bytes] = ()) -> None:
         hardening.install()
         if network is not None and network.self_id != node_id:
             raise ValueError(f"the raft network belongs to {network.self_id}, not {node_id}")
         self.node_id = node_id
         self.raft_dir = ensure_dir(raft_dir)
-        hardening.register_cipher(self.raft_dir, DataCipher(data_key))
+        hardening.register_cipher(self.raft_dir, DataCipher(data_key), *(DataCipher(k) for k in other_keys))
         self.machine = machine
         self._peers = [p for p in peers if p != node_id]
         self._network = network
@@ -210,6 +211,24 @@ class RaftStore:
                 return
         obj._doDestroy()
         self._fail_tick_calls()
+
+    def rekey(self, new_key: bytes, timeout: float = 30.0) -> None:
+        """Seal the journal and the snapshot under ``new_key`` (a data-key rotation): each file is
+        rewritten whole and renamed over the old one, on the tick thread, so no entry is appended
+        meanwhile; the old key keeps opening whatever a crash left under it."""
+        self._not_on_tick_thread("rekey")
+        new = DataCipher(new_key)
+
+        def run(obj: SyncObj) -> None:
+            journal = obj._SyncObj__raftLog
+            previous = hardening.ciphers_for(str(self.raft_dir / "journal"))
+            hardening.register_cipher(self.raft_dir, new, *previous)
+            journal.sync_if_dirty()
+            journal.rekey(new)
+            hardening.reseal_snapshot(str(self.raft_dir / "snapshot"))
+            hardening.register_cipher(self.raft_dir, new)
+        self._on_tick_thread(run, timeout)
+        log.info("raft journal and snapshot sealed under a new data key")
 
     def wait_ready(self, timeout: float) -> bool:
         """True once this member applied everything the leader had committed when it started."""

@@ -64,6 +64,7 @@ def test_init_autolock_restart_is_locked_until_unlocked(daemon: Daemon) -> None:
 
 def test_update_autolock_and_unlock_key_rotation(manager: Daemon) -> None:
     assert not keyfile.is_encrypted(key_file(manager))
+    clear_data_key = keyfile.decode(key_file(manager), None).dek
     r = manager.ctl("unlock-key")
     assert (r.returncode, r.stderr) == (1, "no unlock key is set\n")
     r = manager.ctl("unlock-key", "--rotate")
@@ -74,8 +75,17 @@ def test_update_autolock_and_unlock_key_rotation(manager: Daemon) -> None:
     match = UNLOCK_BLOCK.search(out)
     assert match
     first = match.group(1)
-    wait_for(lambda: keyfile.is_encrypted(key_file(manager)), 5, what="the key file to be sealed")
-    keyfile.decode(key_file(manager), keyfile.parse_unlock_key(first))
+    def data_keys() -> tuple[bytes | None, bytes | None] | None:
+        try:
+            k = keyfile.decode(key_file(manager), keyfile.parse_unlock_key(first))
+        except keyfile.KeyFileError:
+            return None
+        return k.dek, k.pending_dek
+    # Turning autolock on also replaces the data key that was stored in clear until now.
+    dek, pending = wait_for(lambda: (keys := data_keys()) and keys[1] is None and keys, 10,
+                            what="the key file sealed and the data key rotated")
+    assert dek != clear_data_key and pending is None
+    assert "raft journal and snapshot sealed under a new data key" in manager.log()
     assert manager.ok("unlock-key") == UNLOCK_BLOCK.search(manager.ok("unlock-key")).group(0)  # type: ignore[union-attr]
     assert "  Autolock Managers: true\n" in manager.ok("info")
     assert manager.ok("update", "--autolock=true") == "Swarm updated.\n"  # already on: same key

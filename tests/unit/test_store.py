@@ -238,3 +238,66 @@ def test_legacy_clear_journal_is_migrated_to_sealed(tmp_path: Path) -> None:
     journal._destroy()
     assert SECRET.encode() not in (raft / "journal").read_bytes()
     assert not (raft / "journal.legacy").exists()
+
+
+NEW_KEY = bytes(range(32, 64))
+
+
+def test_rekey_seals_journal_and_snapshot_under_the_new_key(tmp_path: Path) -> None:
+    store, machine = start_store(tmp_path)
+    try:
+        store.propose(encode_op("bootstrap", cluster=CLUSTER, node=NODE))
+        store.propose(encode_op("rotate_join_token", role="worker", token=SECRET, now="x"))
+        store._obj().forceLogCompaction()
+        from tests.harness import wait_for
+        wait_for((tmp_path / "raft" / "snapshot").exists, 10, what="a snapshot")
+        store.propose(encode_op("rotate_join_token", role="manager", token="after", now="x"))
+        store.rekey(NEW_KEY)
+        store.propose(encode_op("rotate_join_token", role="manager", token="after rekey", now="x"))
+        expected = machine.dump()
+    finally:
+        store.stop()
+    assert not list((tmp_path / "raft").glob("*.rekey"))
+    machine = StateMachine()
+    old = RaftStore("nodeaaaaaaaaaaaaaaaaaaaaa", tmp_path / "raft", machine, data_key=DATA_KEY)
+    with pytest.raises(Exception, match="does not authenticate"):
+        old.start()
+    old.stop()
+    store, machine = start_store(tmp_path, NEW_KEY)
+    try:
+        assert machine.dump() == expected
+    finally:
+        store.stop()
+
+
+def test_files_left_under_either_key_by_an_interrupted_rekey_still_open(tmp_path: Path) -> None:
+    store, machine = start_store(tmp_path)
+    try:
+        store.propose(encode_op("bootstrap", cluster=CLUSTER, node=NODE))
+        store.propose(encode_op("rotate_join_token", role="worker", token=SECRET, now="x"))
+        store._obj().forceLogCompaction()
+        from tests.harness import wait_for
+        wait_for((tmp_path / "raft" / "snapshot").exists, 10, what="a snapshot")
+        store.propose(encode_op("rotate_join_token", role="manager", token="after", now="x"))
+        expected = machine.dump()
+    finally:
+        store.stop()
+    # A crash between the two files: the snapshot already under the new key, the journal not.
+    from swarmd.store.crypto import DataCipher
+    hardening.register_cipher(tmp_path / "raft", DataCipher(NEW_KEY), DataCipher(DATA_KEY))
+    hardening.reseal_snapshot(str(tmp_path / "raft" / "snapshot"))
+    machine = StateMachine()
+    store = RaftStore("nodeaaaaaaaaaaaaaaaaaaaaa", tmp_path / "raft", machine, data_key=NEW_KEY,
+                      other_keys=[DATA_KEY])
+    try:
+        store.start()
+        assert store.wait_leader(10) and store.wait_ready(10)
+        assert machine.dump() == expected
+        store.rekey(NEW_KEY)  # what the node does next: everything under the new key
+    finally:
+        store.stop()
+    store, machine = start_store(tmp_path, NEW_KEY)
+    try:
+        assert machine.dump() == expected
+    finally:
+        store.stop()

@@ -194,3 +194,24 @@ def test_locked_manager_of_three_catches_up_after_unlock(daemons: Callable[..., 
     assert r.returncode == 0, r.stderr
     wait_for(lambda: "while-locked" in m3.ok("network", "ls"), 10, what="the unlocked manager to catch up")
     assert {row[2] for row in node_rows(m3).values()} == {"Leader", "Reachable"}
+
+
+def test_promoted_worker_is_sealed_and_locks_and_a_demoted_one_is_not(daemons: Callable[..., Daemon]) -> None:
+    m1 = daemons("m1")
+    key = UNLOCK_BLOCK.search(m1.init("--autolock")).group(1)  # type: ignore[union-attr]
+    w1 = daemons("w1")
+    join(w1, m1)
+    assert not keyfile.is_encrypted(key_file(w1))  # workers are never locked
+    m1.ok("node", "promote", "w1")
+    wait_for(lambda: keyfile.is_encrypted(key_file(w1)), 15, what="the promoted node's key file sealed")
+    sealed = keyfile.decode(key_file(w1), keyfile.parse_unlock_key(key))
+    assert sealed.dek is not None and sealed.pending_dek is None
+    w1.restart()
+    assert w1.info().local_node_state == "locked"
+    w1.ok("unlock", input=key + "\n")
+    wait_for(lambda: node_rows(m1)["w1"][2] == "Reachable" or None, 15, what="the unlocked manager reachable")
+    m1.ok("node", "demote", "w1")
+    wait_for(lambda: not keyfile.is_encrypted(key_file(w1)), 15, what="the demoted node's key file plain")
+    w1.restart()
+    assert w1.info().local_node_state == "active"
+    assert key[9:] not in w1.log()

@@ -203,9 +203,12 @@ def test_promoted_worker_is_sealed_and_locks_and_a_demoted_one_is_not(daemons: C
     join(w1, m1)
     assert not keyfile.is_encrypted(key_file(w1))  # workers are never locked
     m1.ok("node", "promote", "w1")
-    wait_for(lambda: keyfile.is_encrypted(key_file(w1)), 15, what="the promoted node's key file sealed")
-    sealed = keyfile.decode(key_file(w1), keyfile.parse_unlock_key(key))
-    assert sealed.dek is not None and sealed.pending_dek is None
+    def sealed_and_rotated() -> bool:
+        if not keyfile.is_encrypted(key_file(w1)):
+            return False
+        sealed = keyfile.decode(key_file(w1), keyfile.parse_unlock_key(key))
+        return sealed.dek is not None and sealed.pending_dek is None  # its clear data key replaced
+    wait_for(sealed_and_rotated, 15, what="the promoted node's key file sealed and its data key rotated")
     w1.restart()
     assert w1.info().local_node_state == "locked"
     w1.ok("unlock", input=key + "\n")

@@ -181,7 +181,7 @@ class RaftStore:
         while not self._stopping.is_set():
             try:
                 if sync is not None:
-                    sync()  # before commits are computed (see DurableJournal.defer_sync)
+                    sync()  # before commits are computed (see EncryptedJournal.defer_sync)
                 obj.doTick(TICK_PERIOD)
             except Exception:  # noqa: BLE001 - pysyncobj's own policy: log and tick again
                 log.exception("raft tick failed")

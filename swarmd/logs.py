@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -37,3 +38,25 @@ def setup(level: str, fmt: str) -> None:
 
 def set_level(level: str) -> None:
     logging.getLogger().setLevel(level.upper())
+
+
+class LogLimiter:
+    """At most ``burst`` warnings per ``period``; the next one that gets out says how many did not."""
+
+    def __init__(self, burst: int, period: float, emit: Callable[[str], None]) -> None:
+        self._burst, self._period, self._emit = burst, period, emit
+        self._start = float("-inf")
+        self._sent = 0
+        self._dropped = 0
+
+    def warn(self, message: str, now: float) -> None:
+        if now - self._start >= self._period:
+            self._start, self._sent = now, 0
+        if self._sent >= self._burst:
+            self._dropped += 1
+            return
+        self._sent += 1
+        if self._dropped:
+            message += f" ({self._dropped} similar warnings suppressed)"
+            self._dropped = 0
+        self._emit(message)

@@ -10,12 +10,17 @@ its bytes were wrong.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 
+from swarmd.logs import LogLimiter
+
 log = logging.getLogger("swarmd.api")
+WARN_BURST, WARN_PERIOD = 20, 60.0  # a caller that keeps sending junk cannot flood the log
 
 
 class MalformedRequest(ValueError):
@@ -34,6 +39,14 @@ def _refusal(method: str, why: str) -> str:
 
 
 class MalformedRequestInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self._warnings = LogLimiter(WARN_BURST, WARN_PERIOD, lambda m: log.warning("%s", m))
+        self._warnings_lock = threading.Lock()
+
+    def _warn(self, message: str) -> None:
+        with self._warnings_lock:
+            self._warnings.warn(message, time.monotonic())
+
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
         if handler is None or handler.request_deserializer is None:
@@ -48,7 +61,7 @@ class MalformedRequestInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 return _Unparsed(f"{type(e).__name__}: {e}")
 
         def refuse(context: grpc.ServicerContext, bad: _Unparsed) -> None:
-            log.warning("refused a malformed %s request from %s: %s", method, context.peer(), bad.why)
+            self._warn(f"refused a malformed {method} request from {context.peer()}: {bad.why}")
 
         def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
             def checked(request: Any, context: grpc.ServicerContext) -> Any:

@@ -34,6 +34,7 @@ from collections.abc import Callable, Collection, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from swarmd import sockdiag
+from swarmd.logs import LogLimiter
 
 log = logging.getLogger(__name__)
 
@@ -83,28 +84,6 @@ class _Source:
     last_bad: float = float("-inf")      # last failure
     trusted_until: float = float("-inf")
     live_trusted: int = 0                # open connections that made an authenticated call
-
-
-class LogLimiter:
-    """At most ``burst`` warnings per ``period``; the next one that gets out says how many did not."""
-
-    def __init__(self, burst: int, period: float, emit: Callable[[str], None]) -> None:
-        self._burst, self._period, self._emit = burst, period, emit
-        self._start = float("-inf")
-        self._sent = 0
-        self._dropped = 0
-
-    def warn(self, message: str, now: float) -> None:
-        if now - self._start >= self._period:
-            self._start, self._sent = now, 0
-        if self._sent >= self._burst:
-            self._dropped += 1
-            return
-        self._sent += 1
-        if self._dropped:
-            message += f" ({self._dropped} similar warnings suppressed)"
-            self._dropped = 0
-        self._emit(message)
 
 
 class Ledger:

@@ -7,11 +7,11 @@ from collections.abc import Iterable
 
 import pytest
 
+from swarmd.logs import LogLimiter
 from swarmd.manager.guard import (
     HandshakeGuard,
     Ledger,
     Limits,
-    LogLimiter,
     Seen,
     peer_key,
 )

@@ -80,7 +80,8 @@ def out(text: str) -> None:
 @click.option("-H", "--host", default=None, metavar="HOST",
               help="Daemon to talk to: unix:///path/swarmd.sock (default: the local control socket, "
                    "or $SWARMCTL_HOST) or tcp://MANAGER:2377 with --tls* files.")
-@click.option("--tlscacert", type=click.Path(path_type=Path), help="Trust certs signed only by this CA (the swarm's root CA)")
+@click.option("--tlscacert", type=click.Path(path_type=Path),
+              help="Trust certs signed only by this CA (the swarm's root CA)")
 @click.option("--tlscert", type=click.Path(path_type=Path), help="Path to a manager's TLS certificate file")
 @click.option("--tlskey", type=click.Path(path_type=Path), help="Path to the TLS key file")
 @click.version_option(__version__, "-v", "--version", prog_name=PROG, message="%(prog)s version %(version)s")

@@ -11,14 +11,12 @@ import datetime as dt
 import threading
 from dataclasses import dataclass
 
-from cryptography import x509
-
-from swarmd.ca import keyfile
+from swarmd.ca import keyfile, pki
 from swarmd.ca.keyfile import LockedError, NodeKey, WrongUnlockKey
 from swarmd.ca.store import KEY_MODE, CertificateStore
 from swarmd.fsutil import atomic_write
 
-__all__ = ["NodeIdentity", "Material", "LockedError", "WrongUnlockKey"]
+__all__ = ["LockedError", "Material", "NodeIdentity", "WrongUnlockKey"]
 
 
 @dataclass(frozen=True)
@@ -38,9 +36,6 @@ class NodeIdentity:
         self._kek: bytes | None = None
 
     # -- reading -------------------------------------------------------------------------------
-    def exists(self) -> bool:
-        return self.store.exists()
-
     def is_locked_on_disk(self) -> bool:
         """True when the key file is sealed: an autolocked manager after a restart."""
         return keyfile.is_encrypted(self.store.key_path.read_bytes())
@@ -64,8 +59,8 @@ class NodeIdentity:
     def kek(self) -> bytes | None:
         return self._kek
 
-    def data_key(self) -> bytes:
-        """The Raft data key; made (and stored) on first use, e.g. by a worker promoted to manager."""
+    def ensure_data_key(self) -> bytes:
+        """The Raft data key; made and stored if this node has none yet (a promoted worker)."""
         with self._lock:
             if self._key is None:
                 raise RuntimeError("the node identity is not loaded")
@@ -103,10 +98,10 @@ class NodeIdentity:
             self._write_key()
 
     def not_after(self) -> dt.datetime:
-        return x509.load_pem_x509_certificate(self.material().cert_pem).not_valid_after_utc
+        return pki.cert_not_after(self.material().cert_pem)
 
     def not_before(self) -> dt.datetime:
-        return x509.load_pem_x509_certificate(self.material().cert_pem).not_valid_before_utc
+        return pki.cert_not_before(self.material().cert_pem)
 
     # -- writing -------------------------------------------------------------------------------
     def create(self, root: bytes, cert: bytes, key_pem: bytes, kek: bytes | None = None,

@@ -275,7 +275,7 @@ class NodeRuntime:
                 log.debug("admitted to raft after %.3fs", time.monotonic() - started)
             others = [i for i, _ in peers if i != local.node_id]
             pending = self.identity.pending_data_key
-            manager = Manager(local.node_id, self.raft_dir, others, network, data_key=self.identity.data_key(),
+            manager = Manager(local.node_id, self.raft_dir, others, network, data_key=self.identity.ensure_data_key(),
                               other_keys=[pending] if pending else [])
             manager.machine.add_listener(self.dispatcher.notify)
             manager.machine.add_listener(self.sealer.observe)

@@ -11,7 +11,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class Renewer:
     ``renew()`` gets and installs a new one (raising on failure)."""
 
     def __init__(self, validity: Callable[[], tuple[datetime, datetime]], renew: Callable[[], None],
-                 now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._validity = validity
         self._renew = renew
         self._now = now

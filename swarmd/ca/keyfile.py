@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import os
 import re
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ DEK_BYTES = 32
 PLAIN_LABEL = "PRIVATE KEY"
 ENCRYPTED_LABEL = "ENCRYPTED PRIVATE KEY"
 _DEK_AAD = b"swarmd raft-dek v1"
-_PEM_RE = re.compile(r"-----BEGIN ([A-Z ]+)-----\n(.*?)-----END \1-----", re.S)
+_PEM_RE = re.compile(r"-----BEGIN ([A-Z ]+)-----\n(.*?)-----END \1-----", re.DOTALL)
 
 
 class KeyFileError(Exception):
@@ -60,10 +59,6 @@ def parse_unlock_key(text: str) -> bytes:
     if len(raw) != UNLOCK_KEY_BYTES:
         raise ValueError("invalid key string")
     return raw
-
-
-def unlock_keys_equal(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
 
 
 def new_data_key() -> bytes:

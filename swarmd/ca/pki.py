@@ -357,6 +357,11 @@ def verify_node_cert(cert_pem: bytes, root_pem: bytes, now: datetime | None = No
     return identity_from_cert(cert.public_bytes(serialization.Encoding.DER))
 
 
+def cert_not_before(cert_pem: bytes) -> datetime:
+    """Start of validity (UTC, aware) of the leaf; with cert_not_after, drives renewal."""
+    return _load_cert(cert_pem).not_valid_before_utc
+
+
 def cert_not_after(cert_pem: bytes) -> datetime:
     """Expiry (UTC, aware) of the leaf; drives renewal scheduling."""
     return _load_cert(cert_pem).not_valid_after_utc

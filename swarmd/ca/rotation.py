@@ -9,15 +9,14 @@ old root accepts them. Once every node has such a certificate the new root becom
 from __future__ import annotations
 
 import base64
-import hashlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID
 
-from swarmd.ca import pki
+from swarmd.ca import pki, tokens
 
 MIN_CA_VALIDITY = timedelta(days=365)
 
@@ -51,7 +50,7 @@ def cross_sign(new_root_pem: bytes, old_root_pem: bytes, old_key_pem: bytes) -> 
 def check_signing_ca(cert_pem: bytes, key_pem: bytes, current_root_pem: bytes,
                      now: datetime | None = None) -> bytes:
     """Validate an operator's root CA as Docker does; return the certificate PEM, normalised."""
-    when = now or datetime.now(timezone.utc)
+    when = now or datetime.now(UTC)
     try:
         certs = x509.load_pem_x509_certificates(cert_pem)
     except ValueError:
@@ -91,12 +90,12 @@ def issuer_info(chain_pem: bytes, root_pem: bytes) -> tuple[str, str]:
     chain = x509.load_pem_x509_certificates(chain_pem)
     if len(chain) > 1:
         return pki.tls_info(chain[1].public_bytes(serialization.Encoding.PEM))
-    return pki.tls_info(root_pem.split(b"-----END CERTIFICATE-----")[0] + b"-----END CERTIFICATE-----\n")
+    return pki.tls_info(root_pem)  # the first root of the bundle
 
 
 def root_digest(root_pem: bytes) -> str:
     """``sha256:<hex>`` as the rotation progress shows it."""
-    return "sha256:" + hashlib.sha256(root_pem).hexdigest()
+    return "sha256:" + tokens.root_digest_hex(root_pem)
 
 
 def spki_b64(cert_pem: bytes) -> str:

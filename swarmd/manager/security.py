@@ -166,7 +166,8 @@ class ManagerSecurity:
         issuer = _issuer_cn(cert)
         if not issuer.startswith(join.JOIN_CA_PREFIX):
             identity = _root_identity(certs[0], self.trusted_roots())
-            if identity is None or identity.cluster_id != cluster_id or identity.role not in (authz.MANAGER, authz.WORKER):
+            if (identity is None or identity.cluster_id != cluster_id
+                    or identity.role not in (authz.MANAGER, authz.WORKER)):
                 return None
             desired = role_of(identity.node_id)
             if desired is None:

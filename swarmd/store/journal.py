@@ -143,10 +143,6 @@ class EncryptedJournal:
                 continue
         raise DecryptError("no data key opens the journal")
 
-    @property
-    def sealed_with(self) -> DataCipher:
-        return self._cipher
-
     def rekey(self, cipher: DataCipher) -> None:
         """Seal every entry under ``cipher``: a new file, synced, then renamed over the old one
         (a crash leaves one whole file under one of the two keys)."""
@@ -212,7 +208,7 @@ class EncryptedJournal:
         self._dirty = False
         self._file.sync()
 
-    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802, N803 - pysyncobj's interface
+    def deleteEntriesFrom(self, entryFrom: int) -> None:
         if entryFrom >= len(self._entries):
             return
         self._end = self._offsets[entryFrom] if entryFrom >= 0 else HEADER_SIZE
@@ -222,7 +218,7 @@ class EncryptedJournal:
         self._dirty = False
         self._file.sync()
 
-    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802, N803
+    def deleteEntriesTo(self, entryTo: int) -> None:
         keep = self._entries[entryTo:]
         self._entries, self._offsets = [], []
         self._end = HEADER_SIZE
@@ -241,27 +237,27 @@ class EncryptedJournal:
         self._file._destroy()
 
     # -- meta (term, vote, commit index: not secret) -----------------------------------------
-    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:  # noqa: N802, N803
+    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
         self._meta["raftCommitIndex"] = raftCommitIndex
         self._meta_saved = False
 
-    def getRaftCommitIndex(self) -> int:  # noqa: N802
+    def getRaftCommitIndex(self) -> int:
         return int(self._meta.get("raftCommitIndex", 1))
 
-    def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:  # noqa: N802, N803
+    def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:
         # Term and vote must be durable before any message that reflects them is sent.
         self._meta["currentTerm"] = term
         self._meta["votedForNodeId"] = votedForNodeId
         self._meta_storer.storeMeta(self._meta)
         self._meta_saved = True
 
-    def getCurrentTerm(self) -> int:  # noqa: N802
+    def getCurrentTerm(self) -> int:
         return int(self._meta.get("currentTerm", 0))
 
-    def getVotedForNodeId(self) -> Any:  # noqa: N802
+    def getVotedForNodeId(self) -> Any:
         return self._meta.get("votedForNodeId")
 
-    def onOneSecondTimer(self) -> None:  # noqa: N802
+    def onOneSecondTimer(self) -> None:
         if not self._meta_saved:
             self._meta_storer.storeMeta(self._meta)
             self._meta_saved = True

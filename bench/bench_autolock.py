@@ -16,9 +16,6 @@ Every process is stopped by PID, also on errors.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,8 +26,8 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from clusterlib import (PROCS, SWARMCTL, BenchError, Daemon, Metrics, check_binaries,  # noqa: E402
-                        control_stub, install_signal_handlers, log)
+from clusterlib import (PROCS, SWARMCTL, BenchError, Daemon, Metrics, check_binaries, clean_up,  # noqa: E402
+                        control_stub, install_signal_handlers, log, report)
 
 from swarmd.api.swarm.v1 import swarm_pb2 as pb  # noqa: E402
 
@@ -117,14 +114,8 @@ def main() -> int:
             log(f"round {r + 1}/{args.rounds}: unlock->ready {ready:.3f}s (cli {cli:.3f}s), "
                 f"rpc->ready {m.values[M_RPC][-1]:.3f}s")
     finally:
-        PROCS.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
-    if args.json:
-        json.dump({"summary": m.summary(), "samples": m.values}, sys.stdout, indent=2)
-        print()
-    else:
-        print(m.table())
-        print(f"median unlock -> ready: {statistics.median(m.values[M_READY]):.3f}s")
+        clean_up(tmp, keep=False)
+    report(m, args.json)
     return 1 if m.misses() else 0
 
 

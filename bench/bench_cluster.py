@@ -30,7 +30,7 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from clusterlib import (PROCS, BenchError, Daemon, Metrics, check_binaries, control_stub,  # noqa: E402
-                        install_signal_handlers, log, percentile, start_all)
+                        install_signal_handlers, log, percentile, render_table, start_all)
 
 from swarmd.api.swarm.v1 import swarm_pb2 as pb  # noqa: E402
 from swarmd.ca import keyfile  # noqa: E402
@@ -135,8 +135,8 @@ def failover(leader: Daemon, survivors: list[Daemon], r: int) -> dict[str, Any]:
     survivor = survivors[0]
     channel, stub = control_stub(survivor.sock)
     certs = survivor.root / "state" / "certificates"
-    key = keyfile.decode((certs / "swarm-node.key").read_bytes(), None).key_pem  # headers, maybe a data key
-    creds = grpc.ssl_channel_credentials((certs / "swarm-root-ca.crt").read_bytes(), key,
+    node_key = keyfile.decode((certs / "swarm-node.key").read_bytes(), None).key_pem  # headers, maybe a data key
+    creds = grpc.ssl_channel_credentials((certs / "swarm-root-ca.crt").read_bytes(), node_key,
                                          (certs / "swarm-node.crt").read_bytes())
     hb_channels = [grpc.secure_channel(d.listen, creds, options=[("grpc.ssl_target_name_override", "swarm-manager")])
                    for d in survivors]
@@ -276,13 +276,7 @@ def kill_table(kills: list[dict[str, Any]]) -> str:
                          for msg, v in k["errors"].items()) or "-"
         rows.append((str(k["round"]), k["killed"], k["probed"], f"{k['write_s']:.3f}", k["new_leader"],
                      f"{k['leader_s']:.3f}", str(k["attempts"]), errs))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for i, r in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return render_table(rows, numeric=False)
 
 
 def main(argv: list[str] | None = None) -> int:

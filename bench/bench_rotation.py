@@ -13,15 +13,14 @@ is stopped by PID, also on errors.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from clusterlib import PROCS, Daemon, Metrics, check_binaries, install_signal_handlers, log, start_all  # noqa: E402
+from clusterlib import (Daemon, Metrics, check_binaries, clean_up, install_signal_handlers, log,  # noqa: E402
+                        report, start_all)
 
 M_ROTATE = "ca --rotate (until every node trusts the new root)"
 M_NODES = "nodes rotated"
@@ -67,13 +66,8 @@ def main() -> int:
             m.add(M_NODES, total)
             log(f"round {r + 1}/{args.rounds}: {total} nodes rotated in {elapsed:.3f}s")
     finally:
-        PROCS.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
-    if args.json:
-        json.dump({"summary": m.summary(), "samples": m.values}, sys.stdout, indent=2)
-        print()
-    else:
-        print(m.table())
+        clean_up(tmp, keep=False)
+    report(m, args.json)
     return 0
 
 

@@ -62,8 +62,9 @@ TARGETS: dict[str, float] = {
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # One set of helpers for every bench: process keeper, /proc readings, statistics.
+import clusterlib  # noqa: E402
 from clusterlib import (PROCS, BenchError, _on_signal, control_stub, log, percentile,  # noqa: E402
-                        proc_status)
+                        proc_status, render_table)
 
 stub_for = control_stub
 
@@ -166,19 +167,8 @@ def run_cli(sock: Path | None, *args: str) -> tuple[float, str]:
 
 
 def run_timed(argv: list[str]) -> tuple[float, str]:
-    t0 = time.perf_counter()
-    proc = PROCS.spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        out, err = proc.communicate(timeout=CLI_TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            PROCS.stop(proc, grace=1.0)
-    elapsed = time.perf_counter() - t0
-    PROCS.forget(proc)
-    if proc.returncode != 0:
-        raise BenchError(f"{' '.join(argv[:1] + argv[3:])} exited {proc.returncode}: "
-                         f"{err.decode(errors='replace').strip()}")
-    return elapsed, out.decode(errors="replace")
+    elapsed, out, _, _ = clusterlib.run_timed(argv)
+    return elapsed, out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,15 +351,7 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
         target = f"<= {fmt(m['target'], u)}" if m["target"] is not None else "-"
         rows.append((name, u or "-", str(m["n"]), fmt(m["median"], u), fmt(m["min"], u), fmt(m["max"], u),
                      fmt(m["p90"], u), target, m["status"] or "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = []
-    for i, r in enumerate(rows):
-        cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])] + [c.rjust(w) for c, w in zip(r[2:-1], widths[2:-1])]
-        cells.append(r[-1].ljust(widths[-1]))
-        lines.append("  ".join(cells).rstrip())
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return render_table(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -183,6 +184,25 @@ def control_stub(sock: Path) -> tuple[grpc.Channel, pb_grpc.ControlStub]:
     return channel, pb_grpc.ControlStub(channel)
 
 
+def run_timed(argv: list[str], check: bool = True) -> tuple[float, str, str, int]:
+    """(wall seconds from Popen to exit, stdout, stderr, exit code) of one command, tracked by
+    PID; a non-zero exit is a BenchError when ``check``."""
+    t0 = time.perf_counter()
+    proc = PROCS.spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=CLI_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            PROCS.stop(proc, grace=1.0)
+    elapsed = time.perf_counter() - t0
+    PROCS.forget(proc)
+    sout, serr = out.decode(errors="replace"), err.decode(errors="replace")
+    if check and proc.returncode != 0:
+        shown = " ".join(argv[:1] + argv[3:]) if len(argv) > 3 and argv[1] == "-H" else " ".join(argv)
+        raise BenchError(f"{shown} exited {proc.returncode}: {serr.strip()}")
+    return elapsed, sout, serr, proc.returncode
+
+
 class Daemon:
     def __init__(self, tmp: Path, name: str, log_level: str = "info") -> None:
         self.name = name
@@ -248,20 +268,10 @@ class Daemon:
     def ctl(self, *args: str, check: bool = True) -> tuple[float, str, str, int]:
         """Wall time of one swarmctl call against this daemon (Popen to exit)."""
         argv = [str(SWARMCTL), "-H", f"unix://{self.sock}", *args]
-        t0 = time.perf_counter()
-        proc = PROCS.spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            out, err = proc.communicate(timeout=CLI_TIMEOUT)
-        finally:
-            if proc.poll() is None:
-                PROCS.stop(proc, grace=1.0)
-        elapsed = time.perf_counter() - t0
-        PROCS.forget(proc)
-        sout, serr = out.decode(errors="replace"), err.decode(errors="replace")
-        if check and proc.returncode != 0:
-            raise BenchError(f"{self.name}: swarmctl {' '.join(args[:2])} exited {proc.returncode}: {serr.strip()}"
-                             f"\n--- {self.name} log tail ---\n{self.log_tail()}")
-        return elapsed, sout, serr, proc.returncode
+            return run_timed(argv, check)
+        except BenchError as e:
+            raise BenchError(f"{self.name}: {e}\n--- {self.name} log tail ---\n{self.log_tail()}") from None
 
     def init(self) -> float:
         return self.ctl("init", "--advertise-addr", self.ip, "--listen-addr", self.listen)[0]
@@ -372,16 +382,42 @@ class Metrics:
         return [n for n, m in self.summary().items() if m["status"] == "MISS"]
 
 
-def render_table(rows: Sequence[tuple[str, ...]]) -> str:
+def render_table(rows: Sequence[tuple[str, ...]], numeric: bool = True) -> str:
+    """Columns padded to width under a dashed rule; with ``numeric`` the columns between the first
+    two and the last are right-aligned (numbers), otherwise every column is left-aligned."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for i, r in enumerate(rows):
-        cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])] + [c.rjust(w) for c, w in zip(r[2:-1], widths[2:-1])]
-        cells.append(r[-1].ljust(widths[-1]))
+        if numeric:
+            cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])] + [c.rjust(w) for c, w in zip(r[2:-1], widths[2:-1])]
+            cells.append(r[-1].ljust(widths[-1]))
+        else:
+            cells = [c.ljust(w) for c, w in zip(r, widths)]
         lines.append("  ".join(cells).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def clean_up(tmp: Path, keep: bool) -> None:
+    """Every process the bench started is stopped by PID; the temp dir goes unless ``keep``
+    (a failed run keeps it for its daemon logs)."""
+    leftovers = PROCS.stop_all()
+    if leftovers:
+        log(f"stopped leftover processes: {leftovers}")
+    if keep:
+        log(f"kept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report(m: Metrics, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+    """A bench's results on stdout: the table, or JSON (summary, every sample, ``extra``)."""
+    if as_json:
+        json.dump({**(extra or {}), "summary": m.summary(), "samples": m.values}, sys.stdout, indent=2)
+        print()
+    else:
+        print(m.table())
 
 
 def check_row(name: str, value: float, unit: str, op: str, bound: float) -> tuple[str, ...]:

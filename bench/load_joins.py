@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import threading
@@ -32,7 +31,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from clusterlib import (PROCS, BenchError, CpuMeter, Daemon, check_binaries, check_row,  # noqa: E402
+from clusterlib import (BenchError, CpuMeter, Daemon, check_binaries, check_row, clean_up,  # noqa: E402
                         install_signal_handlers, log, percentile, proc_status, render_table)
 
 from swarmd.api.swarm.v1 import swarm_pb2 as pb  # noqa: E402
@@ -156,13 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"bench failed: {e}")
         return 1
     finally:
-        leftovers = PROCS.stop_all()
-        if leftovers:
-            log(f"stopped: {leftovers}")
-        if ok and not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            log(f"kept {tmp}")
+        clean_up(tmp, keep=not ok or args.keep)
 
     admitted = run.admitted
     ids = [o.result.node_id for o in admitted if o.result is not None]

@@ -32,7 +32,6 @@ import asyncio
 import json
 import os
 import platform
-import shutil
 import signal
 import subprocess
 import sys
@@ -47,7 +46,7 @@ import grpc.aio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from clusterlib import (PROCS, BenchError, CpuMeter, Daemon, check_binaries, check_row,  # noqa: E402
+from clusterlib import (PROCS, BenchError, CpuMeter, Daemon, check_binaries, check_row, clean_up,  # noqa: E402
                         control_stub, install_signal_handlers, log, percentile, proc_status, render_table,
                         start_profile, summarise_profile)
 from load_joins import admit_nodes  # noqa: E402
@@ -462,13 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  {k}: {v}")
         return 1
     finally:
-        leftovers = PROCS.stop_all()
-        if leftovers:
-            log(f"stopped leftover processes: {leftovers}")
-        if ok and not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            log(f"kept {tmp}")
+        clean_up(tmp, keep=not ok or args.keep)
 
     n = args.nodes
     cpu = report["cpu"]

@@ -14,6 +14,7 @@ import pytest
 from swarmd.store import hardening
 from swarmd.store.machine import StateMachine, encode_op
 from swarmd.store.raft import RaftStore
+from tests.harness import wait_for
 
 CLUSTER = {"id": "c" * 25, "default_addr_pool": [], "subnet_size": 24,
            "join_tokens": {"worker": "w", "manager": "m"}}
@@ -117,6 +118,21 @@ def start_store(path: Path, key: bytes = DATA_KEY) -> tuple[RaftStore, StateMach
     return store, machine
 
 
+def compact(store: RaftStore, raft: Path) -> None:
+    """Force a snapshot (and the journal trimmed behind it) and wait until it is on disk."""
+    store._obj().forceLogCompaction()
+    wait_for((raft / "snapshot").exists, 10, what="a snapshot")
+
+
+def assert_restores(path: Path, expected: dict[str, Any], key: bytes = DATA_KEY) -> None:
+    """A store started again from ``path`` holds ``expected``."""
+    store, machine = start_store(path, key)
+    try:
+        assert machine.dump() == expected
+    finally:
+        store.stop()
+
+
 def test_store_commits_and_recovers_from_its_journal(tmp_path: Path) -> None:
     store, machine = start_store(tmp_path)
     try:
@@ -129,11 +145,7 @@ def test_store_commits_and_recovers_from_its_journal(tmp_path: Path) -> None:
     journal = tmp_path / "raft" / "journal"
     assert journal.stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "raft" / "journal.meta").stat().st_mode & 0o777 == 0o600
-    store, machine = start_store(tmp_path)
-    try:
-        assert machine.dump() == expected
-    finally:
-        store.stop()
+    assert_restores(tmp_path, expected)
 
 
 def test_snapshot_is_sealed_json_and_restores(tmp_path: Path) -> None:
@@ -142,10 +154,8 @@ def test_snapshot_is_sealed_json_and_restores(tmp_path: Path) -> None:
         store.propose(encode_op("bootstrap", cluster=CLUSTER, node=NODE))
         for i in range(5):
             store.propose(encode_op("rotate_join_token", role="manager", token=f"m{i}", now="x"))
-        store._obj().forceLogCompaction()
+        compact(store, tmp_path / "raft")
         snapshot = tmp_path / "raft" / "snapshot"
-        from tests.harness import wait_for
-        wait_for(snapshot.exists, 10, what="a snapshot")
         store.propose(encode_op("rotate_join_token", role="worker", token="after", now="x"))
         expected = machine.dump()
     finally:
@@ -155,11 +165,7 @@ def test_snapshot_is_sealed_json_and_restores(tmp_path: Path) -> None:
     doc = json.loads(hardening.open_snapshot(str(snapshot), sealed))
     assert doc["format"] == 1 and doc["members"] == ["nodeaaaaaaaaaaaaaaaaaaaaa"]
     assert snapshot.stat().st_mode & 0o777 == 0o600
-    store, machine = start_store(tmp_path)
-    try:
-        assert machine.dump() == expected
-    finally:
-        store.stop()
+    assert_restores(tmp_path, expected)
 
 
 def test_corrupt_meta_is_a_clear_start_error(tmp_path: Path) -> None:
@@ -248,9 +254,7 @@ def test_rekey_seals_journal_and_snapshot_under_the_new_key(tmp_path: Path) -> N
     try:
         store.propose(encode_op("bootstrap", cluster=CLUSTER, node=NODE))
         store.propose(encode_op("rotate_join_token", role="worker", token=SECRET, now="x"))
-        store._obj().forceLogCompaction()
-        from tests.harness import wait_for
-        wait_for((tmp_path / "raft" / "snapshot").exists, 10, what="a snapshot")
+        compact(store, tmp_path / "raft")
         store.propose(encode_op("rotate_join_token", role="manager", token="after", now="x"))
         store.rekey(NEW_KEY)
         store.propose(encode_op("rotate_join_token", role="manager", token="after rekey", now="x"))
@@ -263,11 +267,7 @@ def test_rekey_seals_journal_and_snapshot_under_the_new_key(tmp_path: Path) -> N
     with pytest.raises(Exception, match="does not authenticate"):
         old.start()
     old.stop()
-    store, machine = start_store(tmp_path, NEW_KEY)
-    try:
-        assert machine.dump() == expected
-    finally:
-        store.stop()
+    assert_restores(tmp_path, expected, NEW_KEY)
 
 
 def test_files_left_under_either_key_by_an_interrupted_rekey_still_open(tmp_path: Path) -> None:
@@ -275,9 +275,7 @@ def test_files_left_under_either_key_by_an_interrupted_rekey_still_open(tmp_path
     try:
         store.propose(encode_op("bootstrap", cluster=CLUSTER, node=NODE))
         store.propose(encode_op("rotate_join_token", role="worker", token=SECRET, now="x"))
-        store._obj().forceLogCompaction()
-        from tests.harness import wait_for
-        wait_for((tmp_path / "raft" / "snapshot").exists, 10, what="a snapshot")
+        compact(store, tmp_path / "raft")
         store.propose(encode_op("rotate_join_token", role="manager", token="after", now="x"))
         expected = machine.dump()
     finally:
@@ -296,8 +294,4 @@ def test_files_left_under_either_key_by_an_interrupted_rekey_still_open(tmp_path
         store.rekey(NEW_KEY)  # what the node does next: everything under the new key
     finally:
         store.stop()
-    store, machine = start_store(tmp_path, NEW_KEY)
-    try:
-        assert machine.dump() == expected
-    finally:
-        store.stop()
+    assert_restores(tmp_path, expected, NEW_KEY)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
+from swarmd.ca.tokens import root_digest_hex
 from swarmd.timeutil import human_duration
 
 PROG = "swarmctl"
@@ -66,12 +67,10 @@ class RootRotationProgress:
 
     @classmethod
     def of(cls, cluster: pb.Cluster, desired: pb.TLSInfo, nodes: list[pb.Node]) -> RootRotationProgress:
-        import hashlib
-
         finished = not cluster.root_rotation_in_progress and cluster.tls_info.trust_root == desired.trust_root
         tls_done = sum(1 for n in nodes if n.tls_info.cert_issuer_public_key == desired.cert_issuer_public_key)
         ca_done = sum(1 for n in nodes if finished and n.tls_info.trust_root == desired.trust_root)
-        return cls("sha256:" + hashlib.sha256(desired.trust_root.encode()).hexdigest(), len(nodes),
+        return cls("sha256:" + root_digest_hex(desired.trust_root.encode()), len(nodes),
                    tls_done, ca_done, finished and ca_done == tls_done == len(nodes))
 
     def text(self) -> str:

@@ -169,11 +169,11 @@ class RaftStore:
             raise
         self._syncobj.addOnTickCallback(self._commit_alone)
         self._syncobj.addOnTickCallback(self._run_tick_calls)
-        transport = built[-1]
-        if hasattr(transport, "read_handler"):
-            transport.read_handler = self._reads.on_message
+        wire = built[-1]
+        if hasattr(wire, "read_handler"):
+            wire.read_handler = self._reads.on_message
         obj_for_reads = self._syncobj
-        self._syncobj.addOnTickCallback(lambda: self._reads.tick(obj_for_reads, transport.send))
+        self._syncobj.addOnTickCallback(lambda: self._reads.tick(obj_for_reads, wire.send))
         if not self._peers:
             # A lone member need not wait out a random election timeout (0.4–1.4 s).
             self._syncobj._SyncObj__raftElectionDeadline = 0

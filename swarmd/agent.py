@@ -17,10 +17,10 @@ import grpc
 
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
+from swarmd.remotes import leader_hint
 
 log = logging.getLogger(__name__)
 
-NOT_LEADER_MARK = "leader: "
 Credentials = Callable[[], grpc.ChannelCredentials]
 
 
@@ -140,8 +140,9 @@ class Agent:
                     self._stop.set()
         except grpc.RpcError as e:
             details = e.details() or ""
-            if NOT_LEADER_MARK in details:
-                self._leader_hint = details.rsplit(NOT_LEADER_MARK, 1)[1].strip() or None
+            hint = leader_hint(e)
+            if hint is not None:
+                self._leader_hint = hint
             elif not self._stop.is_set():
                 log.info("session with %s ended: %s", addr, details or e.code())
         finally:

@@ -31,11 +31,26 @@ NOT_LOCKED = "swarm is not locked"
 INVALID_KEY_STRING = "invalid key string"
 
 
+NOT_LEADER = "this manager is not the leader"
+
+
 class SwarmError(Exception):
-    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.FAILED_PRECONDITION) -> None:
+    """``leader_addr``: where the leader is, for a refusal by a manager that is not it (sent as
+    trailing metadata, so callers never parse it out of the text)."""
+
+    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.FAILED_PRECONDITION,
+                 leader_addr: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
+        self.leader_addr = leader_addr
+
+
+def not_leader(leader_addr: str | None) -> SwarmError:
+    """The refusal of a call only the leader serves; without a known leader, Docker's text."""
+    if not leader_addr:
+        return SwarmError(NO_LEADER, grpc.StatusCode.UNKNOWN)
+    return SwarmError(NOT_LEADER, grpc.StatusCode.FAILED_PRECONDITION, leader_addr=leader_addr)
 
 
 def invalid(message: str) -> SwarmError:

@@ -137,6 +137,27 @@ class NodeIdentity:
             self._write_key()
             return True
 
+    def drop_manager_secrets(self) -> bool:
+        """A worker keeps no manager secret: the key file loses its data keys and is stored
+        plain (workers are never locked). True if the file changed."""
+        with self._lock:
+            if self._key is None:
+                raise RuntimeError("the node identity is not loaded")
+            key = self._key
+            if key.dek is None and key.pending_dek is None and self._kek is None:
+                return False
+            key.dek = key.pending_dek = None
+            if self._kek is not None:
+                self._kek = None
+                key.kek_version += 1
+            self._write_key()
+            return True
+
+    def certified_role(self) -> str:
+        """"manager" or "worker": the role the current certificate names."""
+        role = pki.identity_from_cert(self.material().cert_pem).role
+        return "manager" if role == pki.MANAGER_ROLE else "worker"
+
     def _write_key(self) -> None:
         assert self._key is not None
         atomic_write(self.store.key_path, keyfile.encode(self._key, self._kek), KEY_MODE)

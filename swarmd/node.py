@@ -1,16 +1,22 @@
 """The node's lifecycle: inactive → manager or worker, promotion and demotion, and leave.
 
-One ``NodeRuntime`` per daemon. Lifecycle changes (init, join, leave, resume, role changes,
-shutdown) are serialised by one lock; every other request reads the current role and is answered
-by the manager (or forwarded to the leader).
+One ``NodeRuntime`` per daemon. Lifecycle changes (init, join, leave, resume, unlock, role
+changes) run one at a time, marked by ``_operation``: a second one waits briefly for the first
+or is refused, and no lock is held while one of them does network I/O, so status reads and a
+shutdown never wait behind a join. Shutdown stops a running operation at its next step. The
+node's local state (``state.json``) has one owner, ``_set_local``, which replaces it whole and
+saves it atomically; every other request reads the current role and is answered by the manager
+(or forwarded to the leader).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -37,11 +43,12 @@ from swarmd.initplan import (
 )
 from swarmd.joiner import JoinResult, request_certificate
 from swarmd.manager.authz import AuthzInterceptor
-from swarmd.manager.dispatcher import NOT_LEADER, Dispatcher
+from swarmd.manager.dispatcher import Dispatcher
 from swarmd.manager.guard import HandshakeGuard
 from swarmd.manager.manager import Manager
 from swarmd.manager.security import ManagerSecurity
 from swarmd.nodestate import LocalState
+from swarmd.remotes import REQUEST_ID_KEY, Remotes, leader_hint
 from swarmd.renewal import Renewer
 from swarmd.server import start_remote_server
 from swarmd.store.transport import PeerNetwork
@@ -54,6 +61,17 @@ RAFT_JOIN_TIMEOUT = 15.0
 CALL_TIMEOUT = 15.0
 FORWARD_WINDOW = 8.0          # an election takes 0.4–1.4 s; leave room for a few
 FORWARD_CONNECT_TIMEOUT = 0.3   # a refused or silent leader is retried after a re-read
+# Failures after which a forwarded call is tried again (with the same request ID, so a write
+# that did commit is not applied twice): the leader went away or changed.
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                       grpc.StatusCode.CANCELLED})
+OPERATION_WAIT = 10.0          # how long init, join, leave, unlock wait for another operation
+SHUTDOWN_WAIT = 2.0            # how long a shutdown lets a running operation reach its next step
+JOIN_SESSION_TIMEOUT = 10.0
+DEMOTED_TIMEOUT = 10.0
+ROLE_RETRY_MIN, ROLE_RETRY_MAX = 0.5, 30.0
+JOIN_TIMEOUT_TEXT = ('Timeout was reached before node joined. The attempt to join the swarm will continue in the '
+                     'background. Use the "swarmctl info" command to see the current swarm status of your node.')
 
 
 def _rfc1123(when: datetime) -> str:
@@ -65,13 +83,28 @@ def _role_as_certified(node_id: str) -> str:
     return "manager"
 
 
+class _LeaderMoved(Exception):
+    """A forwarded attempt that may be retried: the leader is elsewhere (``hint``) or unknown."""
+
+    def __init__(self, hint: str | None) -> None:
+        super().__init__(hint or "no leader")
+        self.hint = hint
+
+
 class NodeRuntime:
     def __init__(self, state_dir: Path, hostname: str, register: Register) -> None:
         self.state_dir = state_dir
         self.hostname = hostname
         self._register = register
-        self._lock = threading.RLock()
+        self._op_cond = threading.Condition()     # guards _op; never held across I/O
+        self._op: str | None = None               # the lifecycle operation under way
+        self._stopping = threading.Event()
+        self._local_lock = threading.Lock()       # guards replacing and saving self.local
         self.local: LocalState | None = None
+        self._wanted_role: str | None = None      # what the leader last asked this node to be
+        self._role_wake = threading.Event()
+        self._role_told = threading.Condition()   # notified when the leader names a role
+        self._role_thread: threading.Thread | None = None
         self.manager: Manager | None = None
         self.security: ManagerSecurity | None = None
         self.agent: Agent | None = None
@@ -86,8 +119,47 @@ class NodeRuntime:
         self._renewer: Renewer | None = None
         self._renew_lock = threading.Lock()
         self.dispatcher = Dispatcher(self)
-        self._channels: dict[str, grpc.Channel] = {}
-        self._channels_lock = threading.Lock()
+        self.remotes = Remotes(self._channel_credentials)
+
+    # -- the lifecycle operation and the local state ----------------------------------------------------
+    @contextmanager
+    def _operation(self, name: str, wait: float = OPERATION_WAIT) -> Iterator[None]:
+        """Run one lifecycle operation at a time; refuse when another does not end in ``wait``."""
+        deadline = time.monotonic() + wait
+        with self._op_cond:
+            while self._op is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise SwarmError(f"another operation is in progress ({self._op}); try again later",
+                                     grpc.StatusCode.UNAVAILABLE)
+                self._op_cond.wait(remaining)
+            self._check_stopping()
+            self._op = name
+        try:
+            yield
+        finally:
+            with self._op_cond:
+                self._op = None
+                self._op_cond.notify_all()
+
+    def _check_stopping(self) -> None:
+        if self._stopping.is_set():
+            raise SwarmError("swarmd is shutting down", grpc.StatusCode.UNAVAILABLE)
+
+    def _set_local(self, local: LocalState | None, save: bool = True) -> None:
+        """The one writer of the local state: replaced whole, saved atomically."""
+        with self._local_lock:
+            if save and local is not None:
+                local.save(self.state_dir)
+            self.local = local
+
+    def _update_local(self, **changes: Any) -> None:
+        with self._local_lock:
+            if self.local is None:
+                return
+            local = dataclasses.replace(self.local, **changes)
+            local.save(self.state_dir)
+            self.local = local
 
     # -- paths and identity --------------------------------------------------------------------------
     @property
@@ -160,61 +232,57 @@ class NodeRuntime:
 
     def require_leader(self, manager: Manager) -> None:
         if not manager.is_leader():
-            addr = manager.leader_addr()
-            if addr is None:
-                raise SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN)
-            raise SwarmError(f"{NOT_LEADER}; leader: {addr}", grpc.StatusCode.FAILED_PRECONDITION)
+            raise errors.not_leader(manager.leader_addr())
 
     # -- talking to other managers ---------------------------------------------------------------------
-    def _manager_channel(self, addr: str, node_id: str | None = None) -> grpc.Channel:
+    def _channel_credentials(self) -> grpc.ChannelCredentials:
         security = self.security
-        creds = security.channel_credentials() if security is not None else self.node_channel_credentials()
-        return grpc.secure_channel(addr, creds, options=[
-            ("grpc.ssl_target_name_override", node_id or "swarm-manager")])
+        return security.channel_credentials() if security is not None else self.node_channel_credentials()
 
     def forward_control(self, method: str, request: Any) -> Any:
         """Run a control call on the leader (reads the CLI shows and all writes).
 
-        The leader may be changing (a manager just got cut off): connect with a short deadline,
-        and on failure look the leader up again until an election had time to finish."""
+        The leader may be changing (a manager just got cut off or stopped): each attempt first
+        checks with a short deadline that the leader answers at all, and a failed attempt looks
+        the leader up again until an election had time to finish. Every attempt carries the same
+        request ID, so a write whose answer was lost is not applied twice (``requestid``)."""
+        request_id = ids.new_id()
         deadline = time.monotonic() + FORWARD_WINDOW
+        hint: str | None = None
         while True:
             manager = self.require_manager()
             leader = manager.store.leader_id()
-            addr = manager.manager_addr_of(leader) if leader else None
-            if leader is not None and addr is not None and leader != manager.node_id:
-                channel = self._leader_channel(addr, leader)
-                try:
-                    # A cheap call with a short deadline first: is the leader there at all?
-                    stub = pb_grpc.ControlStub(channel)
-                    stub.Version(pb.VersionRequest(), timeout=FORWARD_CONNECT_TIMEOUT, wait_for_ready=True)
-                    return getattr(stub, method)(request, timeout=CALL_TIMEOUT)
-                except grpc.RpcError as e:
-                    if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                        raise SwarmError(str(e.details()), e.code()) from None
-                    self._drop_leader_channel(addr)
-            elif leader == manager.node_id:
+            if leader == manager.node_id:
                 raise SwarmError("this manager became the leader; retry", grpc.StatusCode.ABORTED)
+            addr = hint or (manager.manager_addr_of(leader) if leader else None)
+            hint = None
+            if addr:
+                try:
+                    return self._forward_once(addr, method, request, request_id)
+                except _LeaderMoved as moved:
+                    hint = moved.hint
             if time.monotonic() >= deadline:
                 raise SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN)
-            time.sleep(0.02)
+            if hint is None:
+                time.sleep(0.02)
 
-    def _leader_channel(self, addr: str, node_id: str) -> grpc.Channel:
-        with self._channels_lock:
-            channel = self._channels.get(addr)
-            if channel is None:
-                channel = self._channels[addr] = self._manager_channel(addr, node_id)
-            return channel
-
-    def _drop_leader_channel(self, addr: str) -> None:
-        with self._channels_lock:
-            channel = self._channels.pop(addr, None)
-        if channel is not None:
-            channel.close()
+    def _forward_once(self, addr: str, method: str, request: Any, request_id: str) -> Any:
+        with self.remotes.channel(addr) as channel:
+            stub = pb_grpc.ControlStub(channel)
+            try:
+                # A cheap call with a short deadline first: is the leader there at all?
+                stub.Version(pb.VersionRequest(), timeout=FORWARD_CONNECT_TIMEOUT, wait_for_ready=True)
+                return getattr(stub, method)(request, timeout=CALL_TIMEOUT,
+                                             metadata=((REQUEST_ID_KEY, request_id),))
+            except grpc.RpcError as e:
+                hint = leader_hint(e)
+                if hint is not None or e.code() in RETRYABLE or e.details() == errors.NO_LEADER:
+                    raise _LeaderMoved(hint) from None
+                raise SwarmError(str(e.details()), e.code()) from None
 
     def check_manager_reachable(self, node_id: str, addr: str) -> None:
         """The leader's check that a joining manager answers on its advertise address."""
-        with self._manager_channel(addr, node_id) as channel:
+        with self.remotes.channel(addr, node_id) as channel:
             try:
                 # Any answer proves TLS reached that node (its certificate names node_id).
                 pb_grpc.ControlStub(channel).Version(pb.VersionRequest(), timeout=5, wait_for_ready=True)
@@ -224,7 +292,7 @@ class NodeRuntime:
                                  grpc.StatusCode.UNKNOWN) from None
 
     def _call_leader(self, service: str, method: str, request: Any, managers: list[tuple[str, str]]) -> Any:
-        """Call a leader-only RPC, following "not the leader" hints through ``managers``."""
+        """Call a leader-only RPC, following the leader hints of managers that are not it."""
         candidates = [a for _, a in managers]
         tried: set[str] = set()
         last: SwarmError | None = None
@@ -233,16 +301,16 @@ class NodeRuntime:
             if addr in tried:
                 continue
             tried.add(addr)
-            with self._manager_channel(addr) as channel:
+            with self.remotes.channel(addr) as channel:
                 stub = getattr(pb_grpc, f"{service}Stub")(channel)
                 try:
                     return getattr(stub, method)(request, timeout=RAFT_JOIN_TIMEOUT)
                 except grpc.RpcError as e:
-                    details = e.details() or ""
-                    last = SwarmError(details, e.code())
-                    if NOT_LEADER in details and "leader: " in details:
-                        candidates.insert(0, details.rsplit("leader: ", 1)[1].strip())
-                    elif e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    last = SwarmError(e.details() or "", e.code())
+                    hint = leader_hint(e)
+                    if hint is not None:
+                        candidates.insert(0, hint)
+                    elif e.code() not in RETRYABLE and e.details() != errors.NO_LEADER:
                         raise last from None
         raise last or SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN)
 
@@ -298,13 +366,7 @@ class NodeRuntime:
             self._network.close()
         self._network = None
         self.security = None
-        self._close_leader_channels()
-
-    def _close_leader_channels(self) -> None:
-        with self._channels_lock:
-            channels, self._channels = list(self._channels.values()), {}
-        for channel in channels:
-            channel.close()
+        self.remotes.renew()  # later calls present the node's own credentials
 
     def _start_agent(self, local: LocalState, managers: list[tuple[str, str]], heartbeat_ns: int) -> Agent:
         agent = Agent(local.node_id, self.node_channel_credentials, managers, heartbeat_ns, self._description(),
@@ -314,6 +376,10 @@ class NodeRuntime:
         self._renewer = Renewer(lambda: (self.identity.not_before(), self.identity.not_after()),
                                 self._renew_in_place)
         self._renewer.start()
+        self._role_wake.clear()
+        self._role_thread = threading.Thread(target=self._role_loop, args=(agent,), name="role-watcher",
+                                             daemon=True)
+        self._role_thread.start()
         return agent
 
     def _tls_info(self) -> pb.TLSInfo:
@@ -329,14 +395,18 @@ class NodeRuntime:
 
     def _stop_agent(self) -> None:
         self._stop_renewer()
-        if self.agent is not None:
-            self.agent.stop()
-            self.agent = None
+        agent, self.agent = self.agent, None
+        if agent is not None:
+            agent.stop()
+        self._role_wake.set()  # the role watcher sees its agent is gone and ends
+        thread, self._role_thread = self._role_thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5.0)
 
     # -- start and stop --------------------------------------------------------------------------------
     def resume(self) -> None:
         """Pick the swarm up again from the state dir after a (re)start of the daemon."""
-        with self._lock:
+        with self._operation("resuming"):
             ensure_dir(self.state_dir)
             local = LocalState.load(self.state_dir)
             if local is None:
@@ -344,12 +414,21 @@ class NodeRuntime:
                     log.warning("removing the leftovers of an unfinished init or join")
                     self._wipe_swarm_state()
                 return
-            self.local = local
-            if self.identity.is_locked_on_disk():
+            self._set_local(local, save=False)
+            if local.role == "worker" and self.raft_dir.exists():
+                # A demotion that stopped half-way: a worker keeps no manager data.
+                log.warning("removing the raft data this worker kept from when it was a manager")
+                remove_tree(self.raft_dir)
+            if self.identity.is_locked_on_disk() and local.role == "manager":
                 self.locked = True
                 log.warning("this manager is locked: run 'swarmctl unlock' with the swarm's unlock key")
                 return
+            if self.identity.is_locked_on_disk():
+                raise SwarmError(f"the key file of worker {local.node_id} is sealed; a worker is never locked: "
+                                 "leave the swarm and join again")
             self.identity.load()
+            if local.role == "worker" and self.identity.drop_manager_secrets():
+                log.warning("removed the raft data keys this worker kept from when it was a manager")
             self._start_components(local)
 
     def _start_components(self, local: LocalState) -> None:
@@ -372,7 +451,7 @@ class NodeRuntime:
 
     # -- autolock ------------------------------------------------------------------------------
     def unlock(self, key: str) -> None:
-        with self._lock:
+        with self._operation("unlocking"):
             local = self.local
             if local is None:
                 raise SwarmError(errors.NOT_PART_OF_SWARM)
@@ -417,14 +496,25 @@ class NodeRuntime:
         return manager.heartbeat_ns() if manager is not None else 5 * 10**9
 
     def shutdown(self) -> None:
-        with self._lock:
-            self._stop_agent()
-            self._stop_manager()
+        """Stop everything within a few seconds, whatever operation is under way: it is told to
+        stop and given ``SHUTDOWN_WAIT`` to reach its next step; then its components stop
+        under it (what it had not finished is undone at the next start, as after a crash)."""
+        self._stopping.set()
+        self._role_wake.set()
+        with self._op_cond:
+            deadline = time.monotonic() + SHUTDOWN_WAIT
+            while self._op is not None and time.monotonic() < deadline:
+                self._op_cond.wait(max(0.0, deadline - time.monotonic()))
+            if self._op is not None:
+                log.warning("stopping while %s", self._op)
+        self._stop_agent()
+        self._stop_manager()
+        self.remotes.close()
         self.dispatcher.close()
 
     # -- init ----------------------------------------------------------------------------------------
     def init(self, req: pb.InitRequest) -> pb.InitResponse:
-        with self._lock:
+        with self._operation("initialising a swarm"):
             if self.local is not None:
                 if req.force_new_cluster and self.manager is not None:
                     return self._force_new_cluster()
@@ -441,7 +531,7 @@ class NodeRuntime:
         self._stop_agent()
         self._stop_manager()
         self._wipe_swarm_state()
-        self.local = None
+        self._set_local(None)
 
     def _create_swarm(self, plan: InitPlan) -> pb.InitResponse:
         node_id, cluster_id = ids.new_id(), ids.new_id()
@@ -461,7 +551,7 @@ class NodeRuntime:
                            local_addr=plan.local_addr, data_path_addr=plan.data_path_addr,
                            data_path_port=plan.data_path_port,
                            remote_managers=[{"node_id": node_id, "addr": plan.advertise_addr}])
-        self.local = local
+        self._set_local(local, save=False)  # saved once the swarm exists: its presence marks membership
         self._start_manager(local, [])
         assert self.manager is not None
         now = now_rfc3339()
@@ -482,7 +572,7 @@ class NodeRuntime:
         }
         ingress = {"id": ids.new_id(), "name": "ingress", "ingress": True, "now": now}
         self.manager.propose("bootstrap", cluster=cluster, node=node, ingress=ingress)
-        local.save(self.state_dir)
+        self._set_local(local)
         self._start_agent(local, [(node_id, plan.advertise_addr)], plan.spec["dispatcher_heartbeat_ns"])
         log.info("swarm %s created; this node %s is its leader", cluster_id, node_id)
         return pb.InitResponse(node_id=node_id, manager_addr=plan.advertise_addr,
@@ -515,8 +605,7 @@ class NodeRuntime:
             old.rename(self.raft_dir)
             raise
         remove_tree(old)
-        local.remote_managers = [{"node_id": local.node_id, "addr": local.advertise_addr}]
-        local.save(self.state_dir)
+        self._update_local(remote_managers=[{"node_id": local.node_id, "addr": local.advertise_addr}])
         self._start_agent(local, [(local.node_id, local.advertise_addr)], self._heartbeat_hint())
         log.warning("forced a new one-manager cluster from this node's state")
         return pb.InitResponse(node_id=local.node_id, manager_addr=local.advertise_addr,
@@ -524,7 +613,7 @@ class NodeRuntime:
 
     # -- join ------------------------------------------------------------------------------------------
     def join(self, req: pb.JoinRequest) -> pb.JoinResponse:
-        with self._lock:
+        with self._operation("joining a swarm"):
             if self.local is not None:
                 raise SwarmError(errors.ALREADY_IN_SWARM)
             availability = check_availability(req.availability)
@@ -543,14 +632,21 @@ class NodeRuntime:
             advertise = netaddr.join_host_port(adv_host, adv_port) if adv_host else f":{adv_port}"
             result = request_certificate(req.remote_addr, req.token, availability, advertise, self._description())
             try:
-                return self._become_member(result, netaddr.join_host_port(listen_ip, listen_port),
-                                           result.advertise_addr or advertise, data_path)
+                self._check_stopping()
+                agent = self._become_member(result, netaddr.join_host_port(listen_ip, listen_port),
+                                            result.advertise_addr or advertise, data_path)
             except BaseException:
                 log.warning("join failed after the certificate was issued; returning to inactive")
                 self._abandon()
                 raise
+        if not agent.wait_connected(JOIN_SESSION_TIMEOUT):
+            # A member now (it holds a certificate and state.json): the session keeps trying.
+            log.warning("no session with the leader after %.0fs; still trying", JOIN_SESSION_TIMEOUT)
+            raise SwarmError(JOIN_TIMEOUT_TEXT, grpc.StatusCode.DEADLINE_EXCEEDED)
+        log.debug("session with the leader open")
+        return pb.JoinResponse(node_id=result.node_id, role=result.role)
 
-    def _become_member(self, result: JoinResult, listen: str, advertise: str, data_path: str) -> pb.JoinResponse:
+    def _become_member(self, result: JoinResult, listen: str, advertise: str, data_path: str) -> Agent:
         ensure_dir(self.state_dir)
         self.identity.create(result.root_pem, result.cert_pem, result.key_pem,
                              with_data_key=result.role == "manager")
@@ -558,7 +654,7 @@ class NodeRuntime:
                            listen_addr=listen, advertise_addr=advertise, local_addr=netaddr.host_of(advertise),
                            data_path_addr=data_path,
                            remote_managers=[{"node_id": i, "addr": a} for i, a in result.managers])
-        self.local = local
+        self._set_local(local, save=False)
         managers = result.managers
         if result.role == "manager":
             self._start_manager(local, result.managers,
@@ -566,18 +662,17 @@ class NodeRuntime:
             assert self.manager is not None
             if not self.manager.store.wait_ready(RAFT_JOIN_TIMEOUT):
                 raise SwarmError("timed out catching up with the swarm's raft log", grpc.StatusCode.DEADLINE_EXCEEDED)
+            self._check_stopping()
             managers = self.manager.managers() or managers
-            local.remote_managers = [{"node_id": i, "addr": a} for i, a in managers]
-        local.save(self.state_dir)
+            local = dataclasses.replace(local, remote_managers=[{"node_id": i, "addr": a} for i, a in managers])
+        self._set_local(local)
         agent = self._start_agent(local, managers, result.heartbeat_ns)
-        agent.wait_connected(5.0)
-        log.debug("session with the leader open")
         log.info("joined swarm %s as %s %s", result.cluster_id, result.role, result.node_id)
-        return pb.JoinResponse(node_id=result.node_id, role=result.role)
+        return agent
 
     # -- leave -----------------------------------------------------------------------------------------
     def leave(self, force: bool) -> None:
-        with self._lock:
+        with self._operation("leaving the swarm"):
             local = self.local
             if local is None:
                 raise SwarmError(errors.NOT_PART_OF_SWARM)
@@ -588,14 +683,13 @@ class NodeRuntime:
                 if not force:
                     raise SwarmError(self._leave_warning(manager))
                 self._leave_raft(manager)
-            self._stop_renewer()
             if self.agent is not None:
                 self.agent.leave()
-                self.agent = None
+            self._stop_agent()
             self._stop_manager()
             self._wipe_swarm_state()
             log.info("left swarm %s", local.cluster_id)
-            self.local = None
+            self._set_local(None)
 
     @staticmethod
     def _leave_warning(manager: Manager) -> str:
@@ -630,12 +724,15 @@ class NodeRuntime:
             return
         managers = [{"node_id": m.node_id, "addr": m.addr} for m in message.managers]
         if managers and managers != local.remote_managers:
-            local.remote_managers = managers
-            local.save(self.state_dir)
+            self._update_local(remote_managers=managers)
         wanted = message.desired_role
-        if wanted in ("worker", "manager") and wanted != local.role:
-            threading.Thread(target=self._change_role, args=(wanted,), name="role-change", daemon=True).start()
-            return
+        if wanted in ("worker", "manager"):
+            with self._role_told:
+                self._wanted_role = wanted
+                self._role_told.notify_all()
+            if wanted != local.role:
+                self._role_wake.set()
+                return
         if message.root_ca and message.root_ca != self.identity.material().root_pem:
             self._adopt_root(message.root_ca)
         if message.renew_certificate and self._renewer is not None:
@@ -656,18 +753,20 @@ class NodeRuntime:
             self.agent.report_tls()
 
     def _renew_in_place(self) -> None:
-        """The renewer's job: a new certificate for the same role (a role change has its own path)."""
+        """A new certificate for this node's role (the renewer's job, and the last step of a
+        demotion); when the swarm wants another role, the role watcher changes it first."""
         with self._renew_lock:
             local, agent = self.local, self.agent
             if local is None or agent is None:
                 return
-            root, cert, key, role = self._renew(agent.managers)
+            others = [(i, a) for i, a in agent.managers if i != local.node_id or local.role == "manager"]
+            root, cert, key, role = self._renew(others)
             if role != local.role:
                 return  # the session's desired role drives promotion and demotion
             self.identity.replace_certificate(root, cert, key)
             if self.security is not None:
                 self.security.update_node_certificate(cert, key)
-                self._close_leader_channels()  # forwarding opens new ones with the new certificate
+            self.remotes.renew()  # calls to managers open channels with the new certificate
             agent.reconnect()  # the new session presents the new certificate and reports it
 
     def _renew(self, managers: list[tuple[str, str]]) -> tuple[bytes, bytes, bytes, str]:
@@ -683,8 +782,8 @@ class NodeRuntime:
     def _call_ca_renewal(self, csr: bytes, managers: list[tuple[str, str]]) -> Any:
         last: Exception | None = None
         for _, addr in managers:
-            with grpc.secure_channel(addr, self.node_channel_credentials(),
-                                     options=[("grpc.ssl_target_name_override", "swarm-manager")]) as channel:
+            self._check_stopping()
+            with self.remotes.channel(addr) as channel:
                 try:
                     return pb_grpc.CAStub(channel).IssueNodeCertificate(
                         pb.IssueNodeCertificateRequest(csr=csr), timeout=CALL_TIMEOUT)
@@ -692,37 +791,85 @@ class NodeRuntime:
                     last = SwarmError(str(e.details()), e.code())
         raise last or SwarmError("no manager to renew the certificate with")
 
-    def _change_role(self, wanted: str) -> None:
-        with self._lock:
-            local = self.local
-            if local is None or local.role == wanted:
+    def wait_demoted(self, timeout: float = DEMOTED_TIMEOUT) -> None:
+        """Wait until the leader tells this node it is a worker (its demotion committed)."""
+        with self._role_told:
+            if not self._role_told.wait_for(lambda: self._wanted_role == "worker", timeout):
+                raise SwarmError("the leadership was handed over, but the new leader did not complete this "
+                                 "manager's demotion in time; it completes it as soon as it can",
+                                 grpc.StatusCode.UNAVAILABLE)
+
+    def _role_loop(self, agent: Agent) -> None:
+        """Make this node the role the leader asks for, retrying with a growing delay until it
+        is (a failed promotion or demotion is not left until the session happens to change)."""
+        delay = ROLE_RETRY_MIN
+        while True:
+            self._role_wake.wait()
+            self._role_wake.clear()
+            if self._stopping.is_set() or self.agent is not agent:
                 return
-            agent_managers = self.agent.managers if self.agent is not None else []
             try:
+                self._reconcile_role()
+                delay = ROLE_RETRY_MIN
+            except Exception as e:  # noqa: BLE001 - retried below
+                log.error("could not become a %s: %s (retrying in %.1fs)", self._wanted_role,
+                          e.message if isinstance(e, SwarmError) else e, delay)
+                if self._stopping.wait(delay):
+                    return
+                delay = min(delay * 2, ROLE_RETRY_MAX)
+                self._role_wake.set()
+
+    def _reconcile_role(self) -> None:
+        local, wanted = self.local, self._wanted_role
+        if local is None or wanted is None:
+            return
+        if wanted != local.role:
+            with self._operation(f"becoming a {wanted}", wait=0.0):
+                local = self.local
+                if local is None or local.role == wanted:
+                    return
                 if wanted == "manager":
-                    root, cert, key, role = self._renew(agent_managers)
-                    if role != "manager":
-                        return
-                    self.identity.replace_certificate(root, cert, key)
-                    local.role = "manager"
-                    self._start_manager(local, agent_managers, raft_join=True)
-                    assert self.manager is not None
-                    self.manager.store.wait_ready(RAFT_JOIN_TIMEOUT)
+                    self._promote(local)
                 else:
-                    self._stop_manager()
-                    others = [(i, a) for i, a in agent_managers if i != local.node_id]
-                    root, cert, key, _ = self._renew(others)
-                    self.identity.replace_certificate(root, cert, key)
-                    self.identity.set_kek(None)  # workers are never locked
-                    self.sealer.assume(None)
-                    local.role = "worker"
-                local.save(self.state_dir)
-                log.info("this node is now a %s", wanted)
-            except Exception as e:  # noqa: BLE001 - retried on the next session update
-                log.error("could not become a %s: %s", wanted, e)
-                if wanted == "manager":
-                    local.role = "worker"
-                    self._stop_manager()
+                    self._demote(local)
+        local = self.local
+        if local is not None and self.identity.certified_role() != local.role:
+            self._renew_in_place()  # a demoted node's manager certificate is replaced
+
+    def _promote(self, local: LocalState) -> None:
+        managers = self.agent.managers if self.agent is not None else []
+        root, cert, key, role = self._renew(managers)
+        if role != "manager":
+            raise SwarmError("the swarm no longer asks this node to be a manager")
+        self.identity.replace_certificate(root, cert, key)
+        promoted = dataclasses.replace(local, role="manager")
+        try:
+            self._start_manager(promoted, managers, raft_join=True)
+            assert self.manager is not None
+            if not self.manager.store.wait_ready(RAFT_JOIN_TIMEOUT):
+                raise SwarmError("timed out catching up with the swarm's raft log")
+            self._check_stopping()
+        except BaseException:
+            self._stop_manager()
+            self._forget_manager_data()
+            raise
+        self._set_local(promoted)
+        log.info("this node is now a manager")
+
+    def _demote(self, local: LocalState) -> None:
+        """The leader took this node out of Raft: stop the store and keep no manager secret (the
+        Raft data holds the CA key, the join tokens and the unlock key) before the worker
+        certificate is written."""
+        self._stop_manager()
+        # state.json first: a crash before the wipe leaves a worker, which wipes at its start.
+        self._set_local(dataclasses.replace(local, role="worker"))
+        self._forget_manager_data()
+        log.info("this node is now a worker")
+
+    def _forget_manager_data(self) -> None:
+        remove_tree(self.raft_dir)
+        self.identity.drop_manager_secrets()  # and workers are never locked
+        self.sealer.assume(None)
 
     # -- info ------------------------------------------------------------------------------------------
     def info(self) -> pb.InfoResponse:

@@ -15,6 +15,7 @@ import grpc
 
 from swarmd import errors
 from swarmd.errors import SwarmError
+from swarmd.remotes import LEADER_KEY
 from swarmd.wire import MalformedRequestInterceptor
 
 log = logging.getLogger("swarmd.api")
@@ -86,6 +87,8 @@ def start_remote_server(listen: str, credentials: grpc.ServerCredentials,
 
 def _abort(context: grpc.ServicerContext, e: Exception, name: str) -> None:
     if isinstance(e, SwarmError):
+        if e.leader_addr:
+            context.set_trailing_metadata(((LEADER_KEY, e.leader_addr),))
         context.abort(e.code, e.message)
     log.exception("internal error in %s", name)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")

@@ -13,9 +13,11 @@ import pysyncobj.version
 from swarmd import API_VERSION, __version__
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
-from swarmd.manager import authz, convert, fields
+from swarmd.manager import authz, convert, fields, requestid
+from swarmd.manager.manager import LeadershipMoved
 from swarmd.manager.dispatcher import peer_ip
 from swarmd.errors import SwarmError
+from swarmd.remotes import REQUEST_ID_KEY
 from swarmd.server import abort_on_error
 
 if TYPE_CHECKING:
@@ -26,15 +28,23 @@ Ctx: TypeAlias = Any  # grpc ships no type information
 
 def on_leader(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Serve on the leader; elsewhere forward the call there. "self" means the node that was
-    asked, so it is resolved here, and answers that name "this manager" are made local again."""
+    asked, so it is resolved here, and answers that name "this manager" are made local again.
+
+    On the leader, the writes of a forwarded call are tagged with the forwarder's request ID
+    (``requestid``), so the forwarder may retry a call whose answer it lost. A leader that
+    hands its leadership over while serving (its own demotion) forwards the rest."""
     name = fn.__name__
 
     @functools.wraps(fn)
     def wrapper(self: ControlServicer, request: Any, context: Ctx) -> Any:
         manager = self.rt.require_manager()
         if manager.is_leader():
-            return fn(self, request, context)
-        if getattr(request, "ref", None) == "self":
+            try:
+                with requestid.scope(_request_id(context)):
+                    return fn(self, request, context)
+            except LeadershipMoved:
+                pass  # forwarded below, to the manager that leads now
+        if getattr(request, "ref", None) == "self" and name != "RemoveNode":  # `node rm` takes no "self"
             request.ref = manager.node_id
         try:
             response = self.rt.forward_control(name, request)
@@ -48,6 +58,13 @@ def on_leader(fn: Callable[..., Any]) -> Callable[..., Any]:
             response.manager_addr = self.rt.local.advertise_addr
         return response
     return wrapper
+
+
+def _request_id(context: Ctx) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str):
+            return value
+    return None
 
 
 class ControlServicer(pb_grpc.ControlServicer):
@@ -107,7 +124,13 @@ class ControlServicer(pb_grpc.ControlServicer):
     def UpdateNode(self, request: pb.UpdateNodeRequest, context: Ctx) -> pb.UpdateNodeResponse:
         manager = self.rt.require_manager()
         if request.role:
-            node_id, _ = manager.set_role(request.ref, request.role)
+            try:
+                node_id, _ = manager.set_role(request.ref, request.role)
+            except LeadershipMoved:
+                # This leader's own demotion: the new leader takes it out of Raft and then tells
+                # this node, through its session, that it is a worker now.
+                self.rt.wait_demoted()
+                return pb.UpdateNodeResponse(node=manager.node_as_stored(manager.node_id))
             return pb.UpdateNodeResponse(node=manager.get_node(node_id))
         node = manager.update_node(request.ref, request.availability, list(request.label_add),
                                    list(request.label_rm))

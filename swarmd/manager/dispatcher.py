@@ -19,8 +19,10 @@ import grpc
 
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
+from swarmd import errors
 from swarmd.errors import SwarmError
 from swarmd.manager import fields
+from swarmd.manager.manager import effective_role
 from swarmd.server import abort_on_error
 
 if TYPE_CHECKING:
@@ -29,7 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GRACE_MULTIPLIER = 3
-NOT_LEADER = "this manager is not the leader"
 
 
 def peer_ip(context: Any) -> str:
@@ -85,7 +86,7 @@ class Dispatcher(pb_grpc.DispatcherServicer):
     # -- the shared view -------------------------------------------------------------------------------
     def _compute_view(self, manager: Any) -> _View:
         def read(state: Any) -> tuple[dict[str, tuple[str, bool]], bytes]:
-            roles = {i: (n["role"], bool(n.get("cert_rotate"))) for i, n in state["nodes"].items()}
+            roles = {i: (effective_role(n), bool(n.get("cert_rotate"))) for i, n in state["nodes"].items()}
             root = state["cluster"]["root_ca"]["cert"].encode() if state["cluster"] else b""
             return roles, root
         roles, root = manager.machine.read(read)
@@ -129,8 +130,7 @@ class Dispatcher(pb_grpc.DispatcherServicer):
     def _leader_manager(self) -> Any:
         manager = self.rt.require_manager()
         if not manager.is_leader():
-            addr = manager.leader_addr() or ""
-            raise SwarmError(f"{NOT_LEADER}; leader: {addr}", grpc.StatusCode.FAILED_PRECONDITION)
+            raise errors.not_leader(manager.leader_addr())
         return manager
 
     def _mark(self, manager: Any, node_id: str, **fields: Any) -> bool:

@@ -21,7 +21,9 @@ from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.ca import ids, keyfile, pki, rotation, tokens
 from swarmd.errors import SwarmError
 from swarmd.initplan import spec_overrides
-from swarmd.manager import convert, rootrotation
+from swarmd.manager import convert, requestid, rootrotation
+from swarmd.manager.leadership import LeaderSupervisor
+from swarmd.manager.roles import RoleManager
 from swarmd.manager import fields as checks
 from swarmd.store.machine import Result, State, StateMachine, encode_op
 from swarmd.store.raft import MAX_OP_BYTES, OpTooLarge, RaftStore, StoreError
@@ -41,14 +43,36 @@ _CODES = {
 }
 
 
+DEMOTE_TIMEOUT = 10.0
+HANDOVER_TIMEOUT = 5.0
+
+
+def effective_role(node: dict[str, Any]) -> str:
+    """What a node is now: its desired role, except that a manager whose demotion is under way
+    remains a manager until it has been taken out of Raft."""
+    return "manager" if node.get("manager") else str(node["role"])
+
+
+class LeadershipMoved(SwarmError):
+    """This manager handed the leadership over while serving the call: the new leader finishes it."""
+
+    def __init__(self) -> None:
+        super().__init__("the leadership moved to another manager; retry there", grpc.StatusCode.ABORTED)
+
+
 class Manager:
     def __init__(self, node_id: str, raft_dir: Path, peers: Sequence[str] = (),
                  network: PeerNetwork | None = None, *, data_key: bytes, other_keys: Sequence[bytes] = ()) -> None:
         self.node_id = node_id
         self.machine = StateMachine()
         self.network = network
+        self.roles = RoleManager(self)
+        self.leadership = LeaderSupervisor([self.roles])
         self.store = RaftStore(node_id, raft_dir, self.machine, peers, network=network, data_key=data_key,
-                               other_keys=other_keys)
+                               other_keys=other_keys, on_leader_change=self.leadership.leadership_changed)
+        self._role_lock = threading.Lock()     # role changes: check and store one at a time
+        self._changed = threading.Condition()  # notified after every apply
+        self.machine.add_listener(self._on_change)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:
@@ -57,13 +81,34 @@ class Manager:
             log.warning("raft store started without a leader within %.0fs", timeout)
 
     def stop(self) -> None:
+        self.leadership.close()
         self.store.stop()
         if self.network is not None:
             self.network.close()
 
+    def _on_change(self) -> None:
+        """After every apply (apply thread): wake what waits for the store."""
+        self.roles.kick()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_until(self, predicate: Callable[[State], bool], timeout: float) -> bool:
+        """Wait for this manager's copy of the state to satisfy ``predicate``."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not self.machine.read(predicate):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(min(remaining, 0.5))
+        return True
+
     # -- plumbing ------------------------------------------------------------------------------
     def propose(self, kind: str, **fields: Any) -> Result:
         limit = None if kind == "restore" else MAX_OP_BYTES
+        tag = requestid.next_tag()
+        if tag is not None:
+            fields["rid"] = tag
         try:
             result = self.store.propose(encode_op(kind, **fields), max_bytes=limit)
         except OpTooLarge as e:
@@ -117,9 +162,13 @@ class Manager:
             return str(manager["addr"]) if manager else None
         return self.machine.read(addr)
 
-    def desired_role(self, node_id: str) -> str | None:
-        """The node's desired role; None when it is not (or no longer) in the swarm."""
-        return self.machine.read(lambda state: (state["nodes"].get(node_id) or {}).get("role"))
+    def role_of(self, node_id: str) -> str | None:
+        """The role a node acts in; None when it is not (or no longer) in the swarm. A manager
+        being demoted stays a manager until it is out of Raft (``roles``)."""
+        def get(state: State) -> str | None:
+            node = state["nodes"].get(node_id)
+            return None if node is None else effective_role(node)
+        return self.machine.read(get)
 
     def trust(self) -> tuple[str, dict[str, str], Callable[[str], str | None]]:
         """What the TLS layer needs: cluster ID, live join tokens, each node's desired role."""
@@ -129,7 +178,7 @@ class Manager:
                 return "", {}
             return str(cluster["id"]), dict(cluster["join_tokens"])
         cluster_id, join_tokens = self.machine.read(get)
-        return cluster_id, join_tokens, self.desired_role
+        return cluster_id, join_tokens, self.role_of
 
     def heartbeat_ns(self) -> int:
         return int(self.machine.read(lambda state: state["cluster"]["spec"]["dispatcher_heartbeat_ns"]
@@ -228,6 +277,10 @@ class Manager:
             if len(candidates) > 1:
                 raise errors.invalid(f"node {ref} is ambiguous ({len(candidates)} matches found)")
         raise errors.not_found(f"node {ref} not found")
+
+    def node_as_stored(self, node_id: str) -> pb.Node:
+        """A node as this manager's copy of the store has it (no leader needed)."""
+        return self.machine.read(lambda state: self._node_pb(state, self._resolve_node(state, node_id)))
 
     def get_node(self, ref: str) -> pb.Node:
         return self.read(lambda state: self._node_pb(state, self._resolve_node(state, ref)))
@@ -402,28 +455,61 @@ class Manager:
                      message="node left the swarm", now=now_rfc3339())
 
     def set_role(self, ref: str, role: str) -> tuple[str, bool]:
-        """Promote or demote; returns (node ID, changed). Runs on the leader."""
+        """Promote or demote; returns (node ID, changed). Runs on the leader.
+
+        A demotion is stored after Docker's checks and completed by the role manager (out of
+        Raft, then no longer a manager); this call returns once it is complete. Demoting this
+        leader hands leadership over first: ``LeadershipMoved`` then tells the caller to ask
+        the new leader, which finishes the demotion."""
         role = checks.check_node_role(role)
-        node = self.read(lambda state: dict(self._resolve_node(state, ref)))
-        if node["role"] == role:
-            return node["id"], False
-        if role == "worker":
-            managers = self.managers()
-            if len(managers) <= 1 and node.get("manager"):
-                raise SwarmError(errors.rpc_text("FAILED_PRECONDITION",
-                                                 "attempting to demote the last manager of the swarm"))
-            if node.get("manager"):
-                reachable, unreachable = self.manager_stats()
-                remaining = reachable - (1 if self._reachable(node["id"]) else 0)
-                if remaining < (len(managers) - 1) // 2 + 1:
-                    raise SwarmError(errors.rpc_text("FAILED_PRECONDITION", "can't remove member from the raft: "
-                                                     "this would result in a loss of quorum"))
-            self.propose("set_node_role", id=node["id"], role="worker", manager_addr="", now=now_rfc3339())
-            if node["id"] in self.store.members():
-                self.store.remove_member(node["id"])
-        else:
-            self.propose("set_node_role", id=node["id"], role="manager", now=now_rfc3339())
-        return node["id"], True
+        with self._role_lock:
+            node = self.read(lambda state: dict(self._resolve_node(state, ref)))
+            node_id = str(node["id"])
+            if role == "manager":
+                if node["role"] == "manager":
+                    return node_id, False
+                self.propose("set_node_role", id=node_id, role="manager", now=now_rfc3339())
+                return node_id, True
+            changed = node["role"] != "worker"
+            if changed and node.get("manager"):
+                self._check_demotion(node_id)
+            if changed:
+                self.propose("set_node_role", id=node_id, role="worker", now=now_rfc3339())
+        if node_id == self.node_id:
+            self._wait_handover()
+        elif not self.wait_until(lambda s: not (s["nodes"].get(node_id) or {}).get("manager"), DEMOTE_TIMEOUT):
+            raise SwarmError(f"the demotion of {node_id} is stored but it is still a raft member; it is removed "
+                             "as soon as that keeps a quorum", grpc.StatusCode.UNAVAILABLE)
+        return node_id, changed
+
+    def _check_demotion(self, node_id: str) -> None:
+        """Docker's refusals: the last manager, or a removal that would lose the quorum (counting
+        the demotions already under way as gone)."""
+        keep = self.machine.read(lambda s: [n["id"] for n in s["nodes"].values()
+                                            if n.get("manager") and n["role"] == "manager" and n["id"] != node_id])
+        if not keep:
+            raise SwarmError(errors.rpc_text("FAILED_PRECONDITION", "attempting to demote the last manager of the swarm"))
+        if sum(1 for i in keep if self._reachable(i)) < len(keep) // 2 + 1:
+            raise SwarmError(errors.rpc_text("FAILED_PRECONDITION", "can't remove member from the raft: "
+                                             "this would result in a loss of quorum"))
+
+    def removal_keeps_quorum(self, node_id: str) -> bool:
+        """Whether the members left after removing ``node_id`` still make a reachable majority."""
+        rest = [i for i in self.store.members() if i != node_id]
+        return sum(1 for i in rest if self._reachable(i)) >= len(rest) // 2 + 1
+
+    def _wait_handover(self) -> None:
+        """This leader's own demotion: wait for the role manager to hand leadership over."""
+        deadline = time.monotonic() + HANDOVER_TIMEOUT
+        while time.monotonic() < deadline:
+            leader = self.store.leader_id()
+            if leader is not None and leader != self.node_id:
+                raise LeadershipMoved()
+            time.sleep(0.01)
+        with self._role_lock:  # nobody took over: the demotion does not happen at all
+            self.propose("set_node_role", id=self.node_id, role="manager", now=now_rfc3339())
+        raise SwarmError("could not hand the leadership over to another manager; this manager was not demoted",
+                         grpc.StatusCode.UNAVAILABLE)
 
     def remove_node(self, ref: str, force: bool) -> str:
         node = self.read(lambda state: dict(self._resolve_node(state, ref, allow_self=False)))

@@ -77,18 +77,24 @@ class StateMachine:
             handler = self._handlers.get(str(cmd.get("op")))
             if handler is None:
                 return _failed("INVALID_ARGUMENT", f"unknown op {cmd.get('op')!r}")
+            tag = cmd.get("rid")
             with self._lock:
+                done = self._state.get("requests", {}).get(tag) if isinstance(tag, str) else None
+                if done is not None:
+                    return dict(done)  # a retried write that had committed: its first result
                 # Handlers work on a draft so a failure half-way leaves the state as it was. The
                 # draft copies only the containers; a handler replaces (never edits) an object it
                 # changes (see _for_write), so a write costs O(objects), not a deep copy of all.
                 draft = {**self._state, "nodes": dict(self._state["nodes"]),
                          "networks": dict(self._state["networks"])}
                 draft["index"] += 1
-                result = handler(draft, cmd)
+                outcome: Result = {"ok": True, "index": draft["index"], **handler(draft, cmd)}
+                if isinstance(tag, str):
+                    draft["requests"] = _remember(self._state.get("requests", {}), tag, outcome)
                 self._state = draft
             for listener in self._listeners:
                 listener()
-            return {"ok": True, "index": draft["index"], **result}
+            return outcome
         except OpError as e:
             return _failed(e.code, e.message)
         except Exception as e:  # noqa: BLE001 - apply must never raise (see module docstring)
@@ -109,6 +115,18 @@ class StateMachine:
             self._state = state
         for listener in self._listeners:
             listener()
+
+
+MAX_REMEMBERED = 1024  # recent request tags; a retry comes within seconds of its first try
+
+
+def _remember(requests: dict[str, Result], tag: str, outcome: Result) -> dict[str, Result]:
+    """The request table with ``tag`` added and the oldest tags dropped (same on every replica)."""
+    table = dict(requests)
+    table[tag] = outcome
+    while len(table) > MAX_REMEMBERED:
+        del table[next(iter(table))]
+    return table
 
 
 def _failed(code: str, message: str) -> Result:

@@ -24,6 +24,13 @@ def key_file(d: Daemon) -> bytes:
     return (d.state_dir / "certificates" / "swarm-node.key").read_bytes()
 
 
+def local_role(d: Daemon) -> str | None:
+    try:
+        return str(json.loads((d.state_dir / "state.json").read_text())["role"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def test_init_autolock_restart_is_locked_until_unlocked(daemon: Daemon) -> None:
     out = daemon.init("--autolock")
     match = UNLOCK_BLOCK.search(out)
@@ -208,13 +215,16 @@ def test_promoted_worker_is_sealed_and_locks_and_a_demoted_one_is_not(daemons: C
             return False
         sealed = keyfile.decode(key_file(w1), keyfile.parse_unlock_key(key))
         return sealed.dek is not None and sealed.pending_dek is None  # its clear data key replaced
-    wait_for(sealed_and_rotated, 15, what="the promoted node's key file sealed and its data key rotated")
+    wait_for(sealed_and_rotated, 30, what="the promoted node's key file sealed and its data key rotated")
+    # Restart only once the node itself recorded that it is a manager (its promotion is over).
+    wait_for(lambda: local_role(w1) == "manager", 30, what="the promotion to finish on the node")
     w1.restart()
     assert w1.info().local_node_state == "locked"
     w1.ok("unlock", input=key + "\n")
     wait_for(lambda: node_rows(m1)["w1"][2] == "Reachable" or None, 15, what="the unlocked manager reachable")
     m1.ok("node", "demote", "w1")
-    wait_for(lambda: not keyfile.is_encrypted(key_file(w1)), 15, what="the demoted node's key file plain")
+    wait_for(lambda: local_role(w1) == "worker" and not keyfile.is_encrypted(key_file(w1)), 30,
+             what="the demoted node's key file plain")
     w1.restart()
     assert w1.info().local_node_state == "active"
     assert key[9:] not in w1.log()

@@ -125,7 +125,8 @@ class Daemon:
                 systemd.notify(f"STATUS={status}")
         systemd.notify("STOPPING=1")
         log.info("shutting down")
-        self._control.stop(2.0).wait(3.0)
+        self.runtime.begin_shutdown()  # an operation under way stops at its next step
+        self._control.stop(1.0).wait(2.0)
         self.runtime.shutdown()
         self.socket_path.unlink(missing_ok=True)
         return 0

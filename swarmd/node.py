@@ -64,7 +64,7 @@ FORWARD_CONNECT_TIMEOUT = 0.3   # a refused or silent leader is retried after a 
 # Failures after which a forwarded call is tried again (with the same request ID, so a write
 # that did commit is not applied twice): the leader went away or changed.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                       grpc.StatusCode.CANCELLED})
+                       grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED})
 OPERATION_WAIT = 10.0          # how long init, join, leave, unlock wait for another operation
 SHUTDOWN_WAIT = 2.0            # how long a shutdown lets a running operation reach its next step
 JOIN_SESSION_TIMEOUT = 10.0
@@ -131,7 +131,7 @@ class NodeRuntime:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise SwarmError(f"another operation is in progress ({self._op}); try again later",
-                                     grpc.StatusCode.UNAVAILABLE)
+                                     grpc.StatusCode.FAILED_PRECONDITION)
                 self._op_cond.wait(remaining)
             self._check_stopping()
             self._op = name
@@ -144,7 +144,7 @@ class NodeRuntime:
 
     def _check_stopping(self) -> None:
         if self._stopping.is_set():
-            raise SwarmError("swarmd is shutting down", grpc.StatusCode.UNAVAILABLE)
+            raise SwarmError("swarmd is shutting down", grpc.StatusCode.FAILED_PRECONDITION)
 
     def _set_local(self, local: LocalState | None, save: bool = True) -> None:
         """The one writer of the local state: replaced whole, saved atomically."""
@@ -239,14 +239,13 @@ class NodeRuntime:
         security = self.security
         return security.channel_credentials() if security is not None else self.node_channel_credentials()
 
-    def forward_control(self, method: str, request: Any) -> Any:
+    def forward_control(self, method: str, request: Any, request_id: str) -> Any:
         """Run a control call on the leader (reads the CLI shows and all writes).
 
         The leader may be changing (a manager just got cut off or stopped): each attempt first
         checks with a short deadline that the leader answers at all, and a failed attempt looks
         the leader up again until an election had time to finish. Every attempt carries the same
         request ID, so a write whose answer was lost is not applied twice (``requestid``)."""
-        request_id = ids.new_id()
         deadline = time.monotonic() + FORWARD_WINDOW
         hint: str | None = None
         while True:
@@ -495,12 +494,15 @@ class NodeRuntime:
         manager = self.manager
         return manager.heartbeat_ns() if manager is not None else 5 * 10**9
 
+    def begin_shutdown(self) -> None:
+        self._stopping.set()
+        self._role_wake.set()
+
     def shutdown(self) -> None:
         """Stop everything within a few seconds, whatever operation is under way: it is told to
         stop and given ``SHUTDOWN_WAIT`` to reach its next step; then its components stop
         under it (what it had not finished is undone at the next start, as after a crash)."""
-        self._stopping.set()
-        self._role_wake.set()
+        self.begin_shutdown()
         with self._op_cond:
             deadline = time.monotonic() + SHUTDOWN_WAIT
             while self._op is not None and time.monotonic() < deadline:
@@ -642,7 +644,7 @@ class NodeRuntime:
         if not agent.wait_connected(JOIN_SESSION_TIMEOUT):
             # A member now (it holds a certificate and state.json): the session keeps trying.
             log.warning("no session with the leader after %.0fs; still trying", JOIN_SESSION_TIMEOUT)
-            raise SwarmError(JOIN_TIMEOUT_TEXT, grpc.StatusCode.DEADLINE_EXCEEDED)
+            raise SwarmError(JOIN_TIMEOUT_TEXT, grpc.StatusCode.UNKNOWN)
         log.debug("session with the leader open")
         return pb.JoinResponse(node_id=result.node_id, role=result.role)
 
@@ -661,7 +663,7 @@ class NodeRuntime:
                                 raft_join=True)
             assert self.manager is not None
             if not self.manager.store.wait_ready(RAFT_JOIN_TIMEOUT):
-                raise SwarmError("timed out catching up with the swarm's raft log", grpc.StatusCode.DEADLINE_EXCEEDED)
+                raise SwarmError("timed out catching up with the swarm's raft log", grpc.StatusCode.UNKNOWN)
             self._check_stopping()
             managers = self.manager.managers() or managers
             local = dataclasses.replace(local, remote_managers=[{"node_id": i, "addr": a} for i, a in managers])
@@ -797,7 +799,7 @@ class NodeRuntime:
             if not self._role_told.wait_for(lambda: self._wanted_role == "worker", timeout):
                 raise SwarmError("the leadership was handed over, but the new leader did not complete this "
                                  "manager's demotion in time; it completes it as soon as it can",
-                                 grpc.StatusCode.UNAVAILABLE)
+                                 grpc.StatusCode.UNKNOWN)
 
     def _role_loop(self, agent: Agent) -> None:
         """Make this node the role the leader asks for, retrying with a growing delay until it

@@ -17,9 +17,10 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
+
+from swarmd.errors import SwarmError
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class Remotes:
         key = (addr, server_name)
         with self._lock:
             if self._closed:
-                raise grpc_closed()
+                raise SwarmError("this node is stopping")
             entry = self._live.get(key)
             if entry is None:
                 channel = grpc.secure_channel(addr, self._credentials(), options=[
@@ -117,20 +118,3 @@ class Remotes:
         """A manager that starts again (promotion after a demotion) may open channels again."""
         with self._lock:
             self._closed = False
-
-
-class _Closed(grpc.RpcError):  # type: ignore[misc]
-    """What a call made after ``close`` raises: the same shape as gRPC's own failures."""
-
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.UNAVAILABLE
-
-    def details(self) -> str:
-        return "this manager is stopping"
-
-    def trailing_metadata(self) -> Any:
-        return ()
-
-
-def grpc_closed() -> grpc.RpcError:
-    return _Closed()

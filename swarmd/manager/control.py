@@ -12,6 +12,7 @@ import pysyncobj.version
 
 from swarmd import API_VERSION, __version__
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
+from swarmd.ca import ids
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 from swarmd.manager import authz, convert, fields, requestid
 from swarmd.manager.manager import LeadershipMoved
@@ -38,20 +39,28 @@ def on_leader(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(self: ControlServicer, request: Any, context: Ctx) -> Any:
         manager = self.rt.require_manager()
+        # Every call has an ID (the forwarder's, or a new one): if this leader loses the
+        # leadership while its write is in flight, the new leader is asked with the same ID and
+        # applies the write only if it had not committed.
+        request_id = _request_id(context) or ids.new_id()
         if manager.is_leader():
             try:
-                with requestid.scope(_request_id(context)):
+                with requestid.scope(request_id):
                     return fn(self, request, context)
             except LeadershipMoved:
                 pass  # forwarded below, to the manager that leads now
+            except SwarmError as e:
+                if e.code != grpc.StatusCode.ABORTED:  # the write did not commit: the leader changed
+                    raise
         if getattr(request, "ref", None) == "self" and name != "RemoveNode":  # `node rm` takes no "self"
             request.ref = manager.node_id
         try:
-            response = self.rt.forward_control(name, request)
+            response = self.rt.forward_control(name, request, request_id)
         except SwarmError as e:
             if e.code != grpc.StatusCode.ABORTED:
                 raise
-            return fn(self, request, context)  # this manager was elected meanwhile
+            with requestid.scope(request_id):
+                return fn(self, request, context)  # this manager was elected meanwhile
         if hasattr(response, "self_id"):
             response.self_id = manager.node_id
         if hasattr(response, "manager_addr") and self.rt.local is not None:

@@ -479,7 +479,7 @@ class Manager:
             self._wait_handover()
         elif not self.wait_until(lambda s: not (s["nodes"].get(node_id) or {}).get("manager"), DEMOTE_TIMEOUT):
             raise SwarmError(f"the demotion of {node_id} is stored but it is still a raft member; it is removed "
-                             "as soon as that keeps a quorum", grpc.StatusCode.UNAVAILABLE)
+                             "as soon as that keeps a quorum", grpc.StatusCode.UNKNOWN)
         return node_id, changed
 
     def _check_demotion(self, node_id: str) -> None:
@@ -509,7 +509,7 @@ class Manager:
         with self._role_lock:  # nobody took over: the demotion does not happen at all
             self.propose("set_node_role", id=self.node_id, role="manager", now=now_rfc3339())
         raise SwarmError("could not hand the leadership over to another manager; this manager was not demoted",
-                         grpc.StatusCode.UNAVAILABLE)
+                         grpc.StatusCode.UNKNOWN)
 
     def remove_node(self, ref: str, force: bool) -> str:
         node = self.read(lambda state: dict(self._resolve_node(state, ref, allow_self=False)))

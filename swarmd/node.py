@@ -291,27 +291,34 @@ class NodeRuntime:
                                  grpc.StatusCode.UNKNOWN) from None
 
     def _call_leader(self, service: str, method: str, request: Any, managers: list[tuple[str, str]]) -> Any:
-        """Call a leader-only RPC, following the leader hints of managers that are not it."""
-        candidates = [a for _, a in managers]
-        tried: set[str] = set()
+        """Call a leader-only RPC, following the leader hints of managers that are not it, for as
+        long as an election may take (hints can point back and forth while one runs)."""
+        deadline = time.monotonic() + FORWARD_WINDOW
         last: SwarmError | None = None
-        while candidates:
-            addr = candidates.pop(0)
-            if addr in tried:
-                continue
-            tried.add(addr)
-            with self.remotes.channel(addr) as channel:
-                stub = getattr(pb_grpc, f"{service}Stub")(channel)
-                try:
-                    return getattr(stub, method)(request, timeout=RAFT_JOIN_TIMEOUT)
-                except grpc.RpcError as e:
-                    last = SwarmError(e.details() or "", e.code())
-                    hint = leader_hint(e)
-                    if hint is not None:
-                        candidates.insert(0, hint)
-                    elif e.code() not in RETRYABLE and e.details() != errors.NO_LEADER:
-                        raise last from None
-        raise last or SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN)
+        while True:
+            candidates = [a for _, a in managers]
+            tried: set[str] = set()
+            while candidates:
+                self._check_stopping()
+                addr = candidates.pop(0)
+                if addr in tried:
+                    continue
+                tried.add(addr)
+                with self.remotes.channel(addr) as channel:
+                    stub = getattr(pb_grpc, f"{service}Stub")(channel)
+                    try:
+                        return getattr(stub, method)(request, timeout=RAFT_JOIN_TIMEOUT)
+                    except grpc.RpcError as e:
+                        last = SwarmError(e.details() or "", e.code())
+                        hint = leader_hint(e)
+                        if hint is not None:
+                            candidates.insert(0, hint)
+                        elif e.code() not in RETRYABLE and e.details() != errors.NO_LEADER:
+                            raise last from None
+            if time.monotonic() >= deadline:
+                # UNKNOWN: the CLI reads UNAVAILABLE and DEADLINE_EXCEEDED as its own failures.
+                raise SwarmError(last.message if last else errors.NO_LEADER, grpc.StatusCode.UNKNOWN)
+            time.sleep(0.1)
 
     # -- manager and agent components ------------------------------------------------------------------
     def _start_manager(self, local: LocalState, peers: list[tuple[str, str]], raft_join: bool = False) -> None:

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
-from swarmctl import params, render
+from swarmctl import ipamflags, params, render
 from swarmctl.client import Client, Target, default_host, normalise_host
 from swarmctl.errors import CLIError, ExitStatus
 from swarmd import API_VERSION, __version__
@@ -473,24 +473,36 @@ def node_demote(ctx: click.Context, refs: tuple[str, ...]) -> None:
 @click.argument("refs", nargs=-1, required=True)
 @click.pass_context
 def node_rm(ctx: click.Context, force: bool, refs: tuple[str, ...]) -> None:
-    """Remove nodes: a node must be Down (or use --force) and must not be a manager."""
-    _each_node(ctx, refs, lambda ref: client(ctx).call(
-        "RemoveNode", pb.RemoveNodeRequest(ref=ref, force=force)).node_id + "\n")
+    """Remove nodes: a node must be Down (or use --force) and must not be a manager. Each
+    removed node is echoed as it was named, as Docker does."""
+    def remove(ref: str) -> str:
+        client(ctx).call("RemoveNode", pb.RemoveNodeRequest(ref=ref, force=force))
+        return ref + "\n"
+    _each_node(ctx, refs, remove)
 
 
 @node.command("update", short_help="Update a node", usage="[OPTIONS] NODE", nargs="one")
-@click.option("--availability", default="", metavar="string",
+@click.option("--availability", default=None, metavar="string",
               help='Availability of the node ("active", "pause", "drain")')
 @click.option("--label-add", multiple=True, metavar="list", help="Add or update a node label (key=value)")
 @click.option("--label-rm", multiple=True, metavar="list", help="Remove a node label if exists")
 @click.argument("ref")
 @click.pass_context
-def node_update(ctx: click.Context, availability: str, label_add: tuple[str, ...], label_rm: tuple[str, ...],
+def node_update(ctx: click.Context, availability: str | None, label_add: tuple[str, ...], label_rm: tuple[str, ...],
                 ref: str) -> None:
-    """Update a node's availability or labels."""
-    if availability:
-        check_availability(availability)
-    client(ctx).call("UpdateNode", pb.UpdateNodeRequest(ref=ref, availability=availability.lower(),
+    """Update a node's availability or labels.
+
+    As Docker does, the node is read first and a label to remove must be one it has (checked
+    here, so the error is Docker's client-side text); the availability is the daemon's to
+    check, except an empty one, which the request cannot carry (empty means unchanged).
+    """
+    current = client(ctx).call("GetNode", pb.GetNodeRequest(ref=ref)).node
+    for key in label_rm:
+        if key not in current.labels:
+            raise CLIError(f"key {key} doesn't exist in node's labels")
+    if availability == "":
+        raise CLIError('Error response from daemon: invalid Availability: ""')
+    client(ctx).call("UpdateNode", pb.UpdateNodeRequest(ref=current.id, availability=availability or "",
                                                        label_add=label_add, label_rm=label_rm))
     out(ref + "\n")
 
@@ -540,23 +552,23 @@ def _key_values(items: tuple[str, ...]) -> dict[str, str]:
 
 @network.command("create", short_help="Create a network", usage="[OPTIONS] NETWORK", nargs="one")
 @click.option("-d", "--driver", default="overlay", show_default=True, help="Driver to manage the Network")
-@click.option("--subnet", multiple=True, metavar="strings",
+@click.option("--subnet", type=params.STRING_SLICE, multiple=True, metavar="strings",
               help="Subnet in CIDR format that represents a network segment (default: next free /24 of the pool)")
-@click.option("--gateway", multiple=True, metavar="strings", help="IPv4 Gateway for the master subnet")
+@click.option("--gateway", type=params.STRING_SLICE, multiple=True, metavar="strings",
+              help="IPv4 Gateway for the master subnet")
 @click.option("--ingress", is_flag=True, help="Create swarm routing-mesh network")
 @click.option("--internal", is_flag=True, help="Restrict external access to the network")
 @click.option("--attachable", is_flag=True, help="Enable manual container attachment")
-@click.option("--label", multiple=True, metavar="list", help="Set metadata on a network")
+@click.option("--label", type=params.LABEL, multiple=True, metavar="list", help="Set metadata on a network")
 @click.option("-o", "--opt", multiple=True, metavar="map", help="Set driver specific options")
 @click.argument("name")
 @click.pass_context
-def network_create(ctx: click.Context, driver: str, subnet: tuple[str, ...], gateway: tuple[str, ...],
+def network_create(ctx: click.Context, driver: str, subnet: tuple[list[str], ...], gateway: tuple[list[str], ...],
                    ingress: bool, internal: bool, attachable: bool, label: tuple[str, ...],
                    opt: tuple[str, ...], name: str) -> None:
     """Create an overlay network; without --subnet it gets the next free subnet of the pool."""
-    if len(gateway) > len(subnet):
-        raise CLIError("cannot configure a gateway without a subnet")
-    ipam = [pb.IPAMConfig(subnet=s, gateway=gateway[i] if i < len(gateway) else "") for i, s in enumerate(subnet)]
+    pairs = ipamflags.pair_gateways([s for values in subnet for s in values], [g for values in gateway for g in values])
+    ipam = [pb.IPAMConfig(subnet=s, gateway=g) for s, g in pairs]
     resp = client(ctx).call("CreateNetwork", pb.CreateNetworkRequest(
         name=name, driver=driver, ipam=ipam, ingress=ingress, internal=internal, attachable=attachable,
         labels=_key_values(label), options=_key_values(opt)))
@@ -574,7 +586,7 @@ def network_rm(ctx: click.Context, force: bool, refs: tuple[str, ...]) -> None:
     for ref in refs:
         try:
             found = client(ctx).call("GetNetwork", pb.GetNetworkRequest(ref=ref)).network
-            if found.ingress and not force and not confirm(render.INGRESS_REMOVAL_WARNING):
+            if found.ingress and not force and not confirm(render.INGRESS_REMOVAL_WARNING, ref):
                 continue
             client(ctx).call("RemoveNetwork", pb.RemoveNetworkRequest(ref=found.id))
             out(ref + "\n")
@@ -586,12 +598,26 @@ def network_rm(ctx: click.Context, force: bool, refs: tuple[str, ...]) -> None:
         raise CLIError("\n".join(failures))
 
 
-def confirm(question: str) -> bool:
-    """Docker's prompt: '[y/N] ', yes only for y/Y/yes; EOF or no terminal answers no."""
+def confirm(question: str, subject: str) -> bool:
+    """Docker's prompt: '[y/N] ' on stdout, then one line of stdin; only y or Y (spaces aside)
+    is yes, any other answer is no.
+
+    Docker also takes the end of input as no and exits 0, so a script without a terminal is
+    told nothing happened while ``subject`` is still there: with no answer at all this refuses
+    with an error instead.
+    """
     sys.stdout.write(f"{question} [y/N] ")
     sys.stdout.flush()
-    answer = sys.stdin.readline() if sys.stdin else ""
-    return answer.strip().lower() in ("y", "yes")
+    try:
+        line = sys.stdin.buffer.readline() if sys.stdin is not None else b""
+    except (OSError, ValueError):  # fd 0 closed, a directory, ...
+        line = b""
+    if not line:
+        if sys.stdout.isatty():
+            out("\n")
+        raise CLIError(f"{subject} was not removed: no answer to the confirmation prompt (end of input); "
+                       "answer y on standard input, or use -f")
+    return line.decode(errors="replace").strip() in ("y", "Y")
 
 
 # -- entry point -----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from swarmctl import gocsv
 from swarmd import gostr, netaddr
 from swarmd.timeutil import format_go_duration, parse_go_duration
 
@@ -131,6 +132,38 @@ class IPNetList(click.ParamType[list[str]]):
         return out
 
 
+class StringSlice(click.ParamType[list[str]]):
+    """pflag's stringSlice (``--subnet``, ``--gateway``): each value is one CSV record, so
+    ``a,b`` is two values; repeated flags add up."""
+
+    name = "strings"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[str]:
+        if isinstance(value, list):
+            return value
+        try:
+            return gocsv.read_slice(str(value))
+        except gocsv.CSVError as e:
+            raise fail(value, param, str(e)) from None
+
+
+class Label(click.ParamType[str]):
+    """docker/cli's ``opts.ValidateLabel`` (``network create --label``): ``key[=value]``
+    with a key that is neither empty nor holds a space or tab; the value is kept as typed."""
+
+    name = "list"
+    _BLANKS = " \t"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        key = text.partition("=")[0].lstrip(self._BLANKS)
+        if not key:
+            raise fail(value, param, f"invalid label '{text}': empty name")
+        if any(blank in key for blank in self._BLANKS):
+            raise fail(value, param, f"label '{key}' contains whitespaces")
+        return text
+
+
 class GoBool(click.ParamType[bool]):
     """``--autolock[=true|false]``: Go's strconv.ParseBool spellings."""
 
@@ -153,3 +186,5 @@ UINT64 = UInt(64)
 INT = Int()
 NODE_ADDR = NodeAddr()
 IPNET_LIST = IPNetList()
+STRING_SLICE = StringSlice()
+LABEL = Label()

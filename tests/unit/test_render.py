@@ -101,5 +101,5 @@ def test_natural_order_is_a_strict_order_on_any_names(a: str, b: str) -> None:
 
 
 def test_node_ls_takes_any_host_name() -> None:
-    nodes = [node("id1", "node²", None, "1"), node("id2", "node1", None, "1"), node("id3", "node²", None, "1")]
+    nodes = [node("id1", "node1²", None, "1"), node("id2", "node1", None, "1"), node("id3", "node1²", None, "1")]
     assert [n.id for n in render.sorted_nodes(nodes)] == ["id2", "id1", "id3"]

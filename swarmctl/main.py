@@ -17,7 +17,7 @@ import click
 from swarmctl import ipamflags, params, render
 from swarmctl.client import Client, Target, default_host, normalise_host
 from swarmctl.errors import CLIError, ExitStatus
-from swarmd import API_VERSION, __version__
+from swarmd import API_VERSION, __version__, gostr
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 
 PROG = "swarmctl"
@@ -160,7 +160,7 @@ def join_token_from(flag: str, path: Path | None) -> str:
 
 def check_availability(value: str) -> None:
     if value.lower() not in ("active", "pause", "drain"):
-        raise CLIError(f'invalid availability "{value}", only active, pause and drain are supported')
+        raise CLIError(f"invalid availability {gostr.quote(value)}, only active, pause and drain are supported")
 
 
 @cli.command(short_help="Join a swarm as a node and/or manager", usage="[OPTIONS] HOST:PORT", nargs="one")
@@ -216,16 +216,16 @@ def leave(ctx: click.Context, force: bool) -> None:
 @click.option("--rotate", is_flag=True,
               help="Rotate the swarm CA - if no certificate or key are provided, new ones will be generated")
 @cert_expiry_option
-@click.option("--ca-cert", type=click.Path(path_type=Path), default=None,
+@click.option("--ca-cert", type=params.PEM_FILE, default=None, metavar="pem-file",
               help="Path to the PEM-formatted root CA certificate to use for the new cluster")
-@click.option("--ca-key", type=click.Path(path_type=Path), default=None,
+@click.option("--ca-key", type=params.PEM_FILE, default=None, metavar="pem-file",
               help="Path to the PEM-formatted root CA key to use for the new cluster")
 @click.option("-d", "--detach", is_flag=True,
               help="Exit immediately instead of waiting for the root rotation to converge")
 @click.option("-q", "--quiet", is_flag=True, help="Suppress progress output")
 @click.pass_context
-def ca(ctx: click.Context, rotate: bool, cert_expiry: int | None, ca_cert: Path | None,
-       ca_key: Path | None, detach: bool, quiet: bool) -> None:
+def ca(ctx: click.Context, rotate: bool, cert_expiry: int | None, ca_cert: bytes | None,
+       ca_key: bytes | None, detach: bool, quiet: bool) -> None:
     """Display the swarm's root CA certificate, exactly as stored; with --rotate, move every node
     to a new root CA (made here, or the --ca-cert/--ca-key given) and show the progress."""
     if not rotate:
@@ -237,8 +237,8 @@ def ca(ctx: click.Context, rotate: bool, cert_expiry: int | None, ca_cert: Path 
         return
     if ca_cert is not None and ca_key is None:
         raise CLIError("the --ca-cert flag requires that a --ca-key flag and/or --external-ca flag be provided as well")
-    req = pb.UpdateClusterRequest(rotate_root_ca=True, signing_ca_cert=_read_pem(ca_cert),
-                                  signing_ca_key=_read_pem(ca_key),
+    req = pb.UpdateClusterRequest(rotate_root_ca=True, signing_ca_cert=ca_cert or b"",
+                                  signing_ca_key=ca_key or b"",
                                   has_cert_expiry=cert_expiry is not None, cert_expiry_ns=cert_expiry or 0)
     desired = client(ctx).call("UpdateCluster", req).cluster.desired_tls_info
     if detach:
@@ -252,18 +252,6 @@ def ca(ctx: click.Context, rotate: bool, cert_expiry: int | None, ca_cert: Path 
     if not quiet:
         resp = client(ctx).call("GetCluster", pb.GetClusterRequest())
         out(resp.cluster.tls_info.trust_root.rstrip("\n") + "\n")
-
-
-def _read_pem(path: Path | None) -> bytes:
-    if path is None:
-        return b""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise CLIError(f"unable to read {path}: {e.strerror}") from None
-    if b"-----BEGIN " not in data:
-        raise CLIError("file contents must be in PEM format")
-    return data
 
 
 def _follow_root_rotation(ctx: click.Context, desired: pb.TLSInfo, quiet: bool) -> None:
@@ -408,13 +396,27 @@ def node_ls(ctx: click.Context, quiet: bool, fmt: str) -> None:
 @click.pass_context
 def node_inspect(ctx: click.Context, pretty: bool, refs: tuple[str, ...]) -> None:
     """Display detailed information on one or more nodes (ID, name, or "self")."""
-    nodes, failures = _fetch_each(refs, lambda ref: client(ctx).call("GetNode", pb.GetNodeRequest(ref=ref)).node)
+    nodes, failures = _fetch_each(refs, lambda ref: client(ctx).call("GetNode", pb.GetNodeRequest(ref=object_ref("node", ref))).node)
     if pretty:
         out("\n\n".join(render.node_pretty(n).rstrip("\n") for n in nodes) + ("\n" if nodes else ""))
     else:
         out(render.json_array([render.node_json(n) for n in nodes]))
     if failures:
         raise CLIError("\n".join(failures))
+
+
+# Go's unicode.IsSpace, which strings.TrimSpace strips (Python's str.strip also takes \x1c-\x1f).
+GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
+           "\u2028\u2029\u202f\u205f\u3000"
+
+
+def object_ref(kind: str, ref: str) -> str:
+    """A node or network as the request names it: Docker's client trims the reference and
+    refuses an empty one before any call (what is echoed stays as typed)."""
+    trimmed = ref.strip(GO_SPACE)
+    if not trimmed:
+        raise CLIError(f"invalid {kind} name or ID: value is empty")
+    return trimmed
 
 
 def _fetch_each(refs: tuple[str, ...], fetch: Any) -> tuple[list[Any], list[str]]:
@@ -441,7 +443,7 @@ def _each_node(ctx: click.Context, refs: tuple[str, ...], act: Any) -> None:
 
 
 def _change_role(ctx: click.Context, ref: str, role: str) -> str:
-    current = client(ctx).call("GetNode", pb.GetNodeRequest(ref=ref)).node
+    current = client(ctx).call("GetNode", pb.GetNodeRequest(ref=object_ref("node", ref))).node
     if current.role == role:
         return f"Node {ref} is already a {role}.\n"
     client(ctx).call("UpdateNode", pb.UpdateNodeRequest(ref=current.id, role=role))
@@ -476,7 +478,7 @@ def node_rm(ctx: click.Context, force: bool, refs: tuple[str, ...]) -> None:
     """Remove nodes: a node must be Down (or use --force) and must not be a manager. Each
     removed node is echoed as it was named, as Docker does."""
     def remove(ref: str) -> str:
-        client(ctx).call("RemoveNode", pb.RemoveNodeRequest(ref=ref, force=force))
+        client(ctx).call("RemoveNode", pb.RemoveNodeRequest(ref=object_ref("node", ref), force=force))
         return ref + "\n"
     _each_node(ctx, refs, remove)
 
@@ -496,7 +498,7 @@ def node_update(ctx: click.Context, availability: str | None, label_add: tuple[s
     here, so the error is Docker's client-side text); the availability is the daemon's to
     check, except an empty one, which the request cannot carry (empty means unchanged).
     """
-    current = client(ctx).call("GetNode", pb.GetNodeRequest(ref=ref)).node
+    current = client(ctx).call("GetNode", pb.GetNodeRequest(ref=object_ref("node", ref))).node
     for key in label_rm:
         if key not in current.labels:
             raise CLIError(f"key {key} doesn't exist in node's labels")
@@ -536,7 +538,7 @@ def network_ls(ctx: click.Context, quiet: bool, fmt: str) -> None:
 def network_inspect(ctx: click.Context, refs: tuple[str, ...]) -> None:
     """Display detailed information on one or more networks (name or ID)."""
     found, failures = _fetch_each(refs, lambda ref: client(ctx).call(
-        "GetNetwork", pb.GetNetworkRequest(ref=ref)).network)
+        "GetNetwork", pb.GetNetworkRequest(ref=object_ref("network", ref))).network)
     out(render.json_array([render.network_json(n) for n in found]))
     if failures:
         raise CLIError("\n".join(failures))
@@ -585,7 +587,7 @@ def network_rm(ctx: click.Context, force: bool, refs: tuple[str, ...]) -> None:
     failures = []
     for ref in refs:
         try:
-            found = client(ctx).call("GetNetwork", pb.GetNetworkRequest(ref=ref)).network
+            found = client(ctx).call("GetNetwork", pb.GetNetworkRequest(ref=object_ref("network", ref))).network
             if found.ingress and not force and not confirm(render.INGRESS_REMOVAL_WARNING, ref):
                 continue
             client(ctx).call("RemoveNetwork", pb.RemoveNetworkRequest(ref=found.id))
@@ -594,8 +596,8 @@ def network_rm(ctx: click.Context, force: bool, refs: tuple[str, ...]) -> None:
             if force and "not found" in e.message:
                 continue
             failures.append(e.message)
-    if failures:
-        raise CLIError("\n".join(failures))
+    if failures:  # Docker's client ends the list with its status line
+        raise CLIError("\n".join([*failures, "exit status 1"]))
 
 
 def confirm(question: str, subject: str) -> bool:

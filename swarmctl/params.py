@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
+import re
 from typing import Any
 
 import click
@@ -164,6 +167,55 @@ class Label(click.ParamType[str]):
         return text
 
 
+_PEM_BLOCK = re.compile(rb"(?:\A|\n)-----BEGIN ([^\n]*)-----[ \t\r]*\n(.*?)-----END \1-----", re.S)
+
+
+def _has_pem_block(data: bytes) -> bool:
+    """Whether Go's ``pem.Decode`` finds a block: BEGIN and END lines of one type around
+    base64 (after any ``Key: value`` headers)."""
+    for match in _PEM_BLOCK.finditer(data):
+        body = match.group(2)
+        head, blank, rest = body.partition(b"\n\n")
+        if blank and b":" in head:
+            body = rest
+        try:
+            base64.b64decode(b"".join(body.split()), validate=True)
+        except binascii.Error:
+            continue
+        return True
+    return False
+
+
+def _go_path_error(op: str, path: str, e: OSError) -> str:
+    """Go's ``*PathError`` text: ``open /x: no such file or directory``."""
+    why = e.strerror or str(e)
+    return f"{op} {path}: {why[:1].lower()}{why[1:]}"
+
+
+class PEMFile(click.ParamType[bytes]):
+    """docker/cli's ``PEMFile`` (``ca --ca-cert``/``--ca-key``): the file is read while the
+    flags are parsed, so a missing or non-PEM file is a flag error (exit 125)."""
+
+    name = "pem-file"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> bytes:
+        if isinstance(value, bytes):
+            return value
+        path = str(value)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except IsADirectoryError as e:  # Go opens a directory, then fails to read it
+            raise fail(value, param, _go_path_error("read", path, e)) from None
+        except OSError as e:
+            raise fail(value, param, _go_path_error("open", path, e)) from None
+        except ValueError:  # a NUL in the path
+            raise fail(value, param, f"open {path}: invalid argument") from None
+        if not _has_pem_block(data):
+            raise fail(value, param, "file contents must be in PEM format")
+        return data
+
+
 class GoBool(click.ParamType[bool]):
     """``--autolock[=true|false]``: Go's strconv.ParseBool spellings."""
 
@@ -187,4 +239,5 @@ INT = Int()
 NODE_ADDR = NodeAddr()
 IPNET_LIST = IPNetList()
 STRING_SLICE = StringSlice()
+PEM_FILE = PEMFile()
 LABEL = Label()

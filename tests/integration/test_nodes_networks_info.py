@@ -137,7 +137,7 @@ def test_networks_first_fit_and_reuse(manager: Daemon) -> None:
     r = manager.ctl("network", "create", "b")
     assert (r.returncode, r.stderr) == (1, "Error response from daemon: network with name b already exists\n")
     r = manager.ctl("network", "rm", "nosuch")
-    assert (r.returncode, r.stderr) == (1, "Error response from daemon: network nosuch not found\n")
+    assert (r.returncode, r.stderr) == (1, "Error response from daemon: network nosuch not found\nexit status 1\n")
     assert "overlapping" not in manager.ok("network", "ls")
 
 

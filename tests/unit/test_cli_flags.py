@@ -6,6 +6,8 @@ before it needs a daemon). Every case here stops before swarmctl opens a connect
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -140,3 +142,42 @@ def test_network_labels_are_checked_like_dockers(capsys: pytest.CaptureFixture[s
         125, "", "invalid argument \"a b=1\" for \"--label\" flag: label 'a b' contains whitespaces" + USAGE)
     assert run(capsys, "network", "create", "--label", " \t=1", "x")[2].startswith(
         "invalid argument \" \\t=1\" for \"--label\" flag: invalid label ' \t=1': empty name\n")
+
+
+# -- references, availability and PEM files: Docker's client-side checks --------------------
+
+def test_an_empty_reference_is_refused_before_any_call(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "node", "inspect", "") == (1, "[]\n", "invalid node name or ID: value is empty\n")
+    assert run(capsys, "network", "inspect", " \t") == (1, "[]\n", "invalid network name or ID: value is empty\n")
+    assert run(capsys, "node", "rm", "") == (1, "", "invalid node name or ID: value is empty\n")
+    assert run(capsys, "node", "update", "--availability", "drain", " ") == (
+        1, "", "invalid node name or ID: value is empty\n")
+    assert run(capsys, "node", "promote", "\n") == (1, "", "invalid node name or ID: value is empty\n")
+    assert run(capsys, "network", "rm", "-f", "") == (
+        1, "", "invalid network name or ID: value is empty\nexit status 1\n")
+
+
+def test_swarm_availability_is_quoted_like_go(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "init", "--availability", 'a"b') == (
+        1, "", 'invalid availability "a\\"b", only active, pause and drain are supported\n')
+    assert run(capsys, "join", "--availability", "", "x:1") == (
+        1, "", 'invalid availability "", only active, pause and drain are supported\n')
+
+
+def test_ca_files_are_read_while_parsing_flags(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    usage = "\n\nUsage:  swarmctl ca [OPTIONS]\n\nRun 'swarmctl ca --help' for more information\n"
+    assert run(capsys, "ca", "--ca-cert", "/nonexistent") == (
+        125, "", 'invalid argument "/nonexistent" for "--ca-cert" flag: open /nonexistent: no such file or directory'
+                 + usage)
+    assert run(capsys, "ca", "--rotate", "--ca-key", "") == (
+        125, "", 'invalid argument "" for "--ca-key" flag: open : no such file or directory' + usage)
+    assert run(capsys, "ca", "--rotate", "--ca-cert", str(tmp_path)) == (
+        125, "", f'invalid argument "{tmp_path}" for "--ca-cert" flag: read {tmp_path}: is a directory' + usage)
+    text = tmp_path / "notes.txt"
+    text.write_text("-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n")
+    assert run(capsys, "ca", "--ca-cert", str(text)) == (
+        125, "", f'invalid argument "{text}" for "--ca-cert" flag: file contents must be in PEM format' + usage)
+    pem = tmp_path / "ca.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    assert run(capsys, "ca", "--ca-cert", str(pem)) == (
+        1, "", "`--ca-cert` flag requires the `--rotate` flag to update the CA\n")

@@ -307,12 +307,21 @@ def unlock(ctx: click.Context) -> None:
         raise CLIError("Error: This node is not part of a swarm")
     if state != "locked":
         raise CLIError("Error: swarm is not locked")
-    if sys.stdin.isatty():
+    if sys.stdin is not None and sys.stdin.isatty():
         import getpass
         key = getpass.getpass("Enter unlock key: ")
     else:
-        key = sys.stdin.readline()
+        key = read_stdin_line().decode(errors="replace")
     client(ctx).call("Unlock", pb.UnlockRequest(key=key.strip()))
+
+
+def read_stdin_line() -> bytes:
+    """One line of standard input, b"" at its end: a pipe may carry bytes that are not UTF-8,
+    and fd 0 may be closed or a directory, none of which may end in a traceback."""
+    try:
+        return sys.stdin.buffer.readline() if sys.stdin is not None else b""
+    except (OSError, ValueError):
+        return b""
 
 
 @cli.command(short_help="Update the swarm", context_settings={"ignore_unknown_options": False})
@@ -610,10 +619,7 @@ def confirm(question: str, subject: str) -> bool:
     """
     sys.stdout.write(f"{question} [y/N] ")
     sys.stdout.flush()
-    try:
-        line = sys.stdin.buffer.readline() if sys.stdin is not None else b""
-    except (OSError, ValueError):  # fd 0 closed, a directory, ...
-        line = b""
+    line = read_stdin_line()
     if not line:
         if sys.stdout.isatty():
             out("\n")

@@ -121,12 +121,12 @@ class IPNetList(click.ParamType[list[str]]):
         text = str(value)
         for mark in "\"'`":  # pflag drops every quote character before reading the list
             text = text.replace(mark, "")
-        # ... and reads it as one CSV record: a line break ends it.
-        text = text.split("\n", 1)[0].removesuffix("\r")
-        if not text:
+        try:  # ... and reads it as one CSV record (no record at all is an empty list)
+            parts = gocsv.read_record(text)
+        except gocsv.CSVError:  # without quotes only "EOF" is left
             return []
         out = []
-        for part in text.split(","):
+        for part in parts:
             part = part.strip()
             if not _is_go_cidr(part):
                 shown = part if part.isprintable() else gostr.quote(part)

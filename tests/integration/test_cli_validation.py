@@ -4,9 +4,10 @@ stderr and exit code of each, and nothing changed by a refused command."""
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable
 
-from tests.harness import Daemon, join
+from tests.harness import SWARMCTL, Daemon, join
 
 
 def spec(d: Daemon) -> dict[str, object]:
@@ -94,3 +95,15 @@ def test_removing_ingress_without_an_answer_refuses(manager: Daemon) -> None:
     assert "ingress" in manager.ok("network", "ls")
     assert outcome(manager, "network", "rm", "ingress", input=" Y\n") == (0, prompt + "ingress\n", "")
     assert "ingress" not in manager.ok("network", "ls")
+
+
+def test_unlock_takes_any_bytes_on_stdin_and_a_closed_stdin(daemon: Daemon) -> None:
+    daemon.init("--autolock")
+    daemon.restart()
+    assert daemon.info().local_node_state == "locked"
+    ctl = [SWARMCTL, "-H", f"unix://{daemon.socket}", "unlock"]
+    not_utf8 = subprocess.run(ctl, input=b"SWMKEY-1-\xff\xfe\n", capture_output=True, timeout=30, env=daemon.env)
+    closed = subprocess.run(["sh", "-c", '"$@" <&-', "sh", *ctl], capture_output=True, timeout=30, env=daemon.env)
+    for r in (not_utf8, closed):
+        assert (r.returncode, r.stdout, r.stderr) == (1, b"", b"Error response from daemon: invalid key string\n")
+    assert daemon.info().local_node_state == "locked"

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from swarmctl import gocsv, ipamflags, main
+from swarmctl import gocsv, ipamflags, main, params
 from swarmctl.errors import CLIError
 
 
@@ -181,3 +181,15 @@ def test_ca_files_are_read_while_parsing_flags(capsys: pytest.CaptureFixture[str
     pem.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
     assert run(capsys, "ca", "--ca-cert", str(pem)) == (
         1, "", "`--ca-cert` flag requires the `--rotate` flag to update the CA\n")
+
+
+@pytest.mark.parametrize("text, pools", [
+    ("\n10.5.0.0/16", ["10.5.0.0/16"]),  # Go's CSV reader skips empty lines before the record
+    ("10.6.0.0/16\n10.7.0.0/16", ["10.6.0.0/16"]),
+    ("\r\n\n10.8.0.0/16\r\n", ["10.8.0.0/16"]),
+    ("\n", []),
+    ('"10.0.0.0/8",10.1.0.0/16', ["10.0.0.0/8", "10.1.0.0/16"]),
+])
+def test_default_addr_pool_reads_the_list_as_docker_does(text: str, pools: list[str]) -> None:
+    # What docker 28.2.2 sends as DefaultAddrPool for the same --default-addr-pool value.
+    assert params.IPNET_LIST.convert(text, None, None) == pools

@@ -453,8 +453,8 @@ def _each_node(ctx: click.Context, refs: tuple[str, ...], act: Any) -> None:
 
 def _change_role(ctx: click.Context, ref: str, role: str) -> str:
     current = client(ctx).call("GetNode", pb.GetNodeRequest(ref=object_ref("node", ref))).node
-    if current.role == role:
-        return f"Node {ref} is already a {role}.\n"
+    if current.role == role:  # Docker names the node by its ID here, and as typed below
+        return f"Node {current.id} is already a {role}.\n"
     client(ctx).call("UpdateNode", pb.UpdateNodeRequest(ref=current.id, role=role))
     return (f"Node {ref} promoted to a manager in the swarm.\n" if role == "manager"
             else f"Manager {ref} demoted in the swarm.\n")

@@ -41,6 +41,10 @@ def test_node_update_checks_like_docker(manager: Daemon) -> None:
         0, "node\n", "")
     assert spec(manager) == {"Labels": {}, "Role": "manager", "Availability": "drain"}
 
+    # Docker names a node that already has the role by its ID, not as typed.
+    assert outcome(manager, "node", "promote", " self") == (
+        0, f"Node {manager.info().node_id} is already a manager.\n", "")
+
 
 def test_node_rm_echoes_each_argument_as_typed(daemons: Callable[..., Daemon]) -> None:
     manager = daemons("manager")

@@ -146,14 +146,16 @@ def init(ctx: click.Context, advertise_addr: str, listen_addr: str, availability
     out(render.init_result(resp))
 
 
-def join_token_from(flag: str, path: Path | None) -> str:
-    """--token, else --token-file, else $SWARM_JOIN_TOKEN: the last two keep it out of argv."""
+def join_token_from(flag: str, path: str | None) -> str:
+    """--token, else --token-file, else $SWARM_JOIN_TOKEN: the last two keep it out of argv.
+    The path stays a string so that an error names it as typed ("" is not ".")."""
     if flag and path is not None:
         raise CLIError("--token and --token-file cannot be used together")
     if path is not None:
         try:
-            return path.read_text().strip()
-        except (OSError, UnicodeDecodeError) as e:
+            with open(path, encoding="utf-8") as f:
+                return f.read().strip()
+        except (OSError, UnicodeDecodeError, ValueError) as e:
             raise CLIError(f"could not read --token-file {path}: {getattr(e, 'strerror', None) or e}") from None
     return flag or os.environ.get(JOIN_TOKEN_ENV, "").strip()
 
@@ -167,7 +169,7 @@ def check_availability(value: str) -> None:
 @click.option("--token", default="", metavar="string",
               help="Token for entry into the swarm (prefer --token-file or $SWARM_JOIN_TOKEN: "
                    "argv is visible to other users and kept in shell history)")
-@click.option("--token-file", type=click.Path(path_type=Path), default=None,
+@click.option("--token-file", type=click.Path(), default=None,
               help="Read the token from this file (one line)")
 @click.option("--advertise-addr", default="", metavar="string",
               help='Advertised address (format: "<ip|interface>[:port]")')
@@ -179,7 +181,7 @@ def check_availability(value: str) -> None:
               help='Address or interface to use for data path traffic (format: "<ip|interface>")')
 @click.argument("remote")
 @click.pass_context
-def join(ctx: click.Context, token: str, token_file: Path | None, advertise_addr: str, listen_addr: str,
+def join(ctx: click.Context, token: str, token_file: str | None, advertise_addr: str, listen_addr: str,
          availability: str, data_path_addr: str, remote: str) -> None:
     """Join a swarm as a worker or a manager: the role comes from the token."""
     check_availability(availability)

@@ -193,3 +193,10 @@ def test_ca_files_are_read_while_parsing_flags(capsys: pytest.CaptureFixture[str
 def test_default_addr_pool_reads_the_list_as_docker_does(text: str, pools: list[str]) -> None:
     # What docker 28.2.2 sends as DefaultAddrPool for the same --default-addr-pool value.
     assert params.IPNET_LIST.convert(text, None, None) == pools
+
+
+def test_token_file_errors_name_the_path_as_typed(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert run(capsys, "join", "--token-file", "", "x:1") == (
+        1, "", "could not read --token-file : No such file or directory\n")
+    assert run(capsys, "join", "--token-file", str(tmp_path), "x:1") == (
+        1, "", f"could not read --token-file {tmp_path}: Is a directory\n")

@@ -505,18 +505,25 @@ def node_update(ctx: click.Context, availability: str | None, label_add: tuple[s
                 ref: str) -> None:
     """Update a node's availability or labels.
 
-    As Docker does, the node is read first and a label to remove must be one it has (checked
-    here, so the error is Docker's client-side text); the availability is the daemon's to
+    As Docker does, the node is read first, its labels get the additions, then each removal
+    must name a label it has by then (checked here, so the error is Docker's client-side
+    text): a key both added and removed ends up absent. The availability is the daemon's to
     check, except an empty one, which the request cannot carry (empty means unchanged).
     """
     current = client(ctx).call("GetNode", pb.GetNodeRequest(ref=object_ref("node", ref))).node
+    labels = dict(current.labels)
+    labels.update(item.partition("=")[::2] for item in label_add)
     for key in label_rm:
-        if key not in current.labels:
+        if key not in labels:
             raise CLIError(f"key {key} doesn't exist in node's labels")
+        del labels[key]
     if availability == "":
         raise CLIError('Error response from daemon: invalid Availability: ""')
+    # The daemon removes before it adds: send only what makes Docker's result.
+    adds = [item for item in label_add if item.partition("=")[0] not in label_rm]
+    removals = [key for key in label_rm if key in current.labels]
     client(ctx).call("UpdateNode", pb.UpdateNodeRequest(ref=current.id, availability=availability or "",
-                                                       label_add=label_add, label_rm=label_rm))
+                                                       label_add=adds, label_rm=removals))
     out(ref + "\n")
 
 

@@ -41,6 +41,15 @@ def test_node_update_checks_like_docker(manager: Daemon) -> None:
         0, "node\n", "")
     assert spec(manager) == {"Labels": {}, "Role": "manager", "Availability": "drain"}
 
+    # Docker adds labels first, then removes: a key both added and removed ends up absent.
+    manager.ok("node", "update", "--label-add", "zone=a", "--label-add", "rack=1", "self")
+    assert outcome(manager, "node", "update", "--label-add", "zone=b", "--label-rm", "zone",
+                   "--label-add", "new=1", "--label-rm", "new", "self") == (0, "self\n", "")
+    assert spec(manager)["Labels"] == {"rack": "1"}
+    assert outcome(manager, "node", "update", "--label-rm", "rack", "--label-rm", "rack", "self") == (
+        1, "", "key rack doesn't exist in node's labels\n")
+    assert spec(manager)["Labels"] == {"rack": "1"}
+
     # Docker names a node that already has the role by its ID, not as typed.
     assert outcome(manager, "node", "promote", " self") == (
         0, f"Node {manager.info().node_id} is already a manager.\n", "")

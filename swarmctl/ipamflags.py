@@ -51,8 +51,9 @@ def _contains(net: Net, ip: IP | None) -> bool:
     if ip is None:
         return False
     ip = _as_ipv4(ip)
-    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and _as_ipv4(net.network_address) != net.network_address:
-        net = ipaddress.IPv4Network((_as_ipv4(net.network_address), net.prefixlen - 96))
+    mapped = _as_ipv4(net.network_address)
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and mapped != net.network_address:
+        net = ipaddress.IPv4Network((mapped, net.prefixlen - 96))
     return ip.version == net.version and ip in net
 
 

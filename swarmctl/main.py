@@ -407,7 +407,8 @@ def node_ls(ctx: click.Context, quiet: bool, fmt: str) -> None:
 @click.pass_context
 def node_inspect(ctx: click.Context, pretty: bool, refs: tuple[str, ...]) -> None:
     """Display detailed information on one or more nodes (ID, name, or "self")."""
-    nodes, failures = _fetch_each(refs, lambda ref: client(ctx).call("GetNode", pb.GetNodeRequest(ref=object_ref("node", ref))).node)
+    nodes, failures = _fetch_each(refs, lambda ref: client(ctx).call(
+        "GetNode", pb.GetNodeRequest(ref=object_ref("node", ref))).node)
     if pretty:
         out("\n\n".join(render.node_pretty(n).rstrip("\n") for n in nodes) + ("\n" if nodes else ""))
     else:
@@ -587,7 +588,8 @@ def network_create(ctx: click.Context, driver: str, subnet: tuple[list[str], ...
                    ingress: bool, internal: bool, attachable: bool, label: tuple[str, ...],
                    opt: tuple[str, ...], name: str) -> None:
     """Create an overlay network; without --subnet it gets the next free subnet of the pool."""
-    pairs = ipamflags.pair_gateways([s for values in subnet for s in values], [g for values in gateway for g in values])
+    pairs = ipamflags.pair_gateways([s for values in subnet for s in values],
+                                    [g for values in gateway for g in values])
     ipam = [pb.IPAMConfig(subnet=s, gateway=g) for s, g in pairs]
     resp = client(ctx).call("CreateNetwork", pb.CreateNetworkRequest(
         name=name, driver=driver, ipam=ipam, ingress=ingress, internal=internal, attachable=attachable,
@@ -606,7 +608,7 @@ def network_rm(ctx: click.Context, force: bool, refs: tuple[str, ...]) -> None:
     for ref in refs:
         try:
             found = client(ctx).call("GetNetwork", pb.GetNetworkRequest(ref=object_ref("network", ref))).network
-            if found.ingress and not force and not confirm(render.INGRESS_REMOVAL_WARNING, ref):
+            if found.ingress and not force and not confirm_removal(render.INGRESS_REMOVAL_WARNING, ref):
                 continue
             client(ctx).call("RemoveNetwork", pb.RemoveNetworkRequest(ref=found.id))
             out(ref + "\n")
@@ -618,13 +620,12 @@ def network_rm(ctx: click.Context, force: bool, refs: tuple[str, ...]) -> None:
         raise CLIError("\n".join([*failures, "exit status 1"]))
 
 
-def confirm(question: str, subject: str) -> bool:
+def confirm_removal(question: str, name: str) -> bool:
     """Docker's prompt: '[y/N] ' on stdout, then one line of stdin; only y or Y (spaces aside)
     is yes, any other answer is no.
 
-    Docker also takes the end of input as no and exits 0, so a script without a terminal is
-    told nothing happened while ``subject`` is still there: with no answer at all this refuses
-    with an error instead.
+    Docker takes the end of input as no too, and exits 0: a script without a terminal then
+    reads success while ``name`` is still there. Without any answer this fails instead.
     """
     sys.stdout.write(f"{question} [y/N] ")
     sys.stdout.flush()
@@ -632,7 +633,7 @@ def confirm(question: str, subject: str) -> bool:
     if not line:
         if sys.stdout.isatty():
             out("\n")
-        raise CLIError(f"{subject} was not removed: no answer to the confirmation prompt (end of input); "
+        raise CLIError(f"{name} was not removed: no answer to the confirmation prompt (end of input); "
                        "answer y on standard input, or use -f")
     return line.decode(errors="replace").strip() in ("y", "Y")
 

@@ -167,7 +167,7 @@ class Label(click.ParamType[str]):
         return text
 
 
-_PEM_BLOCK = re.compile(rb"(?:\A|\n)-----BEGIN ([^\n]*)-----[ \t\r]*\n(.*?)-----END \1-----", re.S)
+_PEM_BLOCK = re.compile(rb"(?:\A|\n)-----BEGIN ([^\n]*)-----[ \t\r]*\n((?:.*?\n)?)-----END \1-----", re.S)
 
 
 def _has_pem_block(data: bytes) -> bool:

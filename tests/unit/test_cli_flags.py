@@ -23,7 +23,8 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return int(exited.value.code or 0), captured.out, captured.err
 
 
-USAGE = "\n\nUsage:  swarmctl network create [OPTIONS] NETWORK\n\nRun 'swarmctl network create --help' for more information\n"
+USAGE = ("\n\nUsage:  swarmctl network create [OPTIONS] NETWORK\n\n"
+         "Run 'swarmctl network create --help' for more information\n")
 
 
 # -- pflag's stringSlice: one CSV record per value -------------------------------------------

@@ -14,10 +14,10 @@ from typing import Any, NoReturn
 
 import click
 
-from swarmctl import params, render
+from swarmctl import ipamflags, params, render
 from swarmctl.client import Client, Target, default_host, normalise_host
 from swarmctl.errors import CLIError, ExitStatus
-from swarmd import API_VERSION, __version__
+from swarmd import API_VERSION, __version__, gostr
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 
 PROG = "swarmctl"
@@ -146,28 +146,30 @@ def init(ctx: click.Context, advertise_addr: str, listen_addr: str, availability
     out(render.init_result(resp))
 
 
-def join_token_from(flag: str, path: Path | None) -> str:
-    """--token, else --token-file, else $SWARM_JOIN_TOKEN: the last two keep it out of argv."""
+def join_token_from(flag: str, path: str | None) -> str:
+    """--token, else --token-file, else $SWARM_JOIN_TOKEN: the last two keep it out of argv.
+    The path stays a string so that an error names it as typed ("" is not ".")."""
     if flag and path is not None:
         raise CLIError("--token and --token-file cannot be used together")
     if path is not None:
         try:
-            return path.read_text().strip()
-        except (OSError, UnicodeDecodeError) as e:
+            with open(path, encoding="utf-8") as f:
+                return f.read().strip()
+        except (OSError, UnicodeDecodeError, ValueError) as e:
             raise CLIError(f"could not read --token-file {path}: {getattr(e, 'strerror', None) or e}") from None
     return flag or os.environ.get(JOIN_TOKEN_ENV, "").strip()
 
 
 def check_availability(value: str) -> None:
     if value.lower() not in ("active", "pause", "drain"):
-        raise CLIError(f'invalid availability "{value}", only active, pause and drain are supported')
+        raise CLIError(f"invalid availability {gostr.quote(value)}, only active, pause and drain are supported")
 
 
 @cli.command(short_help="Join a swarm as a node and/or manager", usage="[OPTIONS] HOST:PORT", nargs="one")
 @click.option("--token", default="", metavar="string",
               help="Token for entry into the swarm (prefer --token-file or $SWARM_JOIN_TOKEN: "
                    "argv is visible to other users and kept in shell history)")
-@click.option("--token-file", type=click.Path(path_type=Path), default=None,
+@click.option("--token-file", type=click.Path(), default=None,
               help="Read the token from this file (one line)")
 @click.option("--advertise-addr", default="", metavar="string",
               help='Advertised address (format: "<ip|interface>[:port]")')
@@ -179,7 +181,7 @@ def check_availability(value: str) -> None:
               help='Address or interface to use for data path traffic (format: "<ip|interface>")')
 @click.argument("remote")
 @click.pass_context
-def join(ctx: click.Context, token: str, token_file: Path | None, advertise_addr: str, listen_addr: str,
+def join(ctx: click.Context, token: str, token_file: str | None, advertise_addr: str, listen_addr: str,
          availability: str, data_path_addr: str, remote: str) -> None:
     """Join a swarm as a worker or a manager: the role comes from the token."""
     check_availability(availability)
@@ -216,16 +218,16 @@ def leave(ctx: click.Context, force: bool) -> None:
 @click.option("--rotate", is_flag=True,
               help="Rotate the swarm CA - if no certificate or key are provided, new ones will be generated")
 @cert_expiry_option
-@click.option("--ca-cert", type=click.Path(path_type=Path), default=None,
+@click.option("--ca-cert", type=params.PEM_FILE, default=None, metavar="pem-file",
               help="Path to the PEM-formatted root CA certificate to use for the new cluster")
-@click.option("--ca-key", type=click.Path(path_type=Path), default=None,
+@click.option("--ca-key", type=params.PEM_FILE, default=None, metavar="pem-file",
               help="Path to the PEM-formatted root CA key to use for the new cluster")
 @click.option("-d", "--detach", is_flag=True,
               help="Exit immediately instead of waiting for the root rotation to converge")
 @click.option("-q", "--quiet", is_flag=True, help="Suppress progress output")
 @click.pass_context
-def ca(ctx: click.Context, rotate: bool, cert_expiry: int | None, ca_cert: Path | None,
-       ca_key: Path | None, detach: bool, quiet: bool) -> None:
+def ca(ctx: click.Context, rotate: bool, cert_expiry: int | None, ca_cert: bytes | None,
+       ca_key: bytes | None, detach: bool, quiet: bool) -> None:
     """Display the swarm's root CA certificate, exactly as stored; with --rotate, move every node
     to a new root CA (made here, or the --ca-cert/--ca-key given) and show the progress."""
     if not rotate:
@@ -237,8 +239,8 @@ def ca(ctx: click.Context, rotate: bool, cert_expiry: int | None, ca_cert: Path 
         return
     if ca_cert is not None and ca_key is None:
         raise CLIError("the --ca-cert flag requires that a --ca-key flag and/or --external-ca flag be provided as well")
-    req = pb.UpdateClusterRequest(rotate_root_ca=True, signing_ca_cert=_read_pem(ca_cert),
-                                  signing_ca_key=_read_pem(ca_key),
+    req = pb.UpdateClusterRequest(rotate_root_ca=True, signing_ca_cert=ca_cert or b"",
+                                  signing_ca_key=ca_key or b"",
                                   has_cert_expiry=cert_expiry is not None, cert_expiry_ns=cert_expiry or 0)
     desired = client(ctx).call("UpdateCluster", req).cluster.desired_tls_info
     if detach:
@@ -252,18 +254,6 @@ def ca(ctx: click.Context, rotate: bool, cert_expiry: int | None, ca_cert: Path 
     if not quiet:
         resp = client(ctx).call("GetCluster", pb.GetClusterRequest())
         out(resp.cluster.tls_info.trust_root.rstrip("\n") + "\n")
-
-
-def _read_pem(path: Path | None) -> bytes:
-    if path is None:
-        return b""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise CLIError(f"unable to read {path}: {e.strerror}") from None
-    if b"-----BEGIN " not in data:
-        raise CLIError("file contents must be in PEM format")
-    return data
 
 
 def _follow_root_rotation(ctx: click.Context, desired: pb.TLSInfo, quiet: bool) -> None:
@@ -319,12 +309,21 @@ def unlock(ctx: click.Context) -> None:
         raise CLIError("Error: This node is not part of a swarm")
     if state != "locked":
         raise CLIError("Error: swarm is not locked")
-    if sys.stdin.isatty():
+    if sys.stdin is not None and sys.stdin.isatty():
         import getpass
         key = getpass.getpass("Enter unlock key: ")
     else:
-        key = sys.stdin.readline()
+        key = read_stdin_line().decode(errors="replace")
     client(ctx).call("Unlock", pb.UnlockRequest(key=key.strip()))
+
+
+def read_stdin_line() -> bytes:
+    """One line of standard input, b"" at its end: a pipe may carry bytes that are not UTF-8,
+    and fd 0 may be closed or a directory, none of which may end in a traceback."""
+    try:
+        return sys.stdin.buffer.readline() if sys.stdin is not None else b""
+    except (OSError, ValueError):
+        return b""
 
 
 @cli.command(short_help="Update the swarm", context_settings={"ignore_unknown_options": False})
@@ -408,13 +407,28 @@ def node_ls(ctx: click.Context, quiet: bool, fmt: str) -> None:
 @click.pass_context
 def node_inspect(ctx: click.Context, pretty: bool, refs: tuple[str, ...]) -> None:
     """Display detailed information on one or more nodes (ID, name, or "self")."""
-    nodes, failures = _fetch_each(refs, lambda ref: client(ctx).call("GetNode", pb.GetNodeRequest(ref=ref)).node)
+    nodes, failures = _fetch_each(refs, lambda ref: client(ctx).call(
+        "GetNode", pb.GetNodeRequest(ref=object_ref("node", ref))).node)
     if pretty:
         out("\n\n".join(render.node_pretty(n).rstrip("\n") for n in nodes) + ("\n" if nodes else ""))
     else:
         out(render.json_array([render.node_json(n) for n in nodes]))
     if failures:
         raise CLIError("\n".join(failures))
+
+
+# Go's unicode.IsSpace, which strings.TrimSpace strips (Python's str.strip also takes \x1c-\x1f).
+GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
+           "\u2028\u2029\u202f\u205f\u3000"
+
+
+def object_ref(kind: str, ref: str) -> str:
+    """A node or network as the request names it: Docker's client trims the reference and
+    refuses an empty one before any call (what is echoed stays as typed)."""
+    trimmed = ref.strip(GO_SPACE)
+    if not trimmed:
+        raise CLIError(f"invalid {kind} name or ID: value is empty")
+    return trimmed
 
 
 def _fetch_each(refs: tuple[str, ...], fetch: Any) -> tuple[list[Any], list[str]]:
@@ -441,9 +455,9 @@ def _each_node(ctx: click.Context, refs: tuple[str, ...], act: Any) -> None:
 
 
 def _change_role(ctx: click.Context, ref: str, role: str) -> str:
-    current = client(ctx).call("GetNode", pb.GetNodeRequest(ref=ref)).node
-    if current.role == role:
-        return f"Node {ref} is already a {role}.\n"
+    current = client(ctx).call("GetNode", pb.GetNodeRequest(ref=object_ref("node", ref))).node
+    if current.role == role:  # Docker names the node by its ID here, and as typed below
+        return f"Node {current.id} is already a {role}.\n"
     client(ctx).call("UpdateNode", pb.UpdateNodeRequest(ref=current.id, role=role))
     return (f"Node {ref} promoted to a manager in the swarm.\n" if role == "manager"
             else f"Manager {ref} demoted in the swarm.\n")
@@ -473,25 +487,44 @@ def node_demote(ctx: click.Context, refs: tuple[str, ...]) -> None:
 @click.argument("refs", nargs=-1, required=True)
 @click.pass_context
 def node_rm(ctx: click.Context, force: bool, refs: tuple[str, ...]) -> None:
-    """Remove nodes: a node must be Down (or use --force) and must not be a manager."""
-    _each_node(ctx, refs, lambda ref: client(ctx).call(
-        "RemoveNode", pb.RemoveNodeRequest(ref=ref, force=force)).node_id + "\n")
+    """Remove nodes: a node must be Down (or use --force) and must not be a manager. Each
+    removed node is echoed as it was named, as Docker does."""
+    def remove(ref: str) -> str:
+        client(ctx).call("RemoveNode", pb.RemoveNodeRequest(ref=object_ref("node", ref), force=force))
+        return ref + "\n"
+    _each_node(ctx, refs, remove)
 
 
 @node.command("update", short_help="Update a node", usage="[OPTIONS] NODE", nargs="one")
-@click.option("--availability", default="", metavar="string",
+@click.option("--availability", default=None, metavar="string",
               help='Availability of the node ("active", "pause", "drain")')
 @click.option("--label-add", multiple=True, metavar="list", help="Add or update a node label (key=value)")
 @click.option("--label-rm", multiple=True, metavar="list", help="Remove a node label if exists")
 @click.argument("ref")
 @click.pass_context
-def node_update(ctx: click.Context, availability: str, label_add: tuple[str, ...], label_rm: tuple[str, ...],
+def node_update(ctx: click.Context, availability: str | None, label_add: tuple[str, ...], label_rm: tuple[str, ...],
                 ref: str) -> None:
-    """Update a node's availability or labels."""
-    if availability:
-        check_availability(availability)
-    client(ctx).call("UpdateNode", pb.UpdateNodeRequest(ref=ref, availability=availability.lower(),
-                                                       label_add=label_add, label_rm=label_rm))
+    """Update a node's availability or labels.
+
+    As Docker does, the node is read first, its labels get the additions, then each removal
+    must name a label it has by then (checked here, so the error is Docker's client-side
+    text): a key both added and removed ends up absent. The availability is the daemon's to
+    check, except an empty one, which the request cannot carry (empty means unchanged).
+    """
+    current = client(ctx).call("GetNode", pb.GetNodeRequest(ref=object_ref("node", ref))).node
+    labels = dict(current.labels)
+    labels.update(item.partition("=")[::2] for item in label_add)
+    for key in label_rm:
+        if key not in labels:
+            raise CLIError(f"key {key} doesn't exist in node's labels")
+        del labels[key]
+    if availability == "":
+        raise CLIError('Error response from daemon: invalid Availability: ""')
+    # The daemon removes before it adds: send only what makes Docker's result.
+    adds = [item for item in label_add if item.partition("=")[0] not in label_rm]
+    removals = [key for key in label_rm if key in current.labels]
+    client(ctx).call("UpdateNode", pb.UpdateNodeRequest(ref=current.id, availability=availability or "",
+                                                       label_add=adds, label_rm=removals))
     out(ref + "\n")
 
 
@@ -524,7 +557,7 @@ def network_ls(ctx: click.Context, quiet: bool, fmt: str) -> None:
 def network_inspect(ctx: click.Context, refs: tuple[str, ...]) -> None:
     """Display detailed information on one or more networks (name or ID)."""
     found, failures = _fetch_each(refs, lambda ref: client(ctx).call(
-        "GetNetwork", pb.GetNetworkRequest(ref=ref)).network)
+        "GetNetwork", pb.GetNetworkRequest(ref=object_ref("network", ref))).network)
     out(render.json_array([render.network_json(n) for n in found]))
     if failures:
         raise CLIError("\n".join(failures))
@@ -540,23 +573,24 @@ def _key_values(items: tuple[str, ...]) -> dict[str, str]:
 
 @network.command("create", short_help="Create a network", usage="[OPTIONS] NETWORK", nargs="one")
 @click.option("-d", "--driver", default="overlay", show_default=True, help="Driver to manage the Network")
-@click.option("--subnet", multiple=True, metavar="strings",
+@click.option("--subnet", type=params.STRING_SLICE, multiple=True, metavar="strings",
               help="Subnet in CIDR format that represents a network segment (default: next free /24 of the pool)")
-@click.option("--gateway", multiple=True, metavar="strings", help="IPv4 Gateway for the master subnet")
+@click.option("--gateway", type=params.STRING_SLICE, multiple=True, metavar="strings",
+              help="IPv4 Gateway for the master subnet")
 @click.option("--ingress", is_flag=True, help="Create swarm routing-mesh network")
 @click.option("--internal", is_flag=True, help="Restrict external access to the network")
 @click.option("--attachable", is_flag=True, help="Enable manual container attachment")
-@click.option("--label", multiple=True, metavar="list", help="Set metadata on a network")
+@click.option("--label", type=params.LABEL, multiple=True, metavar="list", help="Set metadata on a network")
 @click.option("-o", "--opt", multiple=True, metavar="map", help="Set driver specific options")
 @click.argument("name")
 @click.pass_context
-def network_create(ctx: click.Context, driver: str, subnet: tuple[str, ...], gateway: tuple[str, ...],
+def network_create(ctx: click.Context, driver: str, subnet: tuple[list[str], ...], gateway: tuple[list[str], ...],
                    ingress: bool, internal: bool, attachable: bool, label: tuple[str, ...],
                    opt: tuple[str, ...], name: str) -> None:
     """Create an overlay network; without --subnet it gets the next free subnet of the pool."""
-    if len(gateway) > len(subnet):
-        raise CLIError("cannot configure a gateway without a subnet")
-    ipam = [pb.IPAMConfig(subnet=s, gateway=gateway[i] if i < len(gateway) else "") for i, s in enumerate(subnet)]
+    pairs = ipamflags.pair_gateways([s for values in subnet for s in values],
+                                    [g for values in gateway for g in values])
+    ipam = [pb.IPAMConfig(subnet=s, gateway=g) for s, g in pairs]
     resp = client(ctx).call("CreateNetwork", pb.CreateNetworkRequest(
         name=name, driver=driver, ipam=ipam, ingress=ingress, internal=internal, attachable=attachable,
         labels=_key_values(label), options=_key_values(opt)))
@@ -573,8 +607,8 @@ def network_rm(ctx: click.Context, force: bool, refs: tuple[str, ...]) -> None:
     failures = []
     for ref in refs:
         try:
-            found = client(ctx).call("GetNetwork", pb.GetNetworkRequest(ref=ref)).network
-            if found.ingress and not force and not confirm(render.INGRESS_REMOVAL_WARNING):
+            found = client(ctx).call("GetNetwork", pb.GetNetworkRequest(ref=object_ref("network", ref))).network
+            if found.ingress and not force and not confirm_removal(render.INGRESS_REMOVAL_WARNING, ref):
                 continue
             client(ctx).call("RemoveNetwork", pb.RemoveNetworkRequest(ref=found.id))
             out(ref + "\n")
@@ -582,16 +616,26 @@ def network_rm(ctx: click.Context, force: bool, refs: tuple[str, ...]) -> None:
             if force and "not found" in e.message:
                 continue
             failures.append(e.message)
-    if failures:
-        raise CLIError("\n".join(failures))
+    if failures:  # Docker's client ends the list with its status line
+        raise CLIError("\n".join([*failures, "exit status 1"]))
 
 
-def confirm(question: str) -> bool:
-    """Docker's prompt: '[y/N] ', yes only for y/Y/yes; EOF or no terminal answers no."""
+def confirm_removal(question: str, name: str) -> bool:
+    """Docker's prompt: '[y/N] ' on stdout, then one line of stdin; only y or Y (spaces aside)
+    is yes, any other answer is no.
+
+    Docker takes the end of input as no too, and exits 0: a script without a terminal then
+    reads success while ``name`` is still there. Without any answer this fails instead.
+    """
     sys.stdout.write(f"{question} [y/N] ")
     sys.stdout.flush()
-    answer = sys.stdin.readline() if sys.stdin else ""
-    return answer.strip().lower() in ("y", "yes")
+    line = read_stdin_line()
+    if not line:
+        if sys.stdout.isatty():
+            out("\n")
+        raise CLIError(f"{name} was not removed: no answer to the confirmation prompt (end of input); "
+                       "answer y on standard input, or use -f")
+    return line.decode(errors="replace").strip() in ("y", "Y")
 
 
 # -- entry point -----------------------------------------------------------------------------

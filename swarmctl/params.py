@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
+import re
 from typing import Any
 
 import click
 
+from swarmctl import gocsv
 from swarmd import gostr, netaddr
 from swarmd.timeutil import format_go_duration, parse_go_duration
 
@@ -117,18 +121,99 @@ class IPNetList(click.ParamType[list[str]]):
         text = str(value)
         for mark in "\"'`":  # pflag drops every quote character before reading the list
             text = text.replace(mark, "")
-        # ... and reads it as one CSV record: a line break ends it.
-        text = text.split("\n", 1)[0].removesuffix("\r")
-        if not text:
+        try:  # ... and reads it as one CSV record (no record at all is an empty list)
+            parts = gocsv.read_record(text)
+        except gocsv.CSVError:  # without quotes only "EOF" is left
             return []
         out = []
-        for part in text.split(","):
+        for part in parts:
             part = part.strip()
             if not _is_go_cidr(part):
                 shown = part if part.isprintable() else gostr.quote(part)
                 raise fail(value, param, f"invalid CIDR address: {shown}")
             out.append(part)
         return out
+
+
+class StringSlice(click.ParamType[list[str]]):
+    """pflag's stringSlice (``--subnet``, ``--gateway``): each value is one CSV record, so
+    ``a,b`` is two values; repeated flags add up."""
+
+    name = "strings"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[str]:
+        if isinstance(value, list):
+            return value
+        try:
+            return gocsv.read_slice(str(value))
+        except gocsv.CSVError as e:
+            raise fail(value, param, str(e)) from None
+
+
+class Label(click.ParamType[str]):
+    """docker/cli's ``opts.ValidateLabel`` (``network create --label``): ``key[=value]``
+    with a key that is neither empty nor holds a space or tab; the value is kept as typed."""
+
+    name = "list"
+    _BLANKS = " \t"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        key = text.partition("=")[0].lstrip(self._BLANKS)
+        if not key:
+            raise fail(value, param, f"invalid label '{text}': empty name")
+        if any(blank in key for blank in self._BLANKS):
+            raise fail(value, param, f"label '{key}' contains whitespaces")
+        return text
+
+
+_PEM_BLOCK = re.compile(rb"(?:\A|\n)-----BEGIN ([^\n]*)-----[ \t\r]*\n((?:.*?\n)?)-----END \1-----", re.S)
+
+
+def _has_pem_block(data: bytes) -> bool:
+    """Whether Go's ``pem.Decode`` finds a block: BEGIN and END lines of one type around
+    base64 (after any ``Key: value`` headers)."""
+    for match in _PEM_BLOCK.finditer(data):
+        body = match.group(2)
+        head, blank, rest = body.partition(b"\n\n")
+        if blank and b":" in head:
+            body = rest
+        try:
+            base64.b64decode(b"".join(body.split()), validate=True)
+        except binascii.Error:
+            continue
+        return True
+    return False
+
+
+def _go_path_error(op: str, path: str, e: OSError) -> str:
+    """Go's ``*PathError`` text: ``open /x: no such file or directory``."""
+    why = e.strerror or str(e)
+    return f"{op} {path}: {why[:1].lower()}{why[1:]}"
+
+
+class PEMFile(click.ParamType[bytes]):
+    """docker/cli's ``PEMFile`` (``ca --ca-cert``/``--ca-key``): the file is read while the
+    flags are parsed, so a missing or non-PEM file is a flag error (exit 125)."""
+
+    name = "pem-file"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> bytes:
+        if isinstance(value, bytes):
+            return value
+        path = str(value)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except IsADirectoryError as e:  # Go opens a directory, then fails to read it
+            raise fail(value, param, _go_path_error("read", path, e)) from None
+        except OSError as e:
+            raise fail(value, param, _go_path_error("open", path, e)) from None
+        except ValueError:  # a NUL in the path
+            raise fail(value, param, f"open {path}: invalid argument") from None
+        if not _has_pem_block(data):
+            raise fail(value, param, "file contents must be in PEM format")
+        return data
 
 
 class GoBool(click.ParamType[bool]):
@@ -153,3 +238,6 @@ UINT64 = UInt(64)
 INT = Int()
 NODE_ADDR = NodeAddr()
 IPNET_LIST = IPNetList()
+STRING_SLICE = StringSlice()
+PEM_FILE = PEMFile()
+LABEL = Label()

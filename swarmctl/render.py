@@ -5,11 +5,11 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Any
 
+from swarmctl.natsort import sort_naturally
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.ca.tokens import root_digest_hex
 from swarmd.timeutil import human_duration
@@ -220,10 +220,6 @@ def table(rows: Sequence[Sequence[str]], minwidth: int = 10, padding: int = 3) -
     return "\n".join(out) + "\n"
 
 
-def _natural_key(text: str) -> list[Any]:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
-
-
 def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
@@ -235,7 +231,7 @@ def manager_status(n: pb.Node) -> str:
 
 
 def sorted_nodes(nodes: Sequence[pb.Node]) -> list[pb.Node]:
-    return sorted(nodes, key=lambda n: (_natural_key(n.hostname), n.id))
+    return sort_naturally(nodes, lambda n: n.hostname, lambda n: n.id)
 
 
 def node_table(nodes: Sequence[pb.Node], self_id: str) -> str:
@@ -348,19 +344,24 @@ def node_pretty(n: pb.Node) -> str:
 
 # -- networks --------------------------------------------------------------------------------
 
+def sorted_networks(networks: Sequence[pb.Network]) -> list[pb.Network]:
+    """Docker sorts ``network ls`` by name in natural order, whatever the format."""
+    return sort_naturally(networks, lambda n: n.name, lambda n: n.id)
+
+
 def network_table(networks: Sequence[pb.Network]) -> str:
     rows = [["NETWORK ID", "NAME", "DRIVER", "SCOPE"]]
-    for n in sorted(networks, key=lambda n: n.name):
+    for n in sorted_networks(networks):
         rows.append([n.id[:12], n.name, n.driver, "swarm"])
     return table(rows)
 
 
 def network_lines_json(networks: Sequence[pb.Network]) -> str:
-    return "".join(json.dumps(network_json(n)) + "\n" for n in sorted(networks, key=lambda n: n.name))
+    return "".join(json.dumps(network_json(n)) + "\n" for n in sorted_networks(networks))
 
 
 def network_ids(networks: Sequence[pb.Network]) -> str:
-    return "".join(n.id[:12] + "\n" for n in sorted(networks, key=lambda n: n.name))
+    return "".join(n.id[:12] + "\n" for n in sorted_networks(networks))
 
 
 def network_json(n: pb.Network) -> dict[str, Any]:

@@ -287,8 +287,13 @@ class Manager:
 
     def update_node(self, ref: str, availability: str, label_add: Sequence[str],
                     label_rm: Sequence[str]) -> pb.Node:
-        if availability and availability not in ("active", "pause", "drain"):
-            raise errors.invalid(f'invalid availability "{availability}", only active, pause and drain are supported')
+        """Docker's daemon reads the availability in any case and words a bad one
+        ``invalid Availability: "x"``; an empty one means unchanged on this API."""
+        if availability:
+            if availability.lower() not in ("active", "pause", "drain"):
+                shown = gostr.quote(availability[:64]) + ("..." if len(availability) > 64 else "")
+                raise errors.invalid(f"invalid Availability: {shown}")
+            availability = availability.lower()
         adds: dict[str, str] = {}
         for item in label_add:
             key, _, value = item.partition("=")
@@ -327,7 +332,7 @@ class Manager:
         return self.read(lambda state: convert.network(self._resolve_network(state, ref)))
 
     def create_network(self, req: pb.CreateNetworkRequest) -> pb.Network:
-        name = req.name.strip()
+        name = req.name  # as given: " web" is not a DNS name, and not "web" either
         if not name:
             raise errors.invalid("network name must not be empty")
         if req.driver not in ("", "overlay"):

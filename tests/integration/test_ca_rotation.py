@@ -91,14 +91,18 @@ def test_rotation_to_an_operator_ca_and_its_errors(daemons: Callable[..., Daemon
         "`--ca-cert` flag requires the `--rotate` flag to update the CA\n"
     assert fails("--rotate", "--ca-cert", str(tmp_path / "ca.crt")) == \
         "the --ca-cert flag requires that a --ca-key flag and/or --external-ca flag be provided as well\n"
-    assert fails("--rotate", "--ca-cert", str(tmp_path / "junk"), "--ca-key", str(tmp_path / "ca.key")) == \
-        "file contents must be in PEM format\n"
+    usage = "\n\nUsage:  swarmctl ca [OPTIONS]\n\nRun 'swarmctl ca --help' for more information\n"
+    junk = m1.ctl("ca", "--rotate", "--ca-cert", str(tmp_path / "junk"), "--ca-key", str(tmp_path / "ca.key"))
+    assert (junk.returncode, junk.stderr) == (125, f'invalid argument "{tmp_path / "junk"}" for "--ca-cert" flag: '
+                                                   "file contents must be in PEM format" + usage)
     assert fails("--rotate", "--ca-key", str(tmp_path / "ca.key")) == (
         "Error response from daemon: rpc error: code = InvalidArgument desc = if a signing CA key is provided, "
         "the signing CA cert must also be provided\n")
     current = m1.ok("ca").encode()
-    assert fails("--rotate", "--ca-cert", str(tmp_path / "ca.crt"), "--ca-key", str(tmp_path / "other.key")) \
-        .startswith("unable to read ")
+    missing = m1.ctl("ca", "--rotate", "--ca-cert", str(tmp_path / "ca.crt"), "--ca-key", str(tmp_path / "other.key"))
+    assert (missing.returncode, missing.stderr) == (
+        125, f'invalid argument "{tmp_path / "other.key"}" for "--ca-key" flag: '
+             f"open {tmp_path / 'other.key'}: no such file or directory" + usage)
     assert m1.ok("ca").encode() == current  # nothing changed
 
     r = m1.ctl("ca", "--rotate", "--ca-cert", str(tmp_path / "ca.crt"), "--ca-key", str(tmp_path / "ca.key"),

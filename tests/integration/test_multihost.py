@@ -176,10 +176,10 @@ def test_manager_rules(cluster: dict[str, Daemon]) -> None:
     assert m1.ok("node", "promote", "w1") == "Node w1 promoted to a manager in the swarm.\n"
     wait_for(lambda: node_rows(m1)["w1"][2] == "Reachable", 15, what="w1 to join raft")
     wait_for(lambda: w1.info().control_available, 10, what="w1 to serve as a manager")
-    assert m1.ok("node", "promote", "w1") == "Node w1 is already a manager.\n"
+    assert m1.ok("node", "promote", "w1") == f"Node {w1_id} is already a manager.\n"
     assert m1.ok("node", "demote", w1_id) == f"Manager {w1_id} demoted in the swarm.\n"
     wait_for(lambda: node_rows(m1)["w1"][2] == "" and not w1.info().control_available, 15, what="w1 demoted")
-    assert m1.ok("node", "demote", "w1") == "Node w1 is already a worker.\n"
+    assert m1.ok("node", "demote", "w1") == f"Node {w1_id} is already a worker.\n"
     r = m1.ctl("node", "promote", "nosuchnode")
     assert (r.returncode, r.stderr) == (1, "Error response from daemon: node nosuchnode not found\n")
     assert node_rows(w1 if w1.info().control_available else m1)["w1"][0] == "Ready"

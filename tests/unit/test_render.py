@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
-from swarmctl import render
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from swarmctl import natsort, render
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.timeutil import format_go_duration, human_duration, parse_go_duration
 
@@ -58,3 +62,44 @@ def test_join_command_block_ends_with_a_blank_line() -> None:
     assert render.join_command("worker", "T", "1.2.3.4:2377") == (
         "To add a worker to this swarm, run the following command:\n\n"
         "    swarmctl join --token T 1.2.3.4:2377\n\n")
+
+
+def network(name: str) -> pb.Network:
+    return pb.Network(id=(name.replace("-", "") + "x" * 25)[:25], name=name, driver="overlay")
+
+
+def test_network_ls_sorts_names_in_dockers_natural_order() -> None:
+    # As docker 28.2.2 lists the same names (bytewise between digits, so "Net-3" first).
+    names = ["network-2", "ingress", "network-10", "network-1", "Net-3", "net-01", "net-1"]
+    networks = [network(n) for n in names]
+    assert render.network_table(networks) == (
+        "NETWORK ID     NAME         DRIVER    SCOPE\n"
+        "Net3xxxxxxxx   Net-3        overlay   swarm\n"
+        "ingressxxxxx   ingress      overlay   swarm\n"
+        "net1xxxxxxxx   net-1        overlay   swarm\n"
+        "net01xxxxxxx   net-01       overlay   swarm\n"
+        "network1xxxx   network-1    overlay   swarm\n"
+        "network2xxxx   network-2    overlay   swarm\n"
+        "network10xxx   network-10   overlay   swarm\n")
+    order = ["Net-3", "ingress", "net-1", "net-01", "network-1", "network-2", "network-10"]
+    assert render.network_ids(networks) == "".join(network(n).id[:12] + "\n" for n in order)
+    assert [json.loads(line)["Name"] for line in render.network_lines_json(networks).splitlines()] == order
+
+
+@pytest.mark.parametrize("smaller, larger", [
+    ("a2", "a10"), ("a1", "a01"), ("1a", "a"), ("a1", "a_"), ("a", "a1"), ("x9y", "x10"), ("", "a"),
+    ("node²", "node³"), ("n\u0663", "n\u0664"),  # not ASCII digits: compared as bytes, never int()
+])
+def test_natural_less_is_sortorders(smaller: str, larger: str) -> None:
+    assert natsort.natural_less(smaller, larger) and not natsort.natural_less(larger, smaller)
+
+
+@given(st.text(), st.text())
+def test_natural_order_is_a_strict_order_on_any_names(a: str, b: str) -> None:
+    assert not natsort.natural_less(a, a)
+    assert not (natsort.natural_less(a, b) and natsort.natural_less(b, a))
+
+
+def test_node_ls_takes_any_host_name() -> None:
+    nodes = [node("id1", "node1²", None, "1"), node("id2", "node1", None, "1"), node("id3", "node1²", None, "1")]
+    assert [n.id for n in render.sorted_nodes(nodes)] == ["id2", "id1", "id3"]

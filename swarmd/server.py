@@ -86,6 +86,11 @@ def start_remote_server(listen: str, credentials: grpc.ServerCredentials,
 
 
 def _abort(context: grpc.ServicerContext, e: Exception, name: str) -> None:
+    from swarmd.store.raft import StoreError  # the store's error, should one escape its manager
+
+    if isinstance(e, StoreError):
+        e = (SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN) if e.no_leader
+             else SwarmError(f"the write did not commit: {e}", grpc.StatusCode.ABORTED))
     if isinstance(e, SwarmError):
         if e.leader_addr:
             context.set_trailing_metadata(((LEADER_KEY, e.leader_addr),))

@@ -61,6 +61,9 @@ RAFT_JOIN_TIMEOUT = 15.0
 CALL_TIMEOUT = 15.0
 FORWARD_WINDOW = 8.0          # an election takes 0.4–1.4 s; leave room for a few
 FORWARD_CONNECT_TIMEOUT = 0.3   # a refused or silent leader is retried after a re-read
+FORWARD_AFTER_FAILURE = 2.0     # after any failed attempt, keep looking for a leader this long ...
+FORWARD_WINDOW_MAX = 30.0       # ... within this bound on the whole call
+FORWARD_CALL_TIMEOUT = 8.0      # one attempt: a write commits or fails within the store's 5 s
 # Failures after which a forwarded call is tried again (with the same request ID, so a write
 # that did commit is not applied twice): the leader went away or changed.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -246,7 +249,8 @@ class NodeRuntime:
         checks with a short deadline that the leader answers at all, and a failed attempt looks
         the leader up again until an election had time to finish. Every attempt carries the same
         request ID, so a write whose answer was lost is not applied twice (``requestid``)."""
-        deadline = time.monotonic() + FORWARD_WINDOW
+        started = time.monotonic()
+        deadline = started + FORWARD_WINDOW
         hint: str | None = None
         while True:
             manager = self.require_manager()
@@ -260,6 +264,9 @@ class NodeRuntime:
                     return self._forward_once(addr, method, request, request_id)
                 except _LeaderMoved as moved:
                     hint = moved.hint
+                    # A long attempt (a leader frozen mid-call) still leaves time to find the next one.
+                    deadline = min(max(deadline, time.monotonic() + FORWARD_AFTER_FAILURE),
+                                   started + FORWARD_WINDOW_MAX)
             if time.monotonic() >= deadline:
                 raise SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN)
             if hint is None:
@@ -271,7 +278,7 @@ class NodeRuntime:
             try:
                 # A cheap call with a short deadline first: is the leader there at all?
                 stub.Version(pb.VersionRequest(), timeout=FORWARD_CONNECT_TIMEOUT, wait_for_ready=True)
-                return getattr(stub, method)(request, timeout=CALL_TIMEOUT,
+                return getattr(stub, method)(request, timeout=FORWARD_CALL_TIMEOUT,
                                              metadata=((REQUEST_ID_KEY, request_id),))
             except grpc.RpcError as e:
                 hint = leader_hint(e)

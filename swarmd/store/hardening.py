@@ -10,6 +10,10 @@
   records); the meta file is stored with fsync; disk blocks are reserved with
   ``posix_fallocate`` so a full disk is an ``OSError``, not SIGBUS.
 * Snapshots are sealed too, also while they travel to a new member (``SealedSerializer``).
+* A term or vote that could not be saved is not kept in memory either (``durable_term``), so
+  pysyncobj never votes or campaigns on a term a restart would forget.
+* Every file read back at start is either loaded exactly or refused with one
+  ``StateFileError`` line naming it.
 
 Nothing outside ``swarmd.store`` imports pysyncobj; ``install()`` is called once by the wrapper.
 """
@@ -31,9 +35,10 @@ import pysyncobj.pickle as ps_pickle
 import pysyncobj.serializer as ps_serializer
 import pysyncobj.syncobj as ps_syncobj
 
+from swarmd.errors import StateFileError
 from swarmd.fsutil import atomic_write
 from swarmd.store.crypto import DataCipher, DecryptError
-from swarmd.store.journal import EncryptedJournal
+from swarmd.store.journal import EncryptedJournal, JournalError, MetaNotDurable
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +78,33 @@ class _DurableMetaStorer:
             data = self._path.read_bytes()
         except FileNotFoundError:
             return {}
-        meta = safe_loads(data)
-        if not isinstance(meta, dict):
-            raise ValueError(f"corrupt raft meta file {self._path}")
-        return meta
+        try:
+            meta = safe_loads(data)
+        except pickle.UnpicklingError as e:
+            raise JournalError(f"corrupt raft meta file {self._path}: {e}") from None
+        except Exception:  # noqa: BLE001 - a damaged pickle raises anything: one clear error
+            raise JournalError(f"corrupt raft meta file {self._path}: truncated or damaged") from None
+        if not _valid_meta(meta):
+            raise JournalError(f"corrupt raft meta file {self._path}: unexpected content")
+        return meta  # type: ignore[no-any-return]
 
     def storeMeta(self, meta: dict[str, Any]) -> None:  # noqa: N802
         atomic_write(self._path, ps_pickle.dumps(meta), 0o600)
 
     def getPath(self) -> str:  # noqa: N802
         return str(self._path)
+
+
+def _valid_meta(meta: Any) -> bool:
+    """The keys and types EncryptedJournal stores (term, vote, commit index)."""
+    if not isinstance(meta, dict):
+        return False
+    for key in ("raftCommitIndex", "currentTerm"):
+        value = meta.get(key, 0)
+        if type(value) is not int or value < 0:
+            return False
+    vote = meta.get("votedForNodeId")
+    return vote is None or isinstance(vote, str)
 
 
 class _AllocatedFile(ps_journal.ResizableFile):  # type: ignore[misc]
@@ -156,20 +178,24 @@ def cipher_for(path: str) -> DataCipher:
 SNAPSHOT_MAGIC = b"SWMDSNP1"
 
 
+class SnapshotError(StateFileError):
+    """The raft snapshot cannot be read back: damaged, truncated, or sealed under another key."""
+
+
 def seal_snapshot(path: str, data: bytes) -> bytes:
     return SNAPSHOT_MAGIC + cipher_for(path).seal(data, SNAPSHOT_MAGIC)
 
 
 def open_snapshot(path: str, blob: bytes) -> bytes:
     if not blob.startswith(SNAPSHOT_MAGIC):
-        raise ValueError(f"{path} is not a swarmd raft snapshot")
+        raise SnapshotError(f"{path} is not a swarmd raft snapshot")
     for cipher in ciphers_for(path):
         try:
             return cipher.open(blob[len(SNAPSHOT_MAGIC):], SNAPSHOT_MAGIC)
         except DecryptError:
             continue
-    raise ValueError(f"raft snapshot {path} does not authenticate: damaged, or sealed under "
-                     "another data key")
+    raise SnapshotError(f"raft snapshot {path} does not authenticate: damaged, or sealed under "
+                        "another data key")
 
 
 def reseal_snapshot(path: str) -> None:
@@ -198,7 +224,7 @@ class SealedSerializer(ps_serializer.Serializer):  # type: ignore[misc]
             try:
                 with open(path, "rb") as f:
                     clear = open_snapshot(path, f.read())
-            except (OSError, ValueError):
+            except (OSError, SnapshotError):
                 ps_serializer.logger.exception("could not read the snapshot to send")
                 return None
             transmissions[transmissionID] = transmission = {"transmitted": 0, "data": clear}
@@ -253,6 +279,20 @@ def _never_raising(apply: Any) -> Any:
     return apply_command
 
 
+def durable_term(set_term: Any) -> Any:
+    """pysyncobj sets its term and vote in memory, then asks the journal to save them. When the
+    save fails (``MetaNotDurable``), put the old ones back: the exception then stops the caller
+    before it sends the vote, the vote request or the reply that would reflect them."""
+    def set_current_term(self: Any, term: int, voted_for: Any) -> None:
+        before = self._SyncObj__raftCurrentTerm, self._SyncObj__votedForNodeId
+        try:
+            set_term(self, term, voted_for)
+        except MetaNotDurable:
+            self._SyncObj__raftCurrentTerm, self._SyncObj__votedForNodeId = before
+            raise
+    return set_current_term
+
+
 _installed = False
 _install_lock = threading.Lock()
 
@@ -272,4 +312,5 @@ def install() -> None:
         ps_syncobj.createJournal = _create_journal
         ps_syncobj.Serializer = SealedSerializer
         ps_syncobj.SyncObj._SyncObj__doApplyCommand = _never_raising(ps_syncobj.SyncObj._SyncObj__doApplyCommand)
+        ps_syncobj.SyncObj._SyncObj__setCurrentTerm = durable_term(ps_syncobj.SyncObj._SyncObj__setCurrentTerm)
         _installed = True

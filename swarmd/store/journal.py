@@ -13,18 +13,30 @@ it, so a torn append is simply not there after a crash.
 Durability: every appended entry is fdatasync'ed before ``add`` returns, except on the leader,
 which may ship an entry before its own fsync as long as it syncs before counting itself towards
 a commit (``defer_sync``; RaftStore's tick loop calls ``sync_if_dirty`` before every tick).
+
+Storage faults: the commit index is saved once a second and may wait; on a full or read-only
+disk that save is retried every second with one warning a minute, until it works again. Term
+and vote are different: Raft's safety needs them on disk before any message that reflects
+them, so a failed save raises ``MetaNotDurable`` and changes nothing (see
+``hardening.durable_term``, which also rolls pysyncobj's copy back): no vote, no campaign.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from swarmd.errors import StateFileError
 from swarmd.fsutil import fsync_dir
+from swarmd.logs import LogLimiter
 from swarmd.store.crypto import DataCipher, DecryptError
+
+log = logging.getLogger(__name__)
 
 MAGIC = b"SWMDJRNL"
 FORMAT = 1
@@ -39,8 +51,17 @@ _LEGACY_FIRST = 40
 _LEGACY_END_AT = 36
 
 
-class JournalError(Exception):
+# One warning a minute about a meta file that cannot be saved (it is retried every second).
+META_WARNING_PERIOD = 60.0
+
+
+class JournalError(StateFileError):
     """The journal cannot be read back: damaged, tampered with, or sealed under another key."""
+
+
+class MetaNotDurable(Exception):
+    """Term and vote could not be saved; nothing that reflects them may be sent. Reported (rate
+    limited) where it happened, so callers drop it without logging it again."""
 
 
 def _header(end: int) -> bytes:
@@ -63,6 +84,7 @@ class EncryptedJournal:
         self._dirty = False
         self._legacy_path = ""
         legacy = self._read_legacy()
+        self._check_size(meta_storer.getPath())
         self._file = file_factory(path, defaultContent=_header(HEADER_SIZE))
         self._end = HEADER_SIZE
         if legacy is not None:
@@ -72,6 +94,8 @@ class EncryptedJournal:
         self._meta_storer = meta_storer
         self._meta: dict[str, Any] = meta_storer.getMeta()
         self._meta_saved = True
+        self._meta_failing = False
+        self._meta_warnings = LogLimiter(1, META_WARNING_PERIOD, lambda m: log.warning("%s", m))
 
     # -- reading back ------------------------------------------------------------------------
     def _read_legacy(self) -> list[tuple[bytes, int, int]] | None:
@@ -90,31 +114,63 @@ class EncryptedJournal:
         except FileNotFoundError:
             return None
         self._legacy_path = legacy
-        end = _U32.unpack_from(data, _LEGACY_END_AT)[0]
-        entries, offset = [], _LEGACY_FIRST
-        while offset < end:
-            size = _U32.unpack_from(data, offset)[0]
-            record = data[offset + 4:offset + 4 + size]
-            idx, term = _IDX_TERM.unpack_from(record)
-            entries.append((record[16:], idx, term))
-            offset += size + 8
+        entries: list[tuple[bytes, int, int]] = []
+        try:
+            end = _U32.unpack_from(data, _LEGACY_END_AT)[0]
+            offset = _LEGACY_FIRST
+            while offset < end:
+                size = _U32.unpack_from(data, offset)[0]
+                record = data[offset + 4:offset + 4 + size]
+                idx, term = _IDX_TERM.unpack_from(record)
+                entries.append((record[16:], idx, term))
+                offset += size + 8
+        except struct.error:
+            raise JournalError(f"raft journal {legacy} (pysyncobj's format) is truncated or damaged") from None
         if os.path.exists(self._path):
             os.unlink(self._path)  # a half-written migration from an earlier attempt
         return entries
 
+    def _check_size(self, meta_path: str) -> None:
+        """A journal too short to hold its header cannot be mapped. Empty and alone, it is the
+        trace of a crash while it was being created (nothing was ever written to it); anything
+        else lost its content."""
+        try:
+            size = os.path.getsize(self._path)
+        except FileNotFoundError:
+            return
+        if size >= HEADER_SIZE:
+            return
+        if size == 0 and not os.path.exists(meta_path):
+            os.unlink(self._path)
+            return
+        raise JournalError(f"raft journal {self._path} is truncated: {size} bytes, shorter than its header")
+
+    def _read_exactly(self, offset: int, size: int) -> bytes:
+        data = bytes(self._file.read(offset, size))
+        if len(data) != size:
+            raise JournalError(f"raft journal {self._path} is truncated at offset {offset + len(data)}")
+        return data
+
     def _records(self) -> Iterator[tuple[int, bytes]]:
-        head = self._file.read(0, HEADER_SIZE)
+        head = self._read_exactly(0, HEADER_SIZE)
         if head[:8] != MAGIC:
             raise JournalError(f"{self._path} is not a swarmd raft journal")
         if _U32.unpack_from(head, 8)[0] != FORMAT:
             raise JournalError(f"{self._path} has an unsupported journal format")
         end = _U32.unpack_from(head, _END_AT)[0]
+        if end < HEADER_SIZE:
+            raise JournalError(f"raft journal {self._path} is damaged: its header ends the records at {end}")
         offset = HEADER_SIZE
         while offset < end:
-            size = _U32.unpack(self._file.read(offset, 4))[0]
+            if offset + 8 > end:
+                raise JournalError(f"raft journal {self._path} is damaged at offset {offset}")
+            size = _U32.unpack(self._read_exactly(offset, 4))[0]
             if size < _IDX_TERM.size or offset + size + 8 > end:
                 raise JournalError(f"raft journal {self._path} is damaged at offset {offset}")
-            yield offset, self._file.read(offset + 4, size)
+            record = self._read_exactly(offset + 4, size)
+            if _U32.unpack(self._read_exactly(offset + 4 + size, 4))[0] != size:
+                raise JournalError(f"raft journal {self._path} is damaged at offset {offset}")
+            yield offset, record
             offset += size + 8
         self._end = offset
 
@@ -245,10 +301,13 @@ class EncryptedJournal:
         return int(self._meta.get("raftCommitIndex", 1))
 
     def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:
-        # Term and vote must be durable before any message that reflects them is sent.
-        self._meta["currentTerm"] = term
-        self._meta["votedForNodeId"] = votedForNodeId
-        self._meta_storer.storeMeta(self._meta)
+        """Term and vote must be durable before any message that reflects them is sent: on a
+        failed save nothing changes and ``MetaNotDurable`` tells pysyncobj to go no further."""
+        meta = {**self._meta, "currentTerm": term, "votedForNodeId": votedForNodeId}
+        if not self._store_meta(meta, f"cannot save the raft term {term} and vote; this manager will not "
+                                      "vote or campaign until it can"):
+            raise MetaNotDurable(f"raft term {term} not saved")
+        self._meta = meta
         self._meta_saved = True
 
     def getCurrentTerm(self) -> int:
@@ -258,7 +317,21 @@ class EncryptedJournal:
         return self._meta.get("votedForNodeId")
 
     def onOneSecondTimer(self) -> None:
-        if not self._meta_saved:
-            self._meta_storer.storeMeta(self._meta)
+        if not self._meta_saved and self._store_meta(self._meta, "cannot save the raft commit index; "
+                                                                 "retrying every second"):
             self._meta_saved = True
+
+    def _store_meta(self, meta: dict[str, Any], consequence: str) -> bool:
+        """Save ``meta``; on a storage fault, one rate-limited warning line and False."""
+        try:
+            self._meta_storer.storeMeta(meta)
+        except OSError as e:
+            self._meta_failing = True
+            self._meta_warnings.warn(f"raft: {consequence}: {self._meta_storer.getPath()}: "
+                                     f"{e.strerror or e}", time.monotonic())
+            return False
+        if self._meta_failing:
+            self._meta_failing = False
+            log.warning("raft: %s is saved again", self._meta_storer.getPath())
+        return True
 

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import _socket
 import io
+import json
 import logging
 import os
 import pickle
 import socket
 import threading
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,9 @@ _ALLOWED: frozenset[tuple[str, str]] = frozenset({
 })
 
 
+META_MAGIC = b"SWMDMETA"
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _ALLOWED:
@@ -68,7 +73,11 @@ def safe_load(file: Any) -> Any:
 
 
 class _DurableMetaStorer:
-    """Replaces pysyncobj's MetaStorer: same content, atomic write with fsync."""
+    """Replaces pysyncobj's MetaStorer: same content, atomic write with fsync, and a checksum.
+
+    File: ``META_MAGIC | u32 CRC-32 of the rest | JSON``. A meta file of pysyncobj's own
+    format (a pickle) is still read, through the restricted unpickler, and replaced on the next
+    save."""
 
     def __init__(self, path: str) -> None:
         self._path = Path(path)
@@ -78,18 +87,30 @@ class _DurableMetaStorer:
             data = self._path.read_bytes()
         except FileNotFoundError:
             return {}
-        try:
-            meta = safe_loads(data)
-        except pickle.UnpicklingError as e:
-            raise JournalError(f"corrupt raft meta file {self._path}: {e}") from None
-        except Exception:  # noqa: BLE001 - a damaged pickle raises anything: one clear error
-            raise JournalError(f"corrupt raft meta file {self._path}: truncated or damaged") from None
+        meta = self._decode(data)
         if not _valid_meta(meta):
             raise JournalError(f"corrupt raft meta file {self._path}: unexpected content")
         return meta  # type: ignore[no-any-return]
 
+    def _decode(self, data: bytes) -> Any:
+        if data.startswith(META_MAGIC):
+            body = data[len(META_MAGIC) + 4:]
+            if data[len(META_MAGIC):len(META_MAGIC) + 4] != zlib.crc32(body).to_bytes(4, "little"):
+                raise JournalError(f"corrupt raft meta file {self._path}: it does not match its checksum")
+            try:
+                return json.loads(body)
+            except ValueError:
+                raise JournalError(f"corrupt raft meta file {self._path}: not valid JSON") from None
+        try:
+            return safe_loads(data)
+        except pickle.UnpicklingError as e:
+            raise JournalError(f"corrupt raft meta file {self._path}: {e}") from None
+        except Exception:  # noqa: BLE001 - a damaged pickle raises anything: one clear error
+            raise JournalError(f"corrupt raft meta file {self._path}: truncated or damaged") from None
+
     def storeMeta(self, meta: dict[str, Any]) -> None:  # noqa: N802
-        atomic_write(self._path, ps_pickle.dumps(meta), 0o600)
+        body = json.dumps(meta, sort_keys=True).encode()
+        atomic_write(self._path, META_MAGIC + zlib.crc32(body).to_bytes(4, "little") + body, 0o600)
 
     def getPath(self) -> str:  # noqa: N802
         return str(self._path)

@@ -2,13 +2,16 @@
 
 Replaces pysyncobj's ``FileJournal`` (same interface) with our own record format:
 
-    header (32 bytes): b"SWMDJRNL" | u32 format | u32 end-of-last-record offset | zero padding
+    header (32 bytes): b"SWMDJRNL" | u32 format | u32 end-of-last-record offset
+                       | u32 CRC-32 of the bytes before it | zero padding
     record:            u32 n | u64 idx | u64 term | nonce + AES-GCM(command, aad=idx|term) | u32 n
 
 Each command is sealed with the node's data key, so no token, key or other secret of the store
 is ever in clear under ``raft/``; the tag authenticates each record, so corruption anywhere in
 the file is a clear start-up error. A record counts only once the header's end offset covers
-it, so a torn append is simply not there after a crash.
+it, so a torn append is simply not there after a crash; the header's checksum makes a damaged
+end offset an error rather than a shorter journal. (Format 1 had no checksum; such a journal
+is read and its header rewritten in format 2.)
 
 Durability: every appended entry is fdatasync'ed before ``add`` returns, except on the leader,
 which may ship an entry before its own fsync as long as it syncs before counting itself towards
@@ -27,6 +30,7 @@ import logging
 import os
 import struct
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +43,8 @@ from swarmd.store.crypto import DataCipher, DecryptError
 log = logging.getLogger(__name__)
 
 MAGIC = b"SWMDJRNL"
-FORMAT = 1
+FORMAT = 2
+_UNCHECKED_FORMAT = 1
 HEADER_SIZE = 32
 _END_AT = 12
 _U32 = struct.Struct("<I")
@@ -64,8 +69,14 @@ class MetaNotDurable(Exception):
     limited) where it happened, so callers drop it without logging it again."""
 
 
+def _end_field(end: int) -> bytes:
+    """The end offset and the checksum of the header up to it, written together."""
+    packed = _U32.pack(end)
+    return packed + _U32.pack(zlib.crc32(MAGIC + _U32.pack(FORMAT) + packed))
+
+
 def _header(end: int) -> bytes:
-    return (MAGIC + _U32.pack(FORMAT) + _U32.pack(end)).ljust(HEADER_SIZE, b"\0")
+    return (MAGIC + _U32.pack(FORMAT) + _end_field(end)).ljust(HEADER_SIZE, b"\0")
 
 
 class EncryptedJournal:
@@ -83,6 +94,7 @@ class EncryptedJournal:
         self.defer_sync = False
         self._dirty = False
         self._legacy_path = ""
+        self._unchecked_header = False
         legacy = self._read_legacy()
         self._check_size(meta_storer.getPath())
         self._file = file_factory(path, defaultContent=_header(HEADER_SIZE))
@@ -155,9 +167,13 @@ class EncryptedJournal:
         head = self._read_exactly(0, HEADER_SIZE)
         if head[:8] != MAGIC:
             raise JournalError(f"{self._path} is not a swarmd raft journal")
-        if _U32.unpack_from(head, 8)[0] != FORMAT:
+        version = _U32.unpack_from(head, 8)[0]
+        if version not in (FORMAT, _UNCHECKED_FORMAT):
             raise JournalError(f"{self._path} has an unsupported journal format")
         end = _U32.unpack_from(head, _END_AT)[0]
+        if version == FORMAT and head[_END_AT:_END_AT + 8] != _end_field(end):
+            raise JournalError(f"raft journal {self._path} is damaged: its header does not match its checksum")
+        self._unchecked_header = version == _UNCHECKED_FORMAT
         if end < HEADER_SIZE:
             raise JournalError(f"raft journal {self._path} is damaged: its header ends the records at {end}")
         offset = HEADER_SIZE
@@ -190,6 +206,9 @@ class EncryptedJournal:
                     "is damaged or was written under another data key") from None
             self._entries.append((command, idx, term))
             self._offsets.append(offset)
+        if self._unchecked_header:
+            self._file.write(8, _U32.pack(FORMAT) + _end_field(self._end))
+            self._file.sync()
 
     def _open_first(self, sealed: bytes, head: bytes) -> tuple[bytes, DataCipher]:
         for cipher in self._ciphers:
@@ -238,7 +257,7 @@ class EncryptedJournal:
         start = self._end
         self._file.write(start, size + body + size)
         self._end = start + len(body) + 8
-        self._file.write(_END_AT, _U32.pack(self._end))
+        self._file.write(_END_AT, _end_field(self._end))
         self._entries.append((command, idx, term))
         self._offsets.append(start)
 
@@ -260,7 +279,7 @@ class EncryptedJournal:
     def clear(self) -> None:
         self._entries, self._offsets = [], []
         self._end = HEADER_SIZE
-        self._file.write(_END_AT, _U32.pack(self._end))
+        self._file.write(_END_AT, _end_field(self._end))
         self._dirty = False
         self._file.sync()
 
@@ -270,7 +289,7 @@ class EncryptedJournal:
         self._end = self._offsets[entryFrom] if entryFrom >= 0 else HEADER_SIZE
         del self._entries[entryFrom:]
         del self._offsets[entryFrom:]
-        self._file.write(_END_AT, _U32.pack(self._end))
+        self._file.write(_END_AT, _end_field(self._end))
         self._dirty = False
         self._file.sync()
 

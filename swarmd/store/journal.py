@@ -323,7 +323,7 @@ class EncryptedJournal:
         """Term and vote must be durable before any message that reflects them is sent: on a
         failed save nothing changes and ``MetaNotDurable`` tells pysyncobj to go no further."""
         meta = {**self._meta, "currentTerm": term, "votedForNodeId": votedForNodeId}
-        if not self._store_meta(meta, f"cannot save the raft term {term} and vote; this manager will not "
+        if not self._store_meta(meta, f"cannot save term {term} and vote; this manager will not "
                                       "vote or campaign until it can"):
             raise MetaNotDurable(f"raft term {term} not saved")
         self._meta = meta
@@ -336,7 +336,7 @@ class EncryptedJournal:
         return self._meta.get("votedForNodeId")
 
     def onOneSecondTimer(self) -> None:
-        if not self._meta_saved and self._store_meta(self._meta, "cannot save the raft commit index; "
+        if not self._meta_saved and self._store_meta(self._meta, "cannot save the commit index; "
                                                                  "retrying every second"):
             self._meta_saved = True
 
@@ -351,6 +351,6 @@ class EncryptedJournal:
             return False
         if self._meta_failing:
             self._meta_failing = False
-            log.warning("raft: %s is saved again", self._meta_storer.getPath())
+            log.info("raft: %s is saved again", self._meta_storer.getPath())
         return True
 

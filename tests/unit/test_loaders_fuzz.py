@@ -9,9 +9,13 @@ another type (and the TLS handshake refuses a certificate whose signature was da
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import os
 import pickle
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,7 @@ from swarmd.errors import StateFileError
 from swarmd.nodestate import STATE_FILE, LocalState
 from swarmd.store import hardening
 from swarmd.store.crypto import DataCipher
-from swarmd.store.journal import EncryptedJournal, JournalError
+from swarmd.store.journal import EncryptedJournal, JournalError, MetaNotDurable
 from swarmd.store.machine import StateMachine
 from swarmd.store.raft import RaftStore
 
@@ -229,3 +233,74 @@ def test_a_sealed_key_is_left_for_unlock_to_check(cert_store: CertificateStore, 
     cert_store.key_path.write_bytes(sealed)
     assert cert_store.load()[2] == sealed
     shutil.rmtree(tmp_path / "certificates")
+
+
+# -- saving the meta file on a full disk ---------------------------------------------------------
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A tiny tmpfs (root only): (its mount point, the file that fills it)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount, mount / "filler"
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(filler: Path) -> None:
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (1 << 16, 512):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+def test_meta_saves_on_a_full_disk_warn_once_retry_and_keep_the_term(
+        full_disk: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
+    mount, filler = full_disk
+    journal = _open_journal(mount / "journal")
+    try:
+        journal.add(b"\x01", 1, 1)
+        journal.setCurrentTerm(4, "n" * 25)
+        _fill(filler)
+        journal.setRaftCommitIndex(9)
+        with caplog.at_level(logging.WARNING, logger="swarmd.store.journal"):
+            for _ in range(5):
+                journal.onOneSecondTimer()  # no exception out of the Raft tick
+            with pytest.raises(MetaNotDurable):
+                journal.setCurrentTerm(5, None)
+        warnings = [r.getMessage() for r in caplog.records]
+        assert len(warnings) == 1 and "cannot save the commit index" in warnings[0], warnings
+        assert "No space left on device" in warnings[0] and "\n" not in warnings[0]
+        assert (journal.getCurrentTerm(), journal.getVotedForNodeId()) == (4, "n" * 25)
+        filler.unlink()
+        journal.onOneSecondTimer()
+        saved = hardening._DurableMetaStorer(str(mount / "journal.meta")).getMeta()
+        assert saved == {"raftCommitIndex": 9, "currentTerm": 4, "votedForNodeId": "n" * 25}
+    finally:
+        journal._destroy()
+
+
+def test_a_term_that_cannot_be_saved_is_not_kept_in_memory() -> None:
+    """pysyncobj sets its own copy of term and vote before the journal saves them."""
+    class Member:
+        _SyncObj__raftCurrentTerm = 4
+        _SyncObj__votedForNodeId = "a"
+
+    def failing_save(self: Member, term: int, voted_for: object) -> None:
+        self._SyncObj__raftCurrentTerm, self._SyncObj__votedForNodeId = term, voted_for
+        raise MetaNotDurable("not saved")
+
+    member = Member()
+    with pytest.raises(MetaNotDurable):
+        hardening.durable_term(failing_save)(member, 5, "b")
+    assert (member._SyncObj__raftCurrentTerm, member._SyncObj__votedForNodeId) == (4, "a")

@@ -77,8 +77,16 @@ class Manager:
         return result
 
     def read(self, fn: Callable[[State], T]) -> T:
-        """A read the CLI shows: refused without a leader, as Docker's managers do."""
-        if self.store.leader_id() is None:
+        """A read the CLI shows. On the leader it is linearizable: answered only once a majority
+        has confirmed this leader after the read arrived (a leader cut off in a minority
+        refuses it with Docker's no-leader text). A follower answers from its own copy while it
+        knows a leader (``info``); everything else is forwarded to the leader."""
+        if self.store.is_leader():
+            try:
+                self.store.confirm_leadership()
+            except StoreError:
+                raise SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN) from None
+        elif self.store.leader_id() is None:
             raise SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN)
         return self.machine.read(fn)
 

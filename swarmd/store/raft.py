@@ -43,6 +43,7 @@ from swarmd.store.crypto import DataCipher
 from swarmd.store.hardening import SnapshotError
 from swarmd.store.journal import JournalError, MetaNotDurable
 from swarmd.store.machine import Result, StateMachine
+from swarmd.store.reads import NotLeader, ReadBarrier
 from swarmd.store.transport import LoneTransport, PeerNetwork, transport_class
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ OLD_SNAPSHOT = re.compile(r"snapshot-(\d+)")
 # At most one storage-fault warning a minute out of the tick (it retries every tick).
 TICK_WARNING_PERIOD = 60.0
 MIN_FREE_BYTES = 4 << 20
+READ_TIMEOUT = 3.0  # a leader that cannot confirm itself this long has lost its majority
 # One write's limit (swarmkit's MaxTransactionBytes): keeps every Raft message well inside the
 # transport's frame limit, whatever a caller packs into labels or descriptions.
 MAX_OP_BYTES = 1536 << 10
@@ -146,6 +148,7 @@ class RaftStore:
         self._syncobj: SyncObj | None = None
         self._stopping = threading.Event()
         self._tick_thread: threading.Thread | None = None
+        self._reads = ReadBarrier()
         self._conf: SyncObjConf | None = None
         self._snapshot_interval = DEFAULT_SNAPSHOT_INTERVAL
         self._keep_old_snapshots = 0
@@ -199,6 +202,11 @@ class RaftStore:
         self._syncobj, self._conf, self.halted = obj, conf, None
         self._syncobj.addOnTickCallback(self._commit_alone)
         self._syncobj.addOnTickCallback(self._run_tick_calls)
+        wire = built[-1]
+        if hasattr(wire, "read_handler"):
+            wire.read_handler = self._reads.on_message
+        obj_for_reads = self._syncobj
+        self._syncobj.addOnTickCallback(lambda: self._reads.tick(obj_for_reads, wire.send))
         if not self._peers:
             # A lone member need not wait out a random election timeout (0.4–1.4 s).
             self._syncobj._SyncObj__raftElectionDeadline = 0
@@ -254,6 +262,7 @@ class RaftStore:
                 return
         obj._doDestroy()
         self._fail_tick_calls()
+        self._reads.fail_all("the store is not running")
 
     def rekey(self, new_key: bytes, timeout: float = 30.0) -> None:
         """Seal the journal and the snapshot under ``new_key`` (a data-key rotation): each file is
@@ -286,6 +295,21 @@ class RaftStore:
                 return False
             time.sleep(0.005)
         return True
+
+    def confirm_leadership(self, timeout: float = READ_TIMEOUT) -> None:
+        """Return once this member has confirmed, after the call, that a majority still follows
+        it and it has applied everything committed before (see ``store.reads``); then a read of
+        the state machine is linearizable. ``StoreError`` (no_leader) otherwise."""
+        obj = self._obj()
+        future = self._reads.request()
+        obj._SyncObj__pipeNotifier.notify()
+        try:
+            future.result(timeout)
+        except NotLeader as e:
+            raise StoreError(str(e), no_leader=True) from None
+        except FutureTimeout:
+            future.cancel()
+            raise StoreError("a majority of managers did not confirm this leader in time", no_leader=True) from None
 
     # -- status ------------------------------------------------------------------------------
     def _obj(self) -> SyncObj:

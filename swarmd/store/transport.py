@@ -121,7 +121,11 @@ _SCHEMA: dict[str, tuple[_Fields, _Fields]] = {
     "apply_command_response": ({"request_id": COUNTER},
                                {"error": COUNTER, "log_idx": COUNTER, "log_term": COUNTER}),
     "next_node_idx": ({"next_node_idx": COUNTER, "reset": FLAG, "success": FLAG}, {}),
+    # Ours, not pysyncobj's: the leader's confirmation round for linearizable reads (store.reads).
+    "read_probe": ({"term": COUNTER, "round": COUNTER}, {}),
+    "read_ack": ({"term": COUNTER, "round": COUNTER}, {}),
 }
+_READ_MESSAGES = frozenset({"read_probe", "read_ack"})
 _COUNTER_LIMIT = 1 << 63
 _TRANSMISSIONS = ("start", "process", "finish")
 # pysyncobj's command types (syncobj._COMMAND_TYPE): a member forwards only regular writes to
@@ -345,6 +349,8 @@ class _RaftTransport(Transport):  # type: ignore[misc]
         self._fd_lock = threading.Lock()
         self._next_heartbeat = 0.0
         self._chunks_from: str | None = None  # the member whose chunked entry is arriving
+        # (syncobj, send, peer, node, message) for read_probe / read_ack; set by the RaftStore
+        self.read_handler: Callable[[Any, Any, str, Any, dict[str, Any]], None] | None = None
         syncObj.addOnTickCallback(self._on_tick)
         try:
             network._attach(self, list(self._nodes))
@@ -432,6 +438,10 @@ class _RaftTransport(Transport):  # type: ignore[misc]
         where it was; a follower that really misses entries answers the next append with a
         reset, which pysyncobj still honours.
         """
+        if message["type"] in _READ_MESSAGES:
+            if self.read_handler is not None:
+                self.read_handler(self._syncobj, self.send, str(node.id), node, message)
+            return
         if message["type"] == "append_entries" and not self._chunk_in_order(node, message):
             return
         if message["type"] != "next_node_idx" or not message["success"] or message["reset"]:

@@ -64,6 +64,22 @@ class Lab:
         """Cut or restore host i's cable (its end on the bridge)."""
         sh("ip", "-n", self.bridge_ns, "link", "set", f"{self.tag}{i}b", "up" if up else "down")
 
+    def partition(self, *groups: list[int]) -> None:
+        """Cut every path between hosts of different groups (a blackhole route each way inside
+        the hosts' namespaces); hosts of one group still reach each other."""
+        for group in groups:
+            for other in groups:
+                if other is not group:
+                    for i in group:
+                        for j in other:
+                            sh("ip", "-n", self.ns(i), "route", "replace", "blackhole", f"{self.ip(j)}/32")
+
+    def heal(self) -> None:
+        for i in range(1, self.hosts + 1):
+            for j in range(1, self.hosts + 1):
+                subprocess.run(["ip", "-n", self.ns(i), "route", "del", "blackhole", f"{self.ip(j)}/32"],
+                               capture_output=True, timeout=15)
+
     def close(self) -> None:
         for i in range(1, self.hosts + 1):
             subprocess.run(["ip", "netns", "del", self.ns(i)], capture_output=True, timeout=15)

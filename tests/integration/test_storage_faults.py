@@ -103,14 +103,16 @@ def test_missing_snapshot_behind_a_compacted_journal_refuses_to_start(manager: D
 
 def test_truncated_journal_and_damaged_state_files_name_the_file(manager: Daemon) -> None:
     manager.ok("network", "create", "acknowledged")
+    write_entries(manager, 30)  # a journal longer than the 1 KiB its file is mapped with at least
     manager.stop()
     journal = raft_dir(manager) / "journal"
     whole = journal.read_bytes()
-    end = int.from_bytes(whole[12:16], "little")
-    journal.write_bytes(whole[:end - 40])
-    reason = start_refused(manager)
-    assert reason.startswith(f"raft journal {journal} is "), reason
-    assert "unpack requires" not in reason
+    end, offset, last = int.from_bytes(whole[12:16], "little"), 32, 32
+    while offset < end:
+        last, offset = offset, offset + int.from_bytes(whole[offset:offset + 4], "little") + 8
+    cut = last + 4 + 10  # inside the last record's index and term
+    journal.write_bytes(whole[:cut])
+    assert start_refused(manager) == f"raft journal {journal} is truncated at offset {cut}"
     journal.write_bytes(whole)
 
     state = manager.state_dir / "state.json"

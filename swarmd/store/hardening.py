@@ -28,6 +28,7 @@ import os
 import pickle
 import socket
 import threading
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -314,6 +315,17 @@ def durable_term(set_term: Any) -> Any:
     return set_current_term
 
 
+def paced_compaction(try_compaction: Any) -> Any:
+    """pysyncobj tries a snapshot again on the very next tick after one failed to be written
+    (a full disk), 20 times a second with a warning each time. ``RaftStore`` sets
+    ``compaction_paused_until`` on its SyncObj after such a failure; until then, no new try."""
+    def try_log_compaction(self: Any) -> None:
+        if getattr(self, "compaction_paused_until", 0.0) > time.monotonic():
+            return
+        try_compaction(self)
+    return try_log_compaction
+
+
 _installed = False
 _install_lock = threading.Lock()
 
@@ -334,4 +346,5 @@ def install() -> None:
         ps_syncobj.Serializer = SealedSerializer
         ps_syncobj.SyncObj._SyncObj__doApplyCommand = _never_raising(ps_syncobj.SyncObj._SyncObj__doApplyCommand)
         ps_syncobj.SyncObj._SyncObj__setCurrentTerm = durable_term(ps_syncobj.SyncObj._SyncObj__setCurrentTerm)
+        ps_syncobj.SyncObj._SyncObj__tryLogCompaction = paced_compaction(ps_syncobj.SyncObj._SyncObj__tryLogCompaction)
         _installed = True

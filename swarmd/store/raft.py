@@ -57,6 +57,8 @@ DEFAULT_SNAPSHOT_INTERVAL = 10000
 OLD_SNAPSHOT = re.compile(r"snapshot-(\d+)")
 # At most one storage-fault warning a minute out of the tick (it retries every tick).
 TICK_WARNING_PERIOD = 60.0
+# After a snapshot could not be written, the next try (the journal keeps everything meanwhile).
+SNAPSHOT_RETRY = 60.0
 MIN_FREE_BYTES = 4 << 20
 READ_TIMEOUT = 3.0  # a leader that cannot confirm itself this long has lost its majority
 # One write's limit (swarmkit's MaxTransactionBytes): keeps every Raft message well inside the
@@ -156,6 +158,7 @@ class RaftStore:
         self._checked_snapshot: tuple[dict[str, Any], bytes] | None = None  # (doc, file) read by start()
         self.halted: str | None = None       # why this member stopped taking part, if it did
         self._tick_warnings = LogLimiter(1, TICK_WARNING_PERIOD, lambda m: log.warning("%s", m))
+        self._snapshot_warnings = LogLimiter(1, TICK_WARNING_PERIOD, lambda m: log.warning("%s", m))
         machine.add_listener(self._follow_cluster_settings)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -620,13 +623,22 @@ class RaftStore:
             "members": sorted(str(n.id) for n in members),
         }
         sealed = hardening.seal_snapshot(filename, json.dumps(doc).encode())
-        self._keep_current_snapshot()
-        fd = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(sealed)
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_dir(Path(filename).parent)
+        try:
+            self._keep_current_snapshot()
+            fd = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(sealed)
+                f.flush()
+                os.fsync(f.fileno())
+            fsync_dir(Path(filename).parent)
+        except OSError as e:
+            Path(filename).unlink(missing_ok=True)
+            if self._syncobj is not None:
+                self._syncobj.compaction_paused_until = time.monotonic() + SNAPSHOT_RETRY
+            self._snapshot_warnings.warn(f"raft: cannot write a snapshot in {self.raft_dir}: {e.strerror or e}; "
+                                     f"the journal keeps every entry, next try in {SNAPSHOT_RETRY:.0f}s",
+                                     time.monotonic())
+            raise
         self._snapshot_index = int(last[1])  # pysyncobj renames it over the current one next
 
     def _read_snapshot(self, filename: str) -> tuple[Any, Any, Any]:

@@ -29,8 +29,9 @@ from swarmd.nodestate import STATE_FILE, LocalState
 from swarmd.store import hardening
 from swarmd.store.crypto import DataCipher
 from swarmd.store.journal import EncryptedJournal, JournalError, MetaNotDurable
-from swarmd.store.machine import StateMachine
+from swarmd.store.machine import StateMachine, encode_op
 from swarmd.store.raft import RaftStore
+from tests.harness import wait_for
 
 DATA_KEY = bytes(range(32))
 ENTRIES = [(b"\x01" + bytes([i]) * (5 + i), i + 1, 1 + i // 2) for i in range(5)]
@@ -244,7 +245,7 @@ def full_disk(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
         pytest.skip("mounting a tmpfs needs root")
     mount = tmp_path / "fs"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
     try:
         yield mount, mount / "filler"
     finally:
@@ -304,3 +305,53 @@ def test_a_term_that_cannot_be_saved_is_not_kept_in_memory() -> None:
     with pytest.raises(MetaNotDurable):
         hardening.durable_term(failing_save)(member, 5, "b")
     assert (member._SyncObj__raftCurrentTerm, member._SyncObj__votedForNodeId) == (4, "a")
+
+
+def test_a_snapshot_that_cannot_be_written_is_tried_again_later_not_every_tick(
+        full_disk: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
+    mount, filler = full_disk
+    machine = StateMachine()
+    store = RaftStore("n" * 25, mount / "raft", machine, data_key=DATA_KEY)
+    store.start()
+    try:
+        assert store.wait_leader(10) and store.wait_ready(10)
+        for i in range(5):
+            store.propose(encode_op("rotate_join_token", role="worker", token=f"t{i}", now="x"))
+        _fill(filler)
+        with caplog.at_level(logging.WARNING):
+            store._obj().forceLogCompaction()
+            for _ in range(40):  # each status is answered on a later tick: 40 ticks at least
+                store.status()
+        ours = [r.getMessage() for r in caplog.records if "cannot write a snapshot" in r.getMessage()]
+        theirs = [r for r in caplog.records if r.getMessage() == "Failed to store full dump"]
+        assert len(ours) == 1 and "No space left on device" in ours[0], ours
+        assert len(theirs) <= 1
+        assert not (mount / "raft" / "snapshot").exists() and not (mount / "raft" / "snapshot.tmp").exists()
+        filler.unlink()
+        store._obj().compaction_paused_until = 0.0  # as if the retry delay had passed
+        store._obj().forceLogCompaction()
+        wait_for((mount / "raft" / "snapshot").exists, 10, what="the snapshot once space returned")
+    finally:
+        store.stop()
+
+
+def test_an_older_copy_of_the_journal_is_refused(tmp_path: Path) -> None:
+    """Whole and authentic, but without entries this manager already counted as committed."""
+    raft = tmp_path / "raft"
+    store = RaftStore("n" * 25, raft, StateMachine(), data_key=DATA_KEY)
+    store.start()
+    try:
+        assert store.wait_leader(10) and store.wait_ready(10)
+        store.propose(encode_op("rotate_join_token", role="worker", token="t0", now="x"))
+        older = (raft / "journal").read_bytes()
+        for i in range(1, 4):
+            store.propose(encode_op("rotate_join_token", role="worker", token=f"t{i}", now="x"))
+        meta = hardening._DurableMetaStorer(str(raft / "journal.meta"))
+        wait_for(lambda: meta.getMeta().get("raftCommitIndex", 0) >= 5, 10, what="the commit index saved")
+    finally:
+        store.stop()
+    (raft / "journal").write_bytes(older)
+    again = RaftStore("n" * 25, raft, StateMachine(), data_key=DATA_KEY)
+    with pytest.raises(JournalError, match=r"ends at index \d+ but index \d+ was committed: entries are missing"):
+        again.start()
+    again.stop()

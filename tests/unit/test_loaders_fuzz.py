@@ -265,14 +265,21 @@ def _fill(filler: Path) -> None:
         os.close(fd)
 
 
-def test_meta_saves_on_a_full_disk_warn_once_retry_and_keep_the_term(
-        full_disk: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_meta_saves_on_a_full_or_read_only_disk_warn_once_retry_and_keep_the_term(
+        full_disk: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture, fault: str) -> None:
     mount, filler = full_disk
-    journal = _open_journal(mount / "journal")
+    meta_path = mount / "journal.meta"
+    hardening.register_cipher(tmp_path, DataCipher(DATA_KEY))
+    journal = EncryptedJournal(str(tmp_path / "journal"), [DataCipher(DATA_KEY)], hardening._AllocatedFile,
+                               hardening._DurableMetaStorer(str(meta_path)))
     try:
         journal.add(b"\x01", 1, 1)
         journal.setCurrentTerm(4, "n" * 25)
-        _fill(filler)
+        if fault == "full":
+            _fill(filler)
+        else:
+            subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
         journal.setRaftCommitIndex(9)
         with caplog.at_level(logging.WARNING, logger="swarmd.store.journal"):
             for _ in range(5):
@@ -281,11 +288,15 @@ def test_meta_saves_on_a_full_disk_warn_once_retry_and_keep_the_term(
                 journal.setCurrentTerm(5, None)
         warnings = [r.getMessage() for r in caplog.records]
         assert len(warnings) == 1 and "cannot save the commit index" in warnings[0], warnings
-        assert "No space left on device" in warnings[0] and "\n" not in warnings[0]
+        reason = "No space left on device" if fault == "full" else "Read-only file system"
+        assert f"{meta_path}: {reason}" in warnings[0] and "\n" not in warnings[0]
         assert (journal.getCurrentTerm(), journal.getVotedForNodeId()) == (4, "n" * 25)
-        filler.unlink()
+        if fault == "full":
+            filler.unlink()
+        else:
+            subprocess.run(["mount", "-o", "remount,rw", str(mount)], check=True)
         journal.onOneSecondTimer()
-        saved = hardening._DurableMetaStorer(str(mount / "journal.meta")).getMeta()
+        saved = hardening._DurableMetaStorer(str(meta_path)).getMeta()
         assert saved == {"raftCommitIndex": 9, "currentTerm": 4, "votedForNodeId": "n" * 25}
     finally:
         journal._destroy()

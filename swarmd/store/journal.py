@@ -219,28 +219,36 @@ class EncryptedJournal:
         raise DecryptError("no data key opens the journal")
 
     def rekey(self, cipher: DataCipher) -> None:
-        """Seal every entry under ``cipher``: a new file, synced, then renamed over the old one
-        (a crash leaves one whole file under one of the two keys)."""
-        fresh = self._path + ".rekey"
+        """Seal every entry under ``cipher`` (a crash leaves one whole file under one of the
+        two keys)."""
+        self._replace_file(self._entries, cipher)
+
+    def _replace_file(self, entries: list[tuple[bytes, int, int]], cipher: DataCipher) -> None:
+        """Write ``entries`` to a new file, sync it, rename it over the journal: a crash or a
+        full disk at any point leaves the old journal or the new one, whole. On a failure the
+        journal stays as it was and the error is raised."""
+        fresh = self._path + ".new"
         if os.path.exists(fresh):
             os.unlink(fresh)
-        old_file, old_end, old_offsets, old_cipher = self._file, self._end, self._offsets, self._cipher
-        entries, self._entries, self._offsets = self._entries, [], []
-        self._file = self._new_file(fresh, defaultContent=_header(HEADER_SIZE))
+        old = self._file, self._end, self._entries, self._offsets, self._cipher
+        self._entries, self._offsets = [], []
         self._end, self._cipher = HEADER_SIZE, cipher
         try:
+            self._file = self._new_file(fresh, defaultContent=_header(HEADER_SIZE))
             for entry in entries:
                 self._append(*entry)
             self._file.sync()
             os.replace(fresh, self._path)
             self._file.renamed(self._path)
         except BaseException:
-            self._file._destroy()
-            self._file, self._end, self._offsets, self._cipher = old_file, old_end, old_offsets, old_cipher
-            self._entries = entries
+            if self._file is not old[0]:
+                self._file._destroy()
+            if os.path.exists(fresh):
+                os.unlink(fresh)
+            self._file, self._end, self._entries, self._offsets, self._cipher = old
             raise
         fsync_dir(Path(self._path).parent)
-        old_file._destroy()
+        old[0]._destroy()
         self._dirty = False
 
     def _rewrite(self, entries: list[tuple[bytes, int, int]]) -> None:
@@ -294,13 +302,9 @@ class EncryptedJournal:
         self._file.sync()
 
     def deleteEntriesTo(self, entryTo: int) -> None:
-        keep = self._entries[entryTo:]
-        self._entries, self._offsets = [], []
-        self._end = HEADER_SIZE
-        for entry in keep:
-            self._append(*entry)
-        self._dirty = False
-        self._file.sync()
+        """After a snapshot: keep the entries from ``entryTo`` on, in a new file (rewriting the
+        journal in place would lose entries the snapshot does not hold, on a crash half-way)."""
+        self._replace_file(self._entries[entryTo:], self._cipher)
 
     def __getitem__(self, item: Any) -> Any:
         return self._entries[item]

@@ -366,3 +366,26 @@ def test_an_older_copy_of_the_journal_is_refused(tmp_path: Path) -> None:
     with pytest.raises(JournalError, match=r"ends at index \d+ but index \d+ was committed: entries are missing"):
         again.start()
     again.stop()
+
+
+def test_trimming_the_journal_on_a_full_disk_keeps_it_whole(full_disk: tuple[Path, Path]) -> None:
+    """After a snapshot the journal is trimmed into a new file; when that file cannot be
+    written, the journal stays exactly as it was, in memory and on disk."""
+    mount, filler = full_disk
+    path = mount / "journal"
+    journal = _open_journal(path)
+    try:
+        for entry in ENTRIES:
+            journal.add(*entry)
+        before = path.read_bytes()
+        _fill(filler)
+        with pytest.raises(OSError):
+            journal.deleteEntriesTo(3)
+        assert list(journal) == ENTRIES and path.read_bytes() == before
+        assert not (mount / "journal.new").exists()
+        filler.unlink()
+        journal.deleteEntriesTo(3)
+        journal.add(b"\x01after", 6, 3)
+    finally:
+        journal._destroy()
+    assert _entries_or_error(path) == [*ENTRIES[3:], (b"\x01after", 6, 3)]

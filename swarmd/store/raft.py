@@ -318,6 +318,8 @@ class RaftStore:
     def _obj(self) -> SyncObj:
         if self._syncobj is None:
             raise StoreError("the store is not running")
+        if self.halted is not None:
+            raise StoreError(f"this manager stopped taking part in the raft cluster: {self.halted}")
         return self._syncobj
 
     def is_leader(self) -> bool:
@@ -584,7 +586,8 @@ class RaftStore:
         first, last = int(journal[0][1]), int(journal[-1][1])
         path = self.raft_dir / "journal"
         if first > self._snapshot_index + 1:
-            where = f"the snapshot ends at index {self._snapshot_index}" if self._snapshot_index else "there is no snapshot"
+            where = (f"the snapshot ends at index {self._snapshot_index}" if self._snapshot_index
+                     else "there is no snapshot")
             raise JournalError(f"raft journal {path} starts at index {first} but {where}: entries are missing")
         commit = int(journal.getRaftCommitIndex())
         if max(last, self._snapshot_index) < commit:
@@ -635,9 +638,9 @@ class RaftStore:
             Path(filename).unlink(missing_ok=True)
             if self._syncobj is not None:
                 self._syncobj.compaction_paused_until = time.monotonic() + SNAPSHOT_RETRY
-            self._snapshot_warnings.warn(f"raft: cannot write a snapshot in {self.raft_dir}: {e.strerror or e}; "
-                                     f"the journal keeps every entry, next try in {SNAPSHOT_RETRY:.0f}s",
-                                     time.monotonic())
+            self._snapshot_warnings.warn(
+                f"raft: cannot write a snapshot in {self.raft_dir}: {e.strerror or e}; "
+                f"the journal keeps every entry, next try in {SNAPSHOT_RETRY:.0f}s", time.monotonic())
             raise
         self._snapshot_index = int(last[1])  # pysyncobj renames it over the current one next
 

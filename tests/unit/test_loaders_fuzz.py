@@ -30,7 +30,7 @@ from swarmd.store import hardening
 from swarmd.store.crypto import DataCipher
 from swarmd.store.journal import EncryptedJournal, JournalError, MetaNotDurable
 from swarmd.store.machine import StateMachine, encode_op
-from swarmd.store.raft import RaftStore
+from swarmd.store.raft import RaftStore, StoreError
 from tests.harness import wait_for
 
 DATA_KEY = bytes(range(32))
@@ -389,3 +389,31 @@ def test_trimming_the_journal_on_a_full_disk_keeps_it_whole(full_disk: tuple[Pat
     finally:
         journal._destroy()
     assert _entries_or_error(path) == [*ENTRIES[3:], (b"\x01after", 6, 3)]
+
+
+def test_a_snapshot_that_cannot_be_loaded_at_run_time_halts_the_member(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A snapshot from the leader that cannot be read back: pysyncobj would log it and answer the
+    leader as if it had been installed; the member stops taking part instead."""
+    raft = tmp_path / "raft"
+    store = RaftStore("n" * 25, raft, StateMachine(), data_key=DATA_KEY)
+    store.start()
+    try:
+        assert store.wait_leader(10) and store.wait_ready(10)
+        store.propose(encode_op("rotate_join_token", role="worker", token="t0", now="x"))
+        store._obj().forceLogCompaction()
+        wait_for((raft / "snapshot").exists, 10, what="a snapshot")
+        (raft / "snapshot").write_bytes(b"SWMDSNP1" + bytes(64))
+        with caplog.at_level(logging.ERROR, logger="swarmd.store.raft"):
+            with pytest.raises(StateFileError, match="does not authenticate"):
+                store._on_tick_thread(lambda obj: store._read_snapshot(str(raft / "snapshot")))
+            thread = store._tick_thread
+            assert thread is not None
+            thread.join(5)
+            assert not thread.is_alive()
+        assert store.halted is not None and "does not authenticate" in store.halted
+        assert any("stopped taking part in the raft cluster" in r.getMessage() for r in caplog.records)
+        with pytest.raises(StoreError, match="stopped taking part in the raft cluster"):
+            store.propose(encode_op("rotate_join_token", role="worker", token="t1", now="x"))
+    finally:
+        store.stop()

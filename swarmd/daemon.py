@@ -36,8 +36,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-format", choices=("plain", "json"), default="plain", help="log line format")
     p.add_argument("--config", type=Path, default=None,
                    help="optional file of key=value lines; SIGHUP re-reads its log-level")
+    p.add_argument("--reset-state", action="store_true",
+                   help="remove this node's swarm state from --state-dir and exit (refused while a swarmd "
+                        "uses it); for a node that cannot start or leave: remove it from the swarm first")
     p.add_argument("--version", action="version", version=f"swarmd {__version__}")
     return p.parse_args(argv)
+
+
+def run_reset_state(state_dir: Path) -> int:
+    from swarmd.errors import SwarmError
+    from swarmd.statereset import reset_state
+
+    try:
+        removed = reset_state(state_dir.absolute())
+    except (SwarmError, OSError) as e:
+        print(f"swarmd: cannot reset the state dir: {e}", file=sys.stderr)
+        return 1
+    print(f"swarmd: removed {', '.join(removed)} from {state_dir}" if removed
+          else f"swarmd: {state_dir} holds no swarm state")
+    return 0
 
 
 def read_config(path: Path | None) -> dict[str, str]:
@@ -152,6 +169,9 @@ class Daemon:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.reset_state:
+        os.umask(0o077)
+        sys.exit(run_reset_state(args.state_dir or paths.default_state_dir()))
     try:
         # The same precedence as a SIGHUP reload: --config's log-level, then --log-level.
         level = read_config(args.config).get("log-level") or args.log_level or "info"

@@ -77,3 +77,9 @@ GO_CODE_NAMES = {
 def rpc_text(code: str, desc: str) -> str:
     """Docker's rendering of a swarmkit gRPC error, e.g. for node rm refusals."""
     return f"rpc error: code = {GO_CODE_NAMES.get(code, code)} desc = {desc}"
+
+
+class StateFileError(SwarmError):
+    """A file of the state dir that cannot be read back (damaged, truncated, tampered with): the
+    message names the file and what is wrong with it, in one line, so a daemon refuses to start
+    with it instead of serving without what it held."""

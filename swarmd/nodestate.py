@@ -8,11 +8,12 @@ a node that believes in half a swarm.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from swarmd import netaddr
+from swarmd.errors import StateFileError
 from swarmd.fsutil import atomic_write
 
 STATE_FILE = "state.json"
@@ -39,14 +40,47 @@ class LocalState:
 
     @classmethod
     def load(cls, state_dir: Path) -> LocalState | None:
+        """None when absent; ``StateFileError`` (naming the file) when it cannot be used."""
         path = state_dir / STATE_FILE
         try:
-            data: dict[str, Any] = json.loads(path.read_bytes())
+            raw = path.read_bytes()
         except FileNotFoundError:
             return None
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        try:
+            data = json.loads(raw)
+        except ValueError as e:  # also a UnicodeDecodeError
+            raise StateFileError(f"{path} is damaged: not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise StateFileError(f"{path} is damaged: not a JSON object")
+        return cls._from_fields(path, data)
+
+    @classmethod
+    def _from_fields(cls, path: Path, data: dict[str, Any]) -> LocalState:
+        """Each known field with its type checked (unknown fields are ignored, as before)."""
+        known: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in data:
+                if f.default is MISSING and f.default_factory is MISSING:
+                    raise StateFileError(f"{path} is damaged: {f.name} is missing")
+                continue
+            value = data[f.name]
+            if not _has_type(f.name, value):
+                raise StateFileError(f"{path} is damaged: {f.name} has a wrong type")
+            known[f.name] = value
         return cls(**known)
 
     @staticmethod
     def remove(state_dir: Path) -> None:
         (state_dir / STATE_FILE).unlink(missing_ok=True)
+
+
+def _has_type(name: str, value: Any) -> bool:
+    if name == "data_path_port":
+        return type(value) is int and 0 <= value <= 65535
+    if name == "role":
+        return value in ("manager", "worker")
+    if name == "remote_managers":
+        return isinstance(value, list) and all(
+            isinstance(m, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in m.items())
+            and {"node_id", "addr"} <= m.keys() for m in value)
+    return isinstance(value, str)

@@ -94,7 +94,7 @@ def _split(data: bytes) -> tuple[str, dict[str, str], bytes]:
         lines.pop(0)
     try:
         der = base64.b64decode("".join(lines), validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a character outside ASCII
         raise KeyFileError("the node key file is damaged") from None
     return label, headers, der
 

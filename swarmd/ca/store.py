@@ -3,12 +3,19 @@
 Each file is replaced atomically so a crash never leaves a torn certificate or key; the key
 is private (0600), certificates are public (0644) as in Docker, and the directory is private
 (0700) per the project's state rules (Docker itself uses 0755 here).
+
+``load`` checks what it reads: a damaged certificate or key file is one ``StateFileError``
+line naming the file, not a parser's message about some unnamed input.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from cryptography import x509
+
+from swarmd.ca import keyfile
+from swarmd.errors import StateFileError
 from swarmd.fsutil import atomic_write, ensure_dir, remove_tree
 
 ROOT_CA_FILE = "swarm-root-ca.crt"
@@ -54,8 +61,18 @@ class CertificateStore:
         atomic_write(self.root_path, root_pem, CERT_MODE)
 
     def load(self) -> tuple[bytes, bytes, bytes]:
-        """Return (root PEM, node cert PEM, node key PEM); FileNotFoundError if any is missing."""
-        return self.load_root(), self.cert_path.read_bytes(), self.key_path.read_bytes()
+        """Return (root PEM, node cert PEM, node key file); FileNotFoundError if any is missing,
+        ``StateFileError`` if any is damaged (a sealed key is checked when it is unsealed)."""
+        root, cert, key = self.load_root(), self.cert_path.read_bytes(), self.key_path.read_bytes()
+        for path, pem in ((self.root_path, root), (self.cert_path, cert)):
+            _check_certificates(path, pem)
+        try:
+            keyfile.decode(key, None)
+        except keyfile.LockedError:
+            pass
+        except keyfile.KeyFileError as e:
+            raise StateFileError(f"{self.key_path}: {e}") from None
+        return root, cert, key
 
     def exists(self) -> bool:
         """True only when a complete identity (all three files) is present."""
@@ -64,3 +81,10 @@ class CertificateStore:
     def wipe(self) -> None:
         """Forget this node's identity (swarm leave, failed init)."""
         remove_tree(self.path)
+
+
+def _check_certificates(path: Path, pem: bytes) -> None:
+    try:
+        x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise StateFileError(f"{path} is damaged: not a PEM certificate") from None

@@ -10,6 +10,10 @@
   records); the meta file is stored with fsync; disk blocks are reserved with
   ``posix_fallocate`` so a full disk is an ``OSError``, not SIGBUS.
 * Snapshots are sealed too, also while they travel to a new member (``SealedSerializer``).
+* A term or vote that could not be saved is not kept in memory either (``durable_term``), so
+  pysyncobj never votes or campaigns on a term a restart would forget.
+* Every file read back at start is either loaded exactly or refused with one
+  ``StateFileError`` line naming it.
 
 Nothing outside ``swarmd.store`` imports pysyncobj; ``install()`` is called once by the wrapper.
 """
@@ -18,11 +22,14 @@ from __future__ import annotations
 
 import _socket
 import io
+import json
 import logging
 import os
 import pickle
 import socket
 import threading
+import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +38,10 @@ import pysyncobj.pickle as ps_pickle
 import pysyncobj.serializer as ps_serializer
 import pysyncobj.syncobj as ps_syncobj
 
+from swarmd.errors import StateFileError
 from swarmd.fsutil import atomic_write
 from swarmd.store.crypto import DataCipher, DecryptError
-from swarmd.store.journal import EncryptedJournal
+from swarmd.store.journal import EncryptedJournal, JournalError, MetaNotDurable
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,9 @@ _ALLOWED: frozenset[tuple[str, str]] = frozenset({
     ("pysyncobj.node", "Node"),
     ("pysyncobj.node", "TCPNode"),
 })
+
+
+META_MAGIC = b"SWMDMETA"
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -63,7 +74,11 @@ def safe_load(file: Any) -> Any:
 
 
 class _DurableMetaStorer:
-    """Replaces pysyncobj's MetaStorer: same content, atomic write with fsync."""
+    """Replaces pysyncobj's MetaStorer: same content, atomic write with fsync, and a checksum.
+
+    File: ``META_MAGIC | u32 CRC-32 of the rest | JSON``. A meta file of pysyncobj's own
+    format (a pickle) is still read, through the restricted unpickler, and replaced on the next
+    save."""
 
     def __init__(self, path: str) -> None:
         self._path = Path(path)
@@ -73,16 +88,45 @@ class _DurableMetaStorer:
             data = self._path.read_bytes()
         except FileNotFoundError:
             return {}
-        meta = safe_loads(data)
-        if not isinstance(meta, dict):
-            raise ValueError(f"corrupt raft meta file {self._path}")
-        return meta
+        meta = self._decode(data)
+        if not _valid_meta(meta):
+            raise JournalError(f"corrupt raft meta file {self._path}: unexpected content")
+        return meta  # type: ignore[no-any-return]
+
+    def _decode(self, data: bytes) -> Any:
+        if data.startswith(META_MAGIC):
+            body = data[len(META_MAGIC) + 4:]
+            if data[len(META_MAGIC):len(META_MAGIC) + 4] != zlib.crc32(body).to_bytes(4, "little"):
+                raise JournalError(f"corrupt raft meta file {self._path}: it does not match its checksum")
+            try:
+                return json.loads(body)
+            except ValueError:
+                raise JournalError(f"corrupt raft meta file {self._path}: not valid JSON") from None
+        try:
+            return safe_loads(data)
+        except pickle.UnpicklingError as e:
+            raise JournalError(f"corrupt raft meta file {self._path}: {e}") from None
+        except Exception:  # noqa: BLE001 - a damaged pickle raises anything: one clear error
+            raise JournalError(f"corrupt raft meta file {self._path}: truncated or damaged") from None
 
     def storeMeta(self, meta: dict[str, Any]) -> None:  # noqa: N802
-        atomic_write(self._path, ps_pickle.dumps(meta), 0o600)
+        body = json.dumps(meta, sort_keys=True).encode()
+        atomic_write(self._path, META_MAGIC + zlib.crc32(body).to_bytes(4, "little") + body, 0o600)
 
     def getPath(self) -> str:  # noqa: N802
         return str(self._path)
+
+
+def _valid_meta(meta: Any) -> bool:
+    """The keys and types EncryptedJournal stores (term, vote, commit index)."""
+    if not isinstance(meta, dict):
+        return False
+    for key in ("raftCommitIndex", "currentTerm"):
+        value = meta.get(key, 0)
+        if type(value) is not int or value < 0:
+            return False
+    vote = meta.get("votedForNodeId")
+    return vote is None or isinstance(vote, str)
 
 
 class _AllocatedFile(ps_journal.ResizableFile):  # type: ignore[misc]
@@ -156,20 +200,24 @@ def cipher_for(path: str) -> DataCipher:
 SNAPSHOT_MAGIC = b"SWMDSNP1"
 
 
+class SnapshotError(StateFileError):
+    """The raft snapshot cannot be read back: damaged, truncated, or sealed under another key."""
+
+
 def seal_snapshot(path: str, data: bytes) -> bytes:
     return SNAPSHOT_MAGIC + cipher_for(path).seal(data, SNAPSHOT_MAGIC)
 
 
 def open_snapshot(path: str, blob: bytes) -> bytes:
     if not blob.startswith(SNAPSHOT_MAGIC):
-        raise ValueError(f"{path} is not a swarmd raft snapshot")
+        raise SnapshotError(f"{path} is not a swarmd raft snapshot")
     for cipher in ciphers_for(path):
         try:
             return cipher.open(blob[len(SNAPSHOT_MAGIC):], SNAPSHOT_MAGIC)
         except DecryptError:
             continue
-    raise ValueError(f"raft snapshot {path} does not authenticate: damaged, or sealed under "
-                     "another data key")
+    raise SnapshotError(f"raft snapshot {path} does not authenticate: damaged, or sealed under "
+                        "another data key")
 
 
 def reseal_snapshot(path: str) -> None:
@@ -198,7 +246,7 @@ class SealedSerializer(ps_serializer.Serializer):  # type: ignore[misc]
             try:
                 with open(path, "rb") as f:
                     clear = open_snapshot(path, f.read())
-            except (OSError, ValueError):
+            except (OSError, SnapshotError):
                 ps_serializer.logger.exception("could not read the snapshot to send")
                 return None
             transmissions[transmissionID] = transmission = {"transmitted": 0, "data": clear}
@@ -253,6 +301,31 @@ def _never_raising(apply: Any) -> Any:
     return apply_command
 
 
+def durable_term(set_term: Any) -> Any:
+    """pysyncobj sets its term and vote in memory, then asks the journal to save them. When the
+    save fails (``MetaNotDurable``), put the old ones back: the exception then stops the caller
+    before it sends the vote, the vote request or the reply that would reflect them."""
+    def set_current_term(self: Any, term: int, voted_for: Any) -> None:
+        before = self._SyncObj__raftCurrentTerm, self._SyncObj__votedForNodeId
+        try:
+            set_term(self, term, voted_for)
+        except MetaNotDurable:
+            self._SyncObj__raftCurrentTerm, self._SyncObj__votedForNodeId = before
+            raise
+    return set_current_term
+
+
+def paced_compaction(try_compaction: Any) -> Any:
+    """pysyncobj tries a snapshot again on the very next tick after one failed to be written
+    (a full disk), 20 times a second with a warning each time. ``RaftStore`` sets
+    ``compaction_paused_until`` on its SyncObj after such a failure; until then, no new try."""
+    def try_log_compaction(self: Any) -> None:
+        if getattr(self, "compaction_paused_until", 0.0) > time.monotonic():
+            return
+        try_compaction(self)
+    return try_log_compaction
+
+
 _installed = False
 _install_lock = threading.Lock()
 
@@ -272,4 +345,6 @@ def install() -> None:
         ps_syncobj.createJournal = _create_journal
         ps_syncobj.Serializer = SealedSerializer
         ps_syncobj.SyncObj._SyncObj__doApplyCommand = _never_raising(ps_syncobj.SyncObj._SyncObj__doApplyCommand)
+        ps_syncobj.SyncObj._SyncObj__setCurrentTerm = durable_term(ps_syncobj.SyncObj._SyncObj__setCurrentTerm)
+        ps_syncobj.SyncObj._SyncObj__tryLogCompaction = paced_compaction(ps_syncobj.SyncObj._SyncObj__tryLogCompaction)
         _installed = True

@@ -2,32 +2,49 @@
 
 Replaces pysyncobj's ``FileJournal`` (same interface) with our own record format:
 
-    header (32 bytes): b"SWMDJRNL" | u32 format | u32 end-of-last-record offset | zero padding
+    header (32 bytes): b"SWMDJRNL" | u32 format | u32 end-of-last-record offset
+                       | u32 CRC-32 of the bytes before it | zero padding
     record:            u32 n | u64 idx | u64 term | nonce + AES-GCM(command, aad=idx|term) | u32 n
 
 Each command is sealed with the node's data key, so no token, key or other secret of the store
 is ever in clear under ``raft/``; the tag authenticates each record, so corruption anywhere in
 the file is a clear start-up error. A record counts only once the header's end offset covers
-it, so a torn append is simply not there after a crash.
+it, so a torn append is simply not there after a crash; the header's checksum makes a damaged
+end offset an error rather than a shorter journal. (Format 1 had no checksum; such a journal
+is read and its header rewritten in format 2.)
 
 Durability: every appended entry is fdatasync'ed before ``add`` returns, except on the leader,
 which may ship an entry before its own fsync as long as it syncs before counting itself towards
 a commit (``defer_sync``; RaftStore's tick loop calls ``sync_if_dirty`` before every tick).
+
+Storage faults: the commit index is saved once a second and may wait; on a full or read-only
+disk that save is retried every second with one warning a minute, until it works again. Term
+and vote are different: Raft's safety needs them on disk before any message that reflects
+them, so a failed save raises ``MetaNotDurable`` and changes nothing (see
+``hardening.durable_term``, which also rolls pysyncobj's copy back): no vote, no campaign.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
+import time
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from swarmd.errors import StateFileError
 from swarmd.fsutil import fsync_dir
+from swarmd.logs import LogLimiter
 from swarmd.store.crypto import DataCipher, DecryptError
 
+log = logging.getLogger(__name__)
+
 MAGIC = b"SWMDJRNL"
-FORMAT = 1
+FORMAT = 2
+_UNCHECKED_FORMAT = 1
 HEADER_SIZE = 32
 _END_AT = 12
 _U32 = struct.Struct("<I")
@@ -39,12 +56,27 @@ _LEGACY_FIRST = 40
 _LEGACY_END_AT = 36
 
 
-class JournalError(Exception):
+# One warning a minute about a meta file that cannot be saved (it is retried every second).
+META_WARNING_PERIOD = 60.0
+
+
+class JournalError(StateFileError):
     """The journal cannot be read back: damaged, tampered with, or sealed under another key."""
 
 
+class MetaNotDurable(Exception):
+    """Term and vote could not be saved; nothing that reflects them may be sent. Reported (rate
+    limited) where it happened, so callers drop it without logging it again."""
+
+
+def _end_field(end: int) -> bytes:
+    """The end offset and the checksum of the header up to it, written together."""
+    packed = _U32.pack(end)
+    return packed + _U32.pack(zlib.crc32(MAGIC + _U32.pack(FORMAT) + packed))
+
+
 def _header(end: int) -> bytes:
-    return (MAGIC + _U32.pack(FORMAT) + _U32.pack(end)).ljust(HEADER_SIZE, b"\0")
+    return (MAGIC + _U32.pack(FORMAT) + _end_field(end)).ljust(HEADER_SIZE, b"\0")
 
 
 class EncryptedJournal:
@@ -62,7 +94,9 @@ class EncryptedJournal:
         self.defer_sync = False
         self._dirty = False
         self._legacy_path = ""
+        self._unchecked_header = False
         legacy = self._read_legacy()
+        self._check_size(meta_storer.getPath())
         self._file = file_factory(path, defaultContent=_header(HEADER_SIZE))
         self._end = HEADER_SIZE
         if legacy is not None:
@@ -72,6 +106,8 @@ class EncryptedJournal:
         self._meta_storer = meta_storer
         self._meta: dict[str, Any] = meta_storer.getMeta()
         self._meta_saved = True
+        self._meta_failing = False
+        self._meta_warnings = LogLimiter(1, META_WARNING_PERIOD, lambda m: log.warning("%s", m))
 
     # -- reading back ------------------------------------------------------------------------
     def _read_legacy(self) -> list[tuple[bytes, int, int]] | None:
@@ -90,31 +126,67 @@ class EncryptedJournal:
         except FileNotFoundError:
             return None
         self._legacy_path = legacy
-        end = _U32.unpack_from(data, _LEGACY_END_AT)[0]
-        entries, offset = [], _LEGACY_FIRST
-        while offset < end:
-            size = _U32.unpack_from(data, offset)[0]
-            record = data[offset + 4:offset + 4 + size]
-            idx, term = _IDX_TERM.unpack_from(record)
-            entries.append((record[16:], idx, term))
-            offset += size + 8
+        entries: list[tuple[bytes, int, int]] = []
+        try:
+            end = _U32.unpack_from(data, _LEGACY_END_AT)[0]
+            offset = _LEGACY_FIRST
+            while offset < end:
+                size = _U32.unpack_from(data, offset)[0]
+                record = data[offset + 4:offset + 4 + size]
+                idx, term = _IDX_TERM.unpack_from(record)
+                entries.append((record[16:], idx, term))
+                offset += size + 8
+        except struct.error:
+            raise JournalError(f"raft journal {legacy} (pysyncobj's format) is truncated or damaged") from None
         if os.path.exists(self._path):
             os.unlink(self._path)  # a half-written migration from an earlier attempt
         return entries
 
+    def _check_size(self, meta_path: str) -> None:
+        """A journal too short to hold its header cannot be mapped. Empty and alone, it is the
+        trace of a crash while it was being created (nothing was ever written to it); anything
+        else lost its content."""
+        try:
+            size = os.path.getsize(self._path)
+        except FileNotFoundError:
+            return
+        if size >= HEADER_SIZE:
+            return
+        if size == 0 and not os.path.exists(meta_path):
+            os.unlink(self._path)
+            return
+        raise JournalError(f"raft journal {self._path} is truncated: {size} bytes, shorter than its header")
+
+    def _read_exactly(self, offset: int, size: int) -> bytes:
+        data = bytes(self._file.read(offset, size))
+        if len(data) != size:
+            raise JournalError(f"raft journal {self._path} is truncated at offset {offset + len(data)}")
+        return data
+
     def _records(self) -> Iterator[tuple[int, bytes]]:
-        head = self._file.read(0, HEADER_SIZE)
+        head = self._read_exactly(0, HEADER_SIZE)
         if head[:8] != MAGIC:
             raise JournalError(f"{self._path} is not a swarmd raft journal")
-        if _U32.unpack_from(head, 8)[0] != FORMAT:
+        version = _U32.unpack_from(head, 8)[0]
+        if version not in (FORMAT, _UNCHECKED_FORMAT):
             raise JournalError(f"{self._path} has an unsupported journal format")
         end = _U32.unpack_from(head, _END_AT)[0]
+        if version == FORMAT and head[_END_AT:_END_AT + 8] != _end_field(end):
+            raise JournalError(f"raft journal {self._path} is damaged: its header does not match its checksum")
+        self._unchecked_header = version == _UNCHECKED_FORMAT
+        if end < HEADER_SIZE:
+            raise JournalError(f"raft journal {self._path} is damaged: its header ends the records at {end}")
         offset = HEADER_SIZE
         while offset < end:
-            size = _U32.unpack(self._file.read(offset, 4))[0]
+            if offset + 8 > end:
+                raise JournalError(f"raft journal {self._path} is damaged at offset {offset}")
+            size = _U32.unpack(self._read_exactly(offset, 4))[0]
             if size < _IDX_TERM.size or offset + size + 8 > end:
                 raise JournalError(f"raft journal {self._path} is damaged at offset {offset}")
-            yield offset, self._file.read(offset + 4, size)
+            record = self._read_exactly(offset + 4, size)
+            if _U32.unpack(self._read_exactly(offset + 4 + size, 4))[0] != size:
+                raise JournalError(f"raft journal {self._path} is damaged at offset {offset}")
+            yield offset, record
             offset += size + 8
         self._end = offset
 
@@ -134,6 +206,9 @@ class EncryptedJournal:
                     "is damaged or was written under another data key") from None
             self._entries.append((command, idx, term))
             self._offsets.append(offset)
+        if self._unchecked_header:
+            self._file.write(8, _U32.pack(FORMAT) + _end_field(self._end))
+            self._file.sync()
 
     def _open_first(self, sealed: bytes, head: bytes) -> tuple[bytes, DataCipher]:
         for cipher in self._ciphers:
@@ -144,28 +219,36 @@ class EncryptedJournal:
         raise DecryptError("no data key opens the journal")
 
     def rekey(self, cipher: DataCipher) -> None:
-        """Seal every entry under ``cipher``: a new file, synced, then renamed over the old one
-        (a crash leaves one whole file under one of the two keys)."""
-        fresh = self._path + ".rekey"
+        """Seal every entry under ``cipher`` (a crash leaves one whole file under one of the
+        two keys)."""
+        self._replace_file(self._entries, cipher)
+
+    def _replace_file(self, entries: list[tuple[bytes, int, int]], cipher: DataCipher) -> None:
+        """Write ``entries`` to a new file, sync it, rename it over the journal: a crash or a
+        full disk at any point leaves the old journal or the new one, whole. On a failure the
+        journal stays as it was and the error is raised."""
+        fresh = self._path + ".new"
         if os.path.exists(fresh):
             os.unlink(fresh)
-        old_file, old_end, old_offsets, old_cipher = self._file, self._end, self._offsets, self._cipher
-        entries, self._entries, self._offsets = self._entries, [], []
-        self._file = self._new_file(fresh, defaultContent=_header(HEADER_SIZE))
+        old = self._file, self._end, self._entries, self._offsets, self._cipher
+        self._entries, self._offsets = [], []
         self._end, self._cipher = HEADER_SIZE, cipher
         try:
+            self._file = self._new_file(fresh, defaultContent=_header(HEADER_SIZE))
             for entry in entries:
                 self._append(*entry)
             self._file.sync()
             os.replace(fresh, self._path)
             self._file.renamed(self._path)
         except BaseException:
-            self._file._destroy()
-            self._file, self._end, self._offsets, self._cipher = old_file, old_end, old_offsets, old_cipher
-            self._entries = entries
+            if self._file is not old[0]:
+                self._file._destroy()
+            if os.path.exists(fresh):
+                os.unlink(fresh)
+            self._file, self._end, self._entries, self._offsets, self._cipher = old
             raise
         fsync_dir(Path(self._path).parent)
-        old_file._destroy()
+        old[0]._destroy()
         self._dirty = False
 
     def _rewrite(self, entries: list[tuple[bytes, int, int]]) -> None:
@@ -182,7 +265,7 @@ class EncryptedJournal:
         start = self._end
         self._file.write(start, size + body + size)
         self._end = start + len(body) + 8
-        self._file.write(_END_AT, _U32.pack(self._end))
+        self._file.write(_END_AT, _end_field(self._end))
         self._entries.append((command, idx, term))
         self._offsets.append(start)
 
@@ -204,7 +287,7 @@ class EncryptedJournal:
     def clear(self) -> None:
         self._entries, self._offsets = [], []
         self._end = HEADER_SIZE
-        self._file.write(_END_AT, _U32.pack(self._end))
+        self._file.write(_END_AT, _end_field(self._end))
         self._dirty = False
         self._file.sync()
 
@@ -214,18 +297,14 @@ class EncryptedJournal:
         self._end = self._offsets[entryFrom] if entryFrom >= 0 else HEADER_SIZE
         del self._entries[entryFrom:]
         del self._offsets[entryFrom:]
-        self._file.write(_END_AT, _U32.pack(self._end))
+        self._file.write(_END_AT, _end_field(self._end))
         self._dirty = False
         self._file.sync()
 
     def deleteEntriesTo(self, entryTo: int) -> None:
-        keep = self._entries[entryTo:]
-        self._entries, self._offsets = [], []
-        self._end = HEADER_SIZE
-        for entry in keep:
-            self._append(*entry)
-        self._dirty = False
-        self._file.sync()
+        """After a snapshot: keep the entries from ``entryTo`` on, in a new file (rewriting the
+        journal in place would lose entries the snapshot does not hold, on a crash half-way)."""
+        self._replace_file(self._entries[entryTo:], self._cipher)
 
     def __getitem__(self, item: Any) -> Any:
         return self._entries[item]
@@ -245,10 +324,13 @@ class EncryptedJournal:
         return int(self._meta.get("raftCommitIndex", 1))
 
     def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:
-        # Term and vote must be durable before any message that reflects them is sent.
-        self._meta["currentTerm"] = term
-        self._meta["votedForNodeId"] = votedForNodeId
-        self._meta_storer.storeMeta(self._meta)
+        """Term and vote must be durable before any message that reflects them is sent: on a
+        failed save nothing changes and ``MetaNotDurable`` tells pysyncobj to go no further."""
+        meta = {**self._meta, "currentTerm": term, "votedForNodeId": votedForNodeId}
+        if not self._store_meta(meta, f"cannot save term {term} and vote; this manager will not "
+                                      "vote or campaign until it can"):
+            raise MetaNotDurable(f"raft term {term} not saved")
+        self._meta = meta
         self._meta_saved = True
 
     def getCurrentTerm(self) -> int:
@@ -258,7 +340,21 @@ class EncryptedJournal:
         return self._meta.get("votedForNodeId")
 
     def onOneSecondTimer(self) -> None:
-        if not self._meta_saved:
-            self._meta_storer.storeMeta(self._meta)
+        if not self._meta_saved and self._store_meta(self._meta, "cannot save the commit index; "
+                                                                 "retrying every second"):
             self._meta_saved = True
+
+    def _store_meta(self, meta: dict[str, Any], consequence: str) -> bool:
+        """Save ``meta``; on a storage fault, one rate-limited warning line and False."""
+        try:
+            self._meta_storer.storeMeta(meta)
+        except OSError as e:
+            self._meta_failing = True
+            self._meta_warnings.warn(f"raft: {consequence}: {self._meta_storer.getPath()}: "
+                                     f"{e.strerror or e}", time.monotonic())
+            return False
+        if self._meta_failing:
+            self._meta_failing = False
+            log.info("raft: %s is saved again", self._meta_storer.getPath())
+        return True
 

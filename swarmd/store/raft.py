@@ -8,6 +8,12 @@ through a ``PeerNetwork`` (``transport``).
 pysyncobj keeps its state on our tick thread without locks. Other threads only read single
 attributes (leader, state) or hand work to the tick thread (``_on_tick_thread``): membership
 changes, leadership transfer, member lists and status are all computed there.
+
+Snapshots follow the cluster spec on every manager: ``snapshot_interval`` entries between two
+(Docker's SnapshotInterval) and ``keep_old_snapshots`` older ones kept beside the current one
+as ``snapshot-<index>`` (KeepOldSnapshots). A snapshot, journal or meta file that cannot be
+read back stops ``start()`` with one line naming it: a manager never serves without the state
+it acknowledged.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import queue
+import re
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 import logging
@@ -30,8 +37,11 @@ from pysyncobj.node import Node
 from pysyncobj.transport import Transport
 
 from swarmd.fsutil import ensure_dir, fsync_dir
+from swarmd.logs import LogLimiter
 from swarmd.store import hardening
 from swarmd.store.crypto import DataCipher
+from swarmd.store.hardening import SnapshotError
+from swarmd.store.journal import JournalError, MetaNotDurable
 from swarmd.store.machine import Result, StateMachine
 from swarmd.store.reads import NotLeader, ReadBarrier
 from swarmd.store.transport import LoneTransport, PeerNetwork, transport_class
@@ -42,6 +52,13 @@ T = TypeVar("T")
 
 SNAPSHOT_FORMAT = 1
 TICK_PERIOD = 0.05
+# Docker's default SnapshotInterval, used until the cluster object says otherwise.
+DEFAULT_SNAPSHOT_INTERVAL = 10000
+OLD_SNAPSHOT = re.compile(r"snapshot-(\d+)")
+# At most one storage-fault warning a minute out of the tick (it retries every tick).
+TICK_WARNING_PERIOD = 60.0
+# After a snapshot could not be written, the next try (the journal keeps everything meanwhile).
+SNAPSHOT_RETRY = 60.0
 MIN_FREE_BYTES = 4 << 20
 READ_TIMEOUT = 3.0  # a leader that cannot confirm itself this long has lost its majority
 # One write's limit (swarmkit's MaxTransactionBytes): keeps every Raft message well inside the
@@ -98,7 +115,9 @@ def _entry_to_json(entry: tuple[bytes, int, int]) -> list[Any]:
 
 
 def _entry_from_json(item: list[Any]) -> tuple[bytes, int, int]:
-    return base64.b64decode(item[0]), int(item[1]), int(item[2])
+    if not isinstance(item, list) or len(item) != 3:
+        raise ValueError("a log entry is not [command, index, term]")
+    return base64.b64decode(item[0], validate=True), int(item[1]), int(item[2])
 
 
 class RaftStore:
@@ -132,9 +151,21 @@ class RaftStore:
         self._stopping = threading.Event()
         self._tick_thread: threading.Thread | None = None
         self._reads = ReadBarrier()
+        self._conf: SyncObjConf | None = None
+        self._snapshot_interval = DEFAULT_SNAPSHOT_INTERVAL
+        self._keep_old_snapshots = 0
+        self._snapshot_index = 0             # Raft index the current snapshot ends at (0: none)
+        self._checked_snapshot: tuple[dict[str, Any], bytes] | None = None  # (doc, file) read by start()
+        self.halted: str | None = None       # why this member stopped taking part, if it did
+        self._tick_warnings = LogLimiter(1, TICK_WARNING_PERIOD, lambda m: log.warning("%s", m))
+        self._snapshot_warnings = LogLimiter(1, TICK_WARNING_PERIOD, lambda m: log.warning("%s", m))
+        machine.add_listener(self._follow_cluster_settings)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
+        """Start this member; ``SnapshotError`` / ``JournalError`` (one line naming the file)
+        when what is on disk cannot be read back whole."""
+        self._check_snapshot()
         conf = SyncObjConf(
             autoTick=False,                   # our own tick thread: no 100 ms start-up sleep, bounded stop
             appendEntriesUseBatch=False,      # ~0.5 ms commits instead of one tick (50 ms)
@@ -149,7 +180,7 @@ class RaftStore:
             deserializer=self._read_snapshot,
             onReady=self._ready.set,
             onStateChanged=self._state_changed,
-            logCompactionMinEntries=5000,
+            logCompactionMinEntries=max(2, self._snapshot_interval),
             logCompactionMinTime=300,
         )
         built: list[Transport] = []
@@ -160,13 +191,18 @@ class RaftStore:
             return built[-1]
 
         try:
-            self._syncobj = SyncObj(Node(self.node_id), [Node(p) for p in self._peers], conf,
-                                    consumers=[self._consumer], nodeClass=Node,
-                                    transportClass=transport)
+            obj = SyncObj(Node(self.node_id), [Node(p) for p in self._peers], conf,
+                          consumers=[self._consumer], nodeClass=Node, transportClass=transport)
         except BaseException:
             for t in built:  # let go of the network, so a later start can attach again
                 t.destroy()
             raise
+        try:
+            self._check_continuity(obj._SyncObj__raftLog)
+        except BaseException:
+            obj._doDestroy()
+            raise
+        self._syncobj, self._conf, self.halted = obj, conf, None
         self._syncobj.addOnTickCallback(self._commit_alone)
         self._syncobj.addOnTickCallback(self._run_tick_calls)
         wire = built[-1]
@@ -191,9 +227,19 @@ class RaftStore:
                 if sync is not None:
                     sync()  # before commits are computed (see EncryptedJournal.defer_sync)
                 obj.doTick(TICK_PERIOD)
+            except MetaNotDurable:
+                self._stopping.wait(TICK_PERIOD)  # reported by the journal; no vote, no campaign
+            except OSError as e:
+                # A full or read-only disk: one line a minute, and the next tick tries again.
+                self._tick_warnings.warn(f"raft: storage fault in {self.raft_dir}: {e.strerror or e}",
+                                         time.monotonic())
+                self._stopping.wait(TICK_PERIOD)
             except Exception:  # noqa: BLE001 - pysyncobj's own policy: log and tick again
                 log.exception("raft tick failed")
                 self._stopping.wait(TICK_PERIOD)
+            if self.halted is not None:
+                log.error("raft: this manager stopped taking part in the raft cluster: %s", self.halted)
+                return
 
     def _commit_alone(self) -> None:
         """Runs on the tick thread. A lone leader commits an entry on the tick after appending
@@ -234,7 +280,8 @@ class RaftStore:
             hardening.register_cipher(self.raft_dir, new, *previous)
             journal.sync_if_dirty()
             journal.rekey(new)
-            hardening.reseal_snapshot(str(self.raft_dir / "snapshot"))
+            for snapshot in [self.raft_dir / "snapshot", *self._old_snapshots()]:
+                hardening.reseal_snapshot(str(snapshot))
             hardening.register_cipher(self.raft_dir, new)
         self._on_tick_thread(run, timeout)
         log.info("raft journal and snapshot sealed under a new data key")
@@ -271,6 +318,8 @@ class RaftStore:
     def _obj(self) -> SyncObj:
         if self._syncobj is None:
             raise StoreError("the store is not running")
+        if self.halted is not None:
+            raise StoreError(f"this manager stopped taking part in the raft cluster: {self.halted}")
         return self._syncobj
 
     def is_leader(self) -> bool:
@@ -477,6 +526,96 @@ class RaftStore:
             raise StoreError(f"no space left on device for the raft journal in {self.raft_dir}")
 
     # -- snapshots (JSON, never pickle) ----------------------------------------------------------
+    def _follow_cluster_settings(self) -> None:
+        """A store listener (on the tick thread, where pysyncobj reads its conf each tick; or in
+        ``start()`` before there is one): the snapshot settings of the cluster spec."""
+        def settings(state: dict[str, Any]) -> tuple[int, int]:
+            spec = (state.get("cluster") or {}).get("spec") or {}
+            return (int(spec.get("snapshot_interval") or DEFAULT_SNAPSHOT_INTERVAL),
+                    int(spec.get("keep_old_snapshots") or 0))
+        interval, keep = self.machine.read(settings)
+        if (interval, keep) == (self._snapshot_interval, self._keep_old_snapshots):
+            return
+        self._snapshot_interval, self._keep_old_snapshots = interval, keep
+        if self._conf is not None:
+            self._conf.logCompactionMinEntries = max(2, interval)
+        log.debug("raft: a snapshot every %d entries, %d old ones kept", interval, keep)
+
+    def _check_snapshot(self) -> None:
+        """Read and check the snapshot before pysyncobj does: pysyncobj logs a failure to load
+        it and goes on with the journal alone, i.e. without the state the snapshot held."""
+        path = self.raft_dir / "snapshot"
+        self._checked_snapshot = None
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:
+            self._snapshot_index = 0
+            return
+        doc = self._decode_snapshot(str(path), blob)
+        self._checked_snapshot = doc, blob
+        self._snapshot_index = int(doc["last"][1])
+
+    @staticmethod
+    def _decode_snapshot(filename: str, blob: bytes) -> dict[str, Any]:
+        """The snapshot's document, or ``SnapshotError`` naming the file and what is wrong."""
+        clear = hardening.open_snapshot(filename, blob)
+        try:
+            doc = json.loads(clear)
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+            if doc.get("format") != SNAPSHOT_FORMAT:
+                raise SnapshotError(f"unsupported snapshot format in {filename}")
+            if not isinstance(doc.get("state"), dict) or not isinstance(doc.get("members"), list):
+                raise ValueError("no state or members")
+            for key in ("last", "before_last"):
+                _entry_from_json(doc[key])
+            for member in doc["members"]:
+                if not isinstance(member, str):
+                    raise ValueError("a member is not a node ID")
+        except SnapshotError:
+            raise
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise SnapshotError(f"raft snapshot {filename} is damaged: {e}") from None
+        return doc
+
+    def _check_continuity(self, journal: Any) -> None:
+        """The journal must carry on where the snapshot ends and reach the saved commit index:
+        otherwise acknowledged entries are missing (a snapshot or journal removed or truncated)."""
+        if not len(journal):
+            return
+        first, last = int(journal[0][1]), int(journal[-1][1])
+        path = self.raft_dir / "journal"
+        if first > self._snapshot_index + 1:
+            where = (f"the snapshot ends at index {self._snapshot_index}" if self._snapshot_index
+                     else "there is no snapshot")
+            raise JournalError(f"raft journal {path} starts at index {first} but {where}: entries are missing")
+        commit = int(journal.getRaftCommitIndex())
+        if max(last, self._snapshot_index) < commit:
+            raise JournalError(f"raft journal {path} ends at index {max(last, self._snapshot_index)} but index "
+                               f"{commit} was committed: entries are missing")
+
+    def _old_snapshots(self) -> list[Path]:
+        """The snapshots kept beside the current one, oldest first."""
+        found = []
+        for path in self.raft_dir.iterdir():
+            match = OLD_SNAPSHOT.fullmatch(path.name)
+            if match:
+                found.append((int(match.group(1)), path))
+        return [path for _, path in sorted(found)]
+
+    def _keep_current_snapshot(self) -> None:
+        """Before a new snapshot replaces the current one: keep the current one (a hard link,
+        no copy) if the spec asks for old ones, and drop those beyond the count."""
+        current = self.raft_dir / "snapshot"
+        if self._keep_old_snapshots and self._snapshot_index and current.exists():
+            kept = self.raft_dir / f"snapshot-{self._snapshot_index}"
+            if not kept.exists():
+                os.link(current, kept)
+        old = self._old_snapshots()
+        for path in old[:max(0, len(old) - self._keep_old_snapshots)]:
+            path.unlink(missing_ok=True)
+        fsync_dir(self.raft_dir)
+
     def _write_snapshot(self, filename: str, data: tuple[Any, Any, Any]) -> None:
         last, before_last, members = data
         doc = {
@@ -487,17 +626,39 @@ class RaftStore:
             "members": sorted(str(n.id) for n in members),
         }
         sealed = hardening.seal_snapshot(filename, json.dumps(doc).encode())
-        fd = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(sealed)
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_dir(Path(filename).parent)
+        try:
+            self._keep_current_snapshot()
+            fd = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(sealed)
+                f.flush()
+                os.fsync(f.fileno())
+            fsync_dir(Path(filename).parent)
+        except OSError as e:
+            Path(filename).unlink(missing_ok=True)
+            if self._syncobj is not None:
+                self._syncobj.compaction_paused_until = time.monotonic() + SNAPSHOT_RETRY
+            self._snapshot_warnings.warn(
+                f"raft: cannot write a snapshot in {self.raft_dir}: {e.strerror or e}; "
+                f"the journal keeps every entry, next try in {SNAPSHOT_RETRY:.0f}s", time.monotonic())
+            raise
+        self._snapshot_index = int(last[1])  # pysyncobj renames it over the current one next
 
     def _read_snapshot(self, filename: str) -> tuple[Any, Any, Any]:
-        doc = json.loads(hardening.open_snapshot(filename, Path(filename).read_bytes()))
-        if doc.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError(f"unsupported snapshot format in {filename}")
+        """pysyncobj's deserializer: at start the snapshot ``start()`` checked; later one sent by
+        the leader. One that cannot be loaded then halts this member: it must not vote or serve
+        with a state it does not have (repair: docs/operations.md, "A damaged member")."""
+        checked, self._checked_snapshot = self._checked_snapshot, None
+        try:
+            blob = Path(filename).read_bytes()
+            if checked is not None and checked[1] == blob:
+                doc = checked[0]
+            else:
+                doc = self._decode_snapshot(filename, blob)
+        except (OSError, SnapshotError) as e:
+            self.halted = str(e)
+            raise
         self.machine.load(doc["state"])
+        self._snapshot_index = int(doc["last"][1])
         members = {Node(m) for m in doc["members"]}
         return _entry_from_json(doc["last"]), _entry_from_json(doc["before_last"]), members

@@ -52,6 +52,7 @@ from pysyncobj.transport import Transport
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 from swarmd.ca import pki
+from swarmd.store.journal import MetaNotDurable
 
 log = logging.getLogger(__name__)
 
@@ -389,6 +390,8 @@ class _RaftTransport(Transport):  # type: ignore[misc]
                 return
             try:
                 self._handle(kind, link, message)
+            except MetaNotDurable:
+                pass  # this member's own storage fault, already reported (rate-limited) by the journal
             except Exception as e:  # noqa: BLE001 - one bad message must not stop the others
                 # Messages come from other hosts: what they make pysyncobj raise is their fault,
                 # so one warning line (no traceback) says who sent what.

@@ -261,7 +261,7 @@ def test_rekey_seals_journal_and_snapshot_under_the_new_key(tmp_path: Path) -> N
         expected = machine.dump()
     finally:
         store.stop()
-    assert not list((tmp_path / "raft").glob("*.rekey"))
+    assert not list((tmp_path / "raft").glob("journal.new"))
     machine = StateMachine()
     old = RaftStore("nodeaaaaaaaaaaaaaaaaaaaaa", tmp_path / "raft", machine, data_key=DATA_KEY)
     with pytest.raises(Exception, match="does not authenticate"):

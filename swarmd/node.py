@@ -63,7 +63,7 @@ FORWARD_WINDOW = 8.0          # an election takes 0.4–1.4 s; leave room for a 
 FORWARD_CONNECT_TIMEOUT = 0.3   # a refused or silent leader is retried after a re-read
 FORWARD_AFTER_FAILURE = 2.0     # after any failed attempt, keep looking for a leader this long ...
 FORWARD_WINDOW_MAX = 30.0       # ... within this bound on the whole call
-FORWARD_CALL_TIMEOUT = 8.0      # one attempt: a write commits or fails within the store's 5 s
+FORWARD_CALL_TIMEOUT = 15.0     # one attempt: longer than any call takes on the leader (a demotion waits 10 s)
 # Failures after which a forwarded call is tried again (with the same request ID, so a write
 # that did commit is not applied twice): the leader went away or changed.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,

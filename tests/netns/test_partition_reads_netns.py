@@ -1,7 +1,8 @@
-"""Linearizable reads under network partitions: a leader cut off in a minority never answers a
-read with state from before the partition (it refuses with Docker's no-leader text once the
-majority may have moved on), whether the read reaches it directly or through a follower on its
-side."""
+"""Network partitions between managers in network namespaces: a leader cut off in a minority
+never answers a read with state from before the partition (it refuses with Docker's no-leader
+text once the majority may have moved on), whether the read reaches it directly or through a
+follower on its side; and writers and readers through every manager keep the invariants of
+``tests.faultlib`` while partitions come and go."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.faultlib import leader, load, progress
 from tests.harness import leader_of, wait_for
 from tests.netns.lab import Lab, NsDaemon, unavailable
 
@@ -92,5 +94,26 @@ def test_a_follower_on_the_minority_side_forwards_no_stale_read(lab: Lab, tmp_pa
         for h in minority:
             wait_for(lambda h=h: "part-1" in h.ctl("network", "ls").stdout, 20, step=0.2, what="catching up")
     finally:
+        for h in hosts:
+            h.stop()
+
+
+def test_writers_and_readers_through_every_manager_survive_partitions(lab: Lab, tmp_path: Path) -> None:
+    hosts = start_managers(lab, tmp_path, 5)
+    index = {h.hostname: i for i, h in enumerate(hosts, start=1)}
+    try:
+        with load(hosts) as ledger:
+            progress(ledger, 5, 30, "writes before any partition")
+            for _ in range(2):
+                # The leader and one follower on one side, the other three on the other.
+                old = leader(hosts)
+                pair = [old, next(h for h in hosts if h is not old)]
+                lab.partition([index[h.hostname] for h in pair],
+                              [index[h.hostname] for h in hosts if h not in pair])
+                progress(ledger, len(ledger.acked) + 3, 30, "writes on the majority side")
+                lab.heal()
+                progress(ledger, len(ledger.acked) + 3, 30, "writes after the partition healed")
+    finally:
+        lab.heal()
         for h in hosts:
             h.stop()

@@ -117,6 +117,7 @@ class Manager:
             if e.no_leader:
                 raise SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN) from None
             raise SwarmError(f"the write did not commit: {e}", grpc.StatusCode.ABORTED) from None
+        requestid.committed()  # a failed result committed too: the entry is in the log
         if not result.get("ok"):
             raise SwarmError(result["message"], _CODES.get(result.get("code", ""), grpc.StatusCode.UNKNOWN))
         return result
@@ -127,6 +128,8 @@ class Manager:
         refuses it with Docker's no-leader text). A follower answers from its own copy while it
         knows a leader (``info``); everything else is forwarded to the leader."""
         if self.store.is_leader():
+            if requestid.after_own_commit():
+                return self.machine.read(fn)
             try:
                 self.store.confirm_leadership()
             except StoreError:

@@ -17,14 +17,23 @@ from contextvars import ContextVar
 
 MAX_LENGTH = 64
 _VALID = re.compile(r"[a-z0-9]{1,64}")
-_current: ContextVar[tuple[str, itertools.count[int]] | None] = ContextVar("request_id", default=None)
+
+
+class _Call:
+    def __init__(self, request_id: str | None) -> None:
+        self.request_id = request_id
+        self.counter = itertools.count(1)
+        self.committed = False
+
+
+_current: ContextVar[_Call | None] = ContextVar("request_id", default=None)
 
 
 @contextmanager
 def scope(request_id: str | None) -> Iterator[None]:
     """Tag the writes proposed inside the block (a malformed ID tags nothing)."""
     valid = request_id if request_id and _VALID.fullmatch(request_id) else None
-    token = _current.set((valid, itertools.count(1)) if valid else None)
+    token = _current.set(_Call(valid))
     try:
         yield
     finally:
@@ -33,8 +42,23 @@ def scope(request_id: str | None) -> Iterator[None]:
 
 def next_tag() -> str | None:
     """The tag of the next write of the current call, or None outside a forwarded call."""
-    current = _current.get()
-    if current is None:
+    call = _current.get()
+    if call is None or call.request_id is None:
         return None
-    request_id, counter = current
-    return f"{request_id}:{next(counter)}"
+    return f"{call.request_id}:{next(call.counter)}"
+
+
+def committed() -> None:
+    """A write of the current call committed on this leader."""
+    call = _current.get()
+    if call is not None:
+        call.committed = True
+
+
+def after_own_commit() -> bool:
+    """Whether a write of the current call committed here: a read of this manager's state after
+    it is linearizable without another confirmation round, since the call's linearization point
+    can be that commit (everything applied by then is committed, and nothing committed later is
+    owed to a call that began before it)."""
+    call = _current.get()
+    return call is not None and call.committed

@@ -197,11 +197,19 @@ class Dispatcher(pb_grpc.DispatcherServicer):
         log.info("session opened by %s from %s", node_id, peer_ip(context))
         wake = threading.Event()
         with self._lock:
-            self._sessions.setdefault(node_id, set()).add(wake)
+            # As swarmkit: a node's new session replaces its older ones, so one node certificate
+            # holds one stream (and one server thread), however many it opens.
+            group = self._sessions.setdefault(node_id, set())
+            replaced = list(group)
+            group.clear()
+            group.add(wake)
+        for old in replaced:
+            old.set()
         context.add_callback(wake.set)
         try:
             last: pb.SessionMessage | None = None
-            while context.is_active() and not self._stop.is_set() and manager.is_leader():
+            while (context.is_active() and not self._stop.is_set() and manager.is_leader()
+                   and wake in self._sessions.get(node_id, ())):
                 view = self._view or self._compute_view(manager)
                 message = view.message(node_id)
                 if message != last:

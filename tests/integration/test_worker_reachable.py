@@ -217,6 +217,22 @@ def test_status_writes_per_node_are_rate_limited(manager: Daemon) -> None:
     assert "Traceback" not in manager.log()
 
 
+def test_a_new_session_replaces_the_nodes_older_ones(manager: Daemon) -> None:
+    """One worker certificate holds one session stream (one server thread), however many it opens."""
+    hostile = admit(manager, worker_token(manager))
+    with node_channel(manager, hostile) as ch:
+        stub = pb_grpc.DispatcherStub(ch)
+        older = [stub.Session(pb.SessionRequest(), timeout=20) for _ in range(5)]
+        for call in older:
+            next(call)  # answered: registered, and the one before it replaced
+        with session(stub, pb.SessionRequest()) as newest:
+            for call in older:
+                list(call)  # ends (rather than running to its deadline)
+                assert call.code() == grpc.StatusCode.OK
+            assert newest.is_active()
+        wait_for(lambda: get_node(manager, hostile.node_id).state == "ready", 15, what="the node Ready")
+
+
 def test_oversized_csr_is_refused_for_joiners_and_renewals(manager: Daemon) -> None:
     huge = b"-----BEGIN CERTIFICATE REQUEST-----\n" + b"A" * (100 << 10)
     expected = f"invalid CSR: {len(huge)} bytes, at most {fields.MAX_CSR}"

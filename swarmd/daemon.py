@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from swarmd import __version__, logs, paths, systemd
+from swarmd import __version__, coredump, logs, paths, systemd
 
 log = logging.getLogger("swarmd")
 
@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     if level not in logs.LEVELS:
         sys.exit(f"swarmd: unknown log level {level!r}")
     logs.setup(level, args.log_format)
+    coredump.forbid_core_dumps()  # before any key is read
     os.umask(0o077)
     try:
         daemon = Daemon(args)

@@ -1,14 +1,17 @@
-"""Join tokens (swarmkit ``ca/config.go``): generation, parsing and comparison.
+"""Join tokens (swarmkit ``ca/config.go``): generation and parsing.
 
 A token pins the cluster's root CA (its digest) and carries the secret that decides the
 joiner's role, so the parser mirrors Docker's byte for byte: users paste tokens between
 real Docker and this implementation and must see the same accept/reject decisions.
+
+No code compares a token (or its secret) with another: a manager never receives one. The
+joiner proves it knows the secret through the token-bound TLS handshake (``swarmd.ca.join``),
+so there is no comparison whose timing could leak it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 import secrets
 from dataclasses import dataclass
@@ -112,7 +115,7 @@ def parse_join_token(token: str) -> JoinToken:
     """Validate the token's shape and decode its digest without contacting a manager.
 
     Secret characters are deliberately not checked (Docker doesn't either): a wrong secret
-    is detected by the CA's constant-time comparison instead.
+    fails the token-bound TLS handshake instead.
     """
     parts = token.split("-")
     if len(parts) < 4 or parts[0] != TOKEN_PREFIX:
@@ -134,12 +137,6 @@ def parse_join_token(token: str) -> JoinToken:
     return JoinToken(
         version=version, digest_hex=_digest_hex_from_part(digest_part), secret=secret, fips=fips
     )
-
-
-def tokens_equal(a: str, b: str) -> bool:
-    """Compare full token strings in constant time so a network attacker can't learn the
-    secret byte by byte from response timing."""
-    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
 
 
 def token_secret(token: str) -> str:

@@ -14,7 +14,7 @@ from swarmd import API_VERSION, __version__
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.ca import ids
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
-from swarmd.manager import authz, convert, fields, requestid
+from swarmd.manager import admission, authz, convert, fields, requestid
 from swarmd.manager.manager import LeadershipMoved
 from swarmd.manager.dispatcher import peer_ip
 from swarmd.errors import SwarmError
@@ -189,8 +189,11 @@ class ControlServicer(pb_grpc.ControlServicer):
 
 
 class CAServicer(pb_grpc.CAServicer):
+    """Reachable with a join token (admission) and with any node certificate (renewal)."""
+
     def __init__(self, runtime: NodeRuntime) -> None:
         self.rt = runtime
+        self.admissions = admission.AdmissionLimiter()
 
     @abort_on_error
     def GetRootCACertificate(self, request: pb.GetRootCACertificateRequest,
@@ -202,8 +205,11 @@ class CAServicer(pb_grpc.CAServicer):
     def IssueNodeCertificate(self, request: pb.IssueNodeCertificateRequest,
                              context: Ctx) -> pb.IssueNodeCertificateResponse:
         manager = self.rt.require_manager()
+        fields.check_csr(request.csr)
         role = self.rt.remote_role(context)
         if role in (authz.JOIN_WORKER, authz.JOIN_MANAGER):
+            joiner_cert = context.auth_context()["x509_pem_cert"][0]
+            self.admissions.admit(admission.token_key(joiner_cert), peer_ip(context))
             d = request.description
             description = {"hostname": d.hostname, "os": d.os, "architecture": d.architecture,
                            "nano_cpus": d.nano_cpus, "memory_bytes": d.memory_bytes,

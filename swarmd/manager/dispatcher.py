@@ -5,6 +5,12 @@ unary ``Heartbeat`` every period. Heartbeats only touch memory; the store is wri
 node's state *changes*: Ready on a session or heartbeat after silence, Down after three missed
 periods or at once on a graceful leave. Other managers refuse sessions with the leader's address,
 so nodes move to it.
+
+What a node reports is kept in memory and written only where it differs from the store, and no
+more often than ``STATUS_WRITES`` allows per node: a burst, then one write per default heartbeat
+period. A write the budget does not allow waits for the node's next heartbeat, which tries again,
+so the store still ends up right. A node's TLS state comes from the certificate its connection was
+verified with (``Manager.tls_fields``), never from the request.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from swarmd import errors
 from swarmd.errors import SwarmError
 from swarmd.manager import fields
 from swarmd.manager.manager import effective_role
+from swarmd.ratelimit import Buckets, Limit
 from swarmd.server import abort_on_error
 
 if TYPE_CHECKING:
@@ -31,6 +38,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GRACE_MULTIPLIER = 3
+# Store writes one node's reports may cause: 10 at once (a session, a renewal, a rotation, a
+# leave and a return all fit), then one per 5 s (the default heartbeat period).
+STATUS_WRITES = Limit(burst=10, per_second=0.2)
+MAX_TRACKED_NODES = 1 << 17
+PRUNE_PERIOD = 30.0
 
 
 def peer_ip(context: Any) -> str:
@@ -68,7 +80,10 @@ class Dispatcher(pb_grpc.DispatcherServicer):
         self._view: _View | None = None
         self._dirty = threading.Event()
         self._last_seen: dict[str, float] = {}
-        self._last_ready_write: dict[str, float] = {}
+        # Per node: the status it last reported (state, message, addr, tls), for the store.
+        self._reported: dict[str, dict[str, Any]] = {}
+        self._status_writes = Buckets(STATUS_WRITES, MAX_TRACKED_NODES)
+        self._pruned_at = 0.0
         self._leader_since: float | None = None
         self._stop = threading.Event()
         threading.Thread(target=self._reap_loop, name="dispatcher-reaper", daemon=True).start()
@@ -141,6 +156,31 @@ class Dispatcher(pb_grpc.DispatcherServicer):
             log.warning("could not record the status of %s: %s", node_id, e.message)
             return False
 
+    def _report(self, manager: Any, node_id: str, context: Any, claimed_trust_root: str | None,
+                **status: Any) -> None:
+        """Record what a node reported and write what differs from the store, budget allowing.
+
+        The TLS state is recomputed from the connection's certificate on every report, so a write
+        skipped now (or lost) is made at a later heartbeat."""
+        certs = context.auth_context().get("x509_pem_cert") or [b""]
+        with self._lock:
+            reported = self._reported.setdefault(node_id, {})
+            reported.update(status)
+            known_root = (reported.get("tls") or {}).get("trust_root", "")
+        claim = known_root if claimed_trust_root is None else claimed_trust_root
+        tls = manager.tls_fields(node_id, certs[0], claim)
+        with self._lock:
+            if "tls" in tls:
+                reported["tls"] = tls["tls"]
+            wanted = {**reported, **tls}
+        changes = manager.node_status_changes(node_id, wanted)
+        if not changes:
+            return
+        if not self._status_writes.take(node_id, time.monotonic()):
+            log.debug("status change of %s deferred: it changed too often lately", node_id)
+            return
+        self._mark(manager, node_id, **changes)
+
     # -- RPCs ----------------------------------------------------------------------------------------
     @abort_on_error
     def Session(self, request: pb.SessionRequest, context: Any) -> Iterator[pb.SessionMessage]:
@@ -150,18 +190,26 @@ class Dispatcher(pb_grpc.DispatcherServicer):
         description = {k: getattr(request.description, k) for k in
                        ("hostname", "os", "architecture", "nano_cpus", "memory_bytes", "engine_version")
                        if getattr(request.description, k)}
-        fields.check_description(description)
+        fields.check_description(description)  # refused as at admission (the store keeps the first)
         addr = fields.advertised_host(request.advertise_addr) or peer_ip(context)
-        self._mark(manager, node_id, state="ready", message="", addr=addr, **description,
-                   **manager.tls_fields(request.tls_info))
+        claimed = request.tls_info.trust_root if request.HasField("tls_info") else None
+        self._report(manager, node_id, context, claimed, state="ready", message="", addr=addr)
         log.info("session opened by %s from %s", node_id, peer_ip(context))
         wake = threading.Event()
         with self._lock:
-            self._sessions.setdefault(node_id, set()).add(wake)
+            # As swarmkit: a node's new session replaces its older ones, so one node certificate
+            # holds one stream (and one server thread), however many it opens.
+            group = self._sessions.setdefault(node_id, set())
+            replaced = list(group)
+            group.clear()
+            group.add(wake)
+        for old in replaced:
+            old.set()
         context.add_callback(wake.set)
         try:
             last: pb.SessionMessage | None = None
-            while context.is_active() and not self._stop.is_set() and manager.is_leader():
+            while (context.is_active() and not self._stop.is_set() and manager.is_leader()
+                   and wake in self._sessions.get(node_id, ())):
                 view = self._view or self._compute_view(manager)
                 message = view.message(node_id)
                 if message != last:
@@ -182,20 +230,15 @@ class Dispatcher(pb_grpc.DispatcherServicer):
     def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
         manager = self._leader_manager()
         node_id = self.rt.security_identity(context)
+        claimed = request.tls_info.trust_root if request.HasField("tls_info") else None
         if request.leaving:
             self._last_seen.pop(node_id, None)
-            self._mark(manager, node_id, state="down", message="node is leaving")
+            self._report(manager, node_id, context, claimed, state="down", message="node is leaving")
             return pb.HeartbeatResponse(period_ns=manager.heartbeat_ns())
-        now = time.monotonic()
-        self._last_seen[node_id] = now
-        if request.HasField("tls_info"):
-            self._mark(manager, node_id, **manager.tls_fields(request.tls_info))
-        # Self-healing: whatever made the store say otherwise (a lost write, a Down that raced
-        # this heartbeat), a node that heartbeats is Ready. Written at most once a second.
-        state = manager.machine.read(lambda st: (st["nodes"].get(node_id) or {}).get("state"))
-        if state != "ready" and now - self._last_ready_write.get(node_id, 0.0) > 1.0:
-            self._last_ready_write[node_id] = now
-            self._mark(manager, node_id, state="ready", message="")
+        self._last_seen[node_id] = time.monotonic()
+        # Self-healing: whatever made the store say otherwise (a lost or deferred write, a Down
+        # that raced this heartbeat), a node that heartbeats is Ready.
+        self._report(manager, node_id, context, claimed, state="ready", message="")
         return pb.HeartbeatResponse(period_ns=manager.heartbeat_ns())
 
     # -- liveness ------------------------------------------------------------------------------------
@@ -219,6 +262,10 @@ class Dispatcher(pb_grpc.DispatcherServicer):
             # A new leader gives every node a full grace period to find it.
             self._leader_since = now
             self._last_seen.clear()
+            with self._lock:
+                self._reported.clear()  # what nodes told an earlier term of ours may be stale
+        if now - self._pruned_at > PRUNE_PERIOD:
+            self._prune(manager, now)
         grace = GRACE_MULTIPLIER * manager.heartbeat_ns() / 1e9
         ready = manager.machine.read(lambda state: [n["id"] for n in state["nodes"].values()
                                                     if n.get("state") == "ready"])
@@ -228,3 +275,14 @@ class Dispatcher(pb_grpc.DispatcherServicer):
                 self._last_seen.pop(node_id, None)
                 log.info("node %s missed %d heartbeats: down", node_id, GRACE_MULTIPLIER)
                 self._mark(manager, node_id, state="down", message="heartbeat failure")
+
+    def _prune(self, manager: Any, now: float) -> None:
+        """Forget the reports of nodes the store no longer holds (removed nodes)."""
+        self._pruned_at = now
+        known = manager.machine.read(lambda state: set(state["nodes"]))
+        with self._lock:
+            gone = [node_id for node_id in self._reported if node_id not in known]
+            for node_id in gone:
+                del self._reported[node_id]
+        for node_id in gone:
+            self._status_writes.forget(node_id)

@@ -21,7 +21,7 @@ from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.ca import ids, keyfile, pki, rotation, tokens
 from swarmd.errors import SwarmError
 from swarmd.initplan import spec_overrides
-from swarmd.manager import convert, requestid, rootrotation
+from swarmd.manager import admission, convert, nodetls, requestid, rootrotation
 from swarmd.manager.leadership import LeaderSupervisor
 from swarmd.manager.roles import RoleManager
 from swarmd.manager import fields as checks
@@ -33,6 +33,9 @@ from swarmd.timeutil import now_rfc3339
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# What a set_node_status op stores (swarmd.store.machine); a node's description is not among them.
+NODE_STATUS_FIELDS = frozenset({"state", "addr", "message", "tls", "cert_rotate"})
 
 _CODES = {
     "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
@@ -233,16 +236,29 @@ class Manager:
     def reconcile_root_rotation(self) -> None:
         rootrotation.reconcile(self)
 
-    def tls_fields(self, info: pb.TLSInfo) -> dict[str, Any]:
-        """A node's reported trust root and certificate issuer as node fields to store (and its
-        rotation request cleared once it holds a certificate from the desired root)."""
-        if not info.cert_issuer_public_key:
+    def tls_fields(self, node_id: str, peer_cert_pem: bytes, claimed_trust_root: str) -> dict[str, Any]:
+        """A node's TLS state as node fields to store: the issuer of the certificate this manager
+        verified on the node's connection, and the trust root it claims if that is a cluster root
+        (see nodetls); its rotation request is cleared once that certificate comes from the
+        desired root. Nothing when the certificate comes from no current root."""
+        def read(state: State) -> tuple[tuple[str, ...], str, dict[str, Any]] | None:
+            cluster = state["cluster"]
+            if cluster is None:
+                return None
+            return (nodetls.cluster_roots(cluster), rootrotation.desired_root(cluster),
+                    dict(state["nodes"].get(node_id) or {}))
+        known = self.machine.read(read)
+        if known is None:
             return {}
-        tls = {"trust_root": info.trust_root, "issuer_subject": info.cert_issuer_subject,
-               "issuer_public_key": info.cert_issuer_public_key}
+        roots, desired, node = known
+        issuer = nodetls.issuer_of(peer_cert_pem, roots)
+        if issuer is None:
+            return {}
+        stored = (node.get("tls") or {}).get("trust_root")
+        tls = {"trust_root": nodetls.trust_root(claimed_trust_root, roots, stored),
+               "issuer_subject": issuer[0], "issuer_public_key": issuer[1]}
         fields: dict[str, Any] = {"tls": tls}
-        desired = self.machine.read(lambda s: rootrotation.desired_root(s["cluster"]) if s["cluster"] else "")
-        if desired and rootrotation.converged({"tls": tls}, rotation.spki_b64(desired.encode())):
+        if node.get("cert_rotate") and rootrotation.converged({"tls": tls}, rotation.spki_b64(desired.encode())):
             fields["cert_rotate"] = False
         return fields
 
@@ -308,12 +324,24 @@ class Manager:
                      label_rm=list(label_rm), now=now_rfc3339())
         return self.get_node(node_id)
 
-    def set_node_status(self, node_id: str, **fields: Any) -> None:
-        """Write a node's status only when it changed (DESIGN §6: no heartbeat writes)."""
+    def node_status_changes(self, node_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """The status fields that differ from the store ({} for a node it does not hold).
+
+        Only fields a ``set_node_status`` op stores may be named: any other would make every
+        write look like a change and still be a Raft entry that changes nothing."""
+        unknown = set(fields) - NODE_STATUS_FIELDS
+        if unknown:
+            raise TypeError(f"not node status fields: {sorted(unknown)}")
         current = self.machine.read(lambda state: dict(state["nodes"].get(node_id) or {}))
-        changes = {k: v for k, v in fields.items() if current.get(k) != v}
-        if current and changes:
+        return {k: v for k, v in fields.items() if current.get(k) != v} if current else {}
+
+    def set_node_status(self, node_id: str, **fields: Any) -> bool:
+        """Write a node's status only when it changed (DESIGN §6: no heartbeat writes); True if
+        a write was made."""
+        changes = self.node_status_changes(node_id, fields)
+        if changes:
             self.propose("set_node_status", id=node_id, now=now_rfc3339(), **changes)
+        return bool(changes)
 
     # -- networks ------------------------------------------------------------------------------
     def _resolve_network(self, state: State, ref: str) -> dict[str, Any]:
@@ -380,6 +408,8 @@ class Manager:
             "id": node_id, "created_at": now, "updated_at": now, "role": role, "availability": availability,
             "labels": {}, **description, "state": "unknown", "addr": host or peer_ip, "message": "",
             "manager": None,
+            # The store refuses a second node with the same key (one CSR, one node).
+            "public_key_sha256": admission.public_key_sha256(cert),
         }
         self.propose("add_node", node=node)
         log.info("admitted node %s as %s from %s", node_id, role, peer_ip)
@@ -389,8 +419,9 @@ class Manager:
             heartbeat_period_ns=self.heartbeat_ns(), root_ca=self.cluster()["root_ca"]["cert"].encode())
 
     def renew_certificate(self, node_id: str, csr: bytes) -> pb.IssueNodeCertificateResponse:
-        """A node of this swarm asks again: the certificate carries its current desired role."""
-        role = self.machine.read(lambda state: (state["nodes"].get(node_id) or {}).get("role"))
+        """A node of this swarm asks again: the certificate carries the role it acts in (a manager
+        whose demotion is under way stays one until it is out of Raft)."""
+        role = self.role_of(node_id)
         if role is None:
             raise errors.not_found(f"node {node_id} not found when attempting to renew certificate")
         cert, cluster_id = self._sign(csr, node_id, str(role))

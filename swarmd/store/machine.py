@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 from swarmd.manager import ipam
 
 OP_VERSION = 1
+KEY_REUSED = ("rpc error: code = AlreadyExists desc = a node already joined the swarm with this certificate "
+              "signing request's key; every node must make its own key")
 
 State = dict[str, Any]
 Result = dict[str, Any]
@@ -337,6 +339,10 @@ def _remove_network(state: State, cmd: dict[str, Any]) -> Result:
 def _add_node(state: State, cmd: dict[str, Any]) -> Result:
     node = dict(cmd["node"], version=state["index"])
     _require(node["id"] not in state["nodes"], "ALREADY_EXISTS", f"node {node['id']} already exists")
+    # One key, one node: a key that joined once cannot be used to add nodes again and again.
+    key = node.get("public_key_sha256")
+    _require(not key or all(n.get("public_key_sha256") != key for n in state["nodes"].values()),
+             "ALREADY_EXISTS", KEY_REUSED)
     state["nodes"][node["id"]] = node
     return {"node_id": node["id"]}
 

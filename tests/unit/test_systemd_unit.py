@@ -72,6 +72,11 @@ def test_state_and_runtime_directories(unit: configparser.ConfigParser) -> None:
     assert int(svc["LimitNOFILE"]) >= 4096
 
 
+def test_no_core_files(unit: configparser.ConfigParser) -> None:
+    # The process holds the CA key, the Raft data key and the unlock key.
+    assert unit["Service"]["LimitCORE"] == "0"
+
+
 def test_hardening(unit: configparser.ConfigParser) -> None:
     svc = unit["Service"]
     for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices", "ProtectKernelTunables",

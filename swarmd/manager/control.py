@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 import pysyncobj.version
 
-from swarmd import API_VERSION, __version__
+from swarmd import API_VERSION, __version__, errors
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.ca import ids
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
@@ -46,7 +46,7 @@ def on_leader(fn: Callable[..., Any]) -> Callable[..., Any]:
         if manager.is_leader():
             try:
                 with requestid.scope(request_id):
-                    return fn(self, request, context)
+                    return _serve(manager, fn, self, request, context)
             except LeadershipMoved:
                 pass  # forwarded below, to the manager that leads now
             except SwarmError as e:
@@ -60,13 +60,29 @@ def on_leader(fn: Callable[..., Any]) -> Callable[..., Any]:
             if e.code != grpc.StatusCode.ABORTED:
                 raise
             with requestid.scope(request_id):
-                return fn(self, request, context)  # this manager was elected meanwhile
+                return _serve(manager, fn, self, request, context)  # elected meanwhile
         if hasattr(response, "self_id"):
             response.self_id = manager.node_id
         if hasattr(response, "manager_addr") and self.rt.local is not None:
             response.manager_addr = self.rt.local.advertise_addr
         return response
     return wrapper
+
+
+def _serve(manager: Any, fn: Callable[..., Any], *args: Any) -> Any:
+    """Serve a call here; its answer, or its refusal, once it is linearizable (``Manager.read``):
+    a refusal read from the state (a node not found, say) must not come from old state either."""
+    try:
+        response = fn(*args)
+    except LeadershipMoved:
+        raise
+    except SwarmError as e:
+        if e.message != errors.NO_LEADER and requestid.needs_confirmation():
+            manager.confirm_leadership()
+        raise
+    if requestid.needs_confirmation():
+        manager.confirm_leadership()
+    return response
 
 
 def _request_id(context: Ctx) -> str | None:

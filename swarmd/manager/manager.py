@@ -126,20 +126,24 @@ class Manager:
         return result
 
     def read(self, fn: Callable[[State], T]) -> T:
-        """A read the CLI shows. On the leader it is linearizable: answered only once a majority
-        has confirmed this leader after the read arrived (a leader cut off in a minority
-        refuses it with Docker's no-leader text). A follower answers from its own copy while it
-        knows a leader (``info``); everything else is forwarded to the leader."""
+        """A read the CLI shows. On the leader it is linearizable: a call's reads are answered
+        only once a majority has confirmed this leader after the call arrived, or a write of the
+        call committed (``requestid``; a leader cut off in a minority refuses with Docker's
+        no-leader text). A follower answers from its own copy while it knows a leader
+        (``info``); everything else is forwarded to the leader."""
         if self.store.is_leader():
-            if requestid.after_own_commit():
-                return self.machine.read(fn)
-            try:
-                self.store.confirm_leadership()
-            except StoreError:
-                raise SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN) from None
+            if not requestid.read_in_call():  # in a call, confirmed once before it answers
+                self.confirm_leadership()
         elif self.store.leader_id() is None:
             raise SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN)
         return self.machine.read(fn)
+
+    def confirm_leadership(self) -> None:
+        """Docker's no-leader refusal unless a majority confirms this leader now."""
+        try:
+            self.store.confirm_leadership()
+        except StoreError:
+            raise SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN) from None
 
     def cluster(self) -> dict[str, Any]:
         def get(state: State) -> dict[str, Any]:

@@ -24,6 +24,7 @@ class _Call:
         self.request_id = request_id
         self.counter = itertools.count(1)
         self.committed = False
+        self.unconfirmed_reads = False
 
 
 _current: ContextVar[_Call | None] = ContextVar("request_id", default=None)
@@ -55,10 +56,20 @@ def committed() -> None:
         call.committed = True
 
 
-def after_own_commit() -> bool:
-    """Whether a write of the current call committed here: a read of this manager's state after
-    it is linearizable without another confirmation round, since the call's linearization point
-    can be that commit (everything applied by then is committed, and nothing committed later is
-    owed to a call that began before it)."""
+def read_in_call() -> bool:
+    """Note a read of this leader's state by the current call; False outside a call (the read
+    must then be confirmed at once)."""
     call = _current.get()
-    return call is not None and call.committed
+    if call is None:
+        return False
+    call.unconfirmed_reads = True
+    return True
+
+
+def needs_confirmation() -> bool:
+    """Whether the current call must confirm this leader before it answers: it read the state
+    and no write of it committed. A committed write confirms the call by itself: its linearization
+    point can be that commit (a leader of a later term cannot have committed anything before it,
+    and everything this leader applied by then is committed)."""
+    call = _current.get()
+    return call is not None and call.unconfirmed_reads and not call.committed

@@ -85,6 +85,8 @@ class RoleManager:
             return True  # the supervisor stops this component; nothing to do meanwhile
         pending = m.machine.read(lambda s: sorted(
             n["id"] for n in s["nodes"].values() if n["role"] == "worker" and n.get("manager")))
+        if not pending:
+            return True
         members = set(m.store.members())
         for node_id in pending:
             if node_id == m.node_id:

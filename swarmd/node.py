@@ -360,6 +360,7 @@ class NodeRuntime:
                               other_keys=[pending] if pending else [])
             manager.machine.add_listener(self.dispatcher.notify)
             manager.machine.add_listener(self.sealer.observe)
+            manager.leadership.add(self.dispatcher.liveness(manager))
             self.manager = manager
             manager.start()
             self.sealer.finish_interrupted_rotation()

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GRACE_MULTIPLIER = 3
+REAP_PERIOD = 0.25
 # Store writes one node's reports may cause: 10 at once (a session, a renewal, a rotation, a
 # leave and a return all fit), then one per 5 s (the default heartbeat period).
 STATUS_WRITES = Limit(burst=10, per_second=0.2)
@@ -86,8 +87,25 @@ class Dispatcher(pb_grpc.DispatcherServicer):
         self._pruned_at = 0.0
         self._leader_since: float | None = None
         self._stop = threading.Event()
-        threading.Thread(target=self._reap_loop, name="dispatcher-reaper", daemon=True).start()
         threading.Thread(target=self._view_loop, name="dispatcher-view", daemon=True).start()
+
+    def liveness(self, manager: Any) -> Liveness:
+        """The leader-only component that marks silent nodes Down (for the LeaderSupervisor)."""
+        return Liveness(self, manager)
+
+    def leadership_gained(self) -> None:
+        """A new leader gives every node a full grace period to find it, and forgets what nodes
+        told an earlier term of its own (it may be stale)."""
+        self._leader_since = time.monotonic()
+        self._last_seen.clear()
+        with self._lock:
+            self._reported.clear()
+        self.notify()
+
+    def leadership_lost(self) -> None:
+        self._leader_since = None
+        self.notify()
+        self._wake_all()  # their streams end: the nodes move to the new leader
 
     def close(self) -> None:
         self._stop.set()
@@ -111,7 +129,7 @@ class Dispatcher(pb_grpc.DispatcherServicer):
         """Wakes sessions only when what they would be told changed; a status write (the most
         frequent one) wakes nobody."""
         while not self._stop.is_set():
-            self._dirty.wait(1.0)  # also catches leader changes, which write nothing
+            self._dirty.wait()  # set by store changes and by leadership changes
             self._dirty.clear()
             manager = self.rt.manager
             if manager is None:
@@ -242,35 +260,17 @@ class Dispatcher(pb_grpc.DispatcherServicer):
         return pb.HeartbeatResponse(period_ns=manager.heartbeat_ns())
 
     # -- liveness ------------------------------------------------------------------------------------
-    def _reap_loop(self) -> None:
-        while not self._stop.wait(0.25):
-            try:
-                self._reap()
-                manager = self.rt.manager
-                if manager is not None and manager.is_leader():
-                    manager.reconcile_root_rotation()
-            except Exception:  # noqa: BLE001 - the reaper must survive a failed write
-                log.exception("liveness check or root rotation step failed")
-
-    def _reap(self) -> None:
-        manager = self.rt.manager
-        if manager is None or not manager.is_leader():
-            self._leader_since = None
-            return
+    def reap(self, manager: Any) -> None:
+        """Mark Down the Ready nodes that missed ``GRACE_MULTIPLIER`` heartbeats (leader only)."""
         now = time.monotonic()
-        if self._leader_since is None:
-            # A new leader gives every node a full grace period to find it.
-            self._leader_since = now
-            self._last_seen.clear()
-            with self._lock:
-                self._reported.clear()  # what nodes told an earlier term of ours may be stale
+        since = self._leader_since if self._leader_since is not None else now
         if now - self._pruned_at > PRUNE_PERIOD:
             self._prune(manager, now)
         grace = GRACE_MULTIPLIER * manager.heartbeat_ns() / 1e9
         ready = manager.machine.read(lambda state: [n["id"] for n in state["nodes"].values()
                                                     if n.get("state") == "ready"])
         for node_id in ready:
-            seen = self._last_seen.get(node_id, self._leader_since)
+            seen = self._last_seen.get(node_id, since)
             if now - seen > grace:
                 self._last_seen.pop(node_id, None)
                 log.info("node %s missed %d heartbeats: down", node_id, GRACE_MULTIPLIER)
@@ -286,3 +286,35 @@ class Dispatcher(pb_grpc.DispatcherServicer):
                 del self._reported[node_id]
         for node_id in gone:
             self._status_writes.forget(node_id)
+
+
+class Liveness:
+    """Leader-only (``LeaderSupervisor``): looks for silent nodes every ``REAP_PERIOD``."""
+
+    name = "liveness"
+
+    def __init__(self, dispatcher: Dispatcher, manager: Any) -> None:
+        self._dispatcher = dispatcher
+        self._manager = manager
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._dispatcher.leadership_gained()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="liveness", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5.0)
+        self._dispatcher.leadership_lost()
+
+    def _run(self) -> None:
+        while not self._stop.wait(REAP_PERIOD):
+            try:
+                self._dispatcher.reap(self._manager)
+            except Exception:  # noqa: BLE001 - the next period tries again
+                log.exception("liveness check failed")

@@ -33,6 +33,10 @@ class LeaderSupervisor:
         self._thread = threading.Thread(target=self._run, name="leader-supervisor", daemon=True)
         self._thread.start()
 
+    def add(self, component: LeaderComponent) -> None:
+        """One more component; only before the store starts (it reports leadership from then)."""
+        self._components.append(component)
+
     def leadership_changed(self, leader: bool) -> None:
         """From the store's tick thread: queue the change and return at once."""
         self._changes.put(leader)

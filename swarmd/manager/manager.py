@@ -70,7 +70,8 @@ class Manager:
         self.machine = StateMachine()
         self.network = network
         self.roles = RoleManager(self)
-        self.leadership = LeaderSupervisor([self.roles])
+        self.root_rotation = rootrotation.RootRotationReconciler(self)
+        self.leadership = LeaderSupervisor([self.roles, self.root_rotation])
         self.store = RaftStore(node_id, raft_dir, self.machine, peers, network=network, data_key=data_key,
                                other_keys=other_keys, on_leader_change=self.leadership.leadership_changed)
         self._role_lock = threading.Lock()     # role changes: check and store one at a time
@@ -92,6 +93,7 @@ class Manager:
     def _on_change(self) -> None:
         """After every apply (apply thread): wake what waits for the store."""
         self.roles.kick()
+        self.root_rotation.kick()
         with self._changed:
             self._changed.notify_all()
 
@@ -236,9 +238,6 @@ class Manager:
     def trusted_roots(self) -> bytes:
         """Roots node certificates may come from (empty until the store holds the cluster)."""
         return self.machine.read(lambda s: rootrotation.trusted_roots(s["cluster"]) if s["cluster"] else b"")
-
-    def reconcile_root_rotation(self) -> None:
-        rootrotation.reconcile(self)
 
     def tls_fields(self, node_id: str, peer_cert_pem: bytes, claimed_trust_root: str) -> dict[str, Any]:
         """A node's TLS state as node fields to store: the issuer of the certificate this manager

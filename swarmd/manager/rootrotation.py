@@ -10,6 +10,7 @@ waited for: its old certificate is no longer trusted, and it rejoins with the ne
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
@@ -76,8 +77,52 @@ def converged(node: dict[str, Any], desired_spki: str) -> bool:
     return bool((node.get("tls") or {}).get("issuer_public_key") == desired_spki)
 
 
-def reconcile(manager: Manager) -> None:
-    """One step of a rotation in progress; cheap when there is none."""
+class RootRotationReconciler:
+    """Leader-only (``LeaderSupervisor``): steps a rotation in progress whenever the store
+    changes (nodes report their new certificates), and at least every ``RETRY`` seconds while one
+    is in progress (a write that failed)."""
+
+    name = "root rotation"
+    RETRY = 1.0
+
+    def __init__(self, manager: Manager) -> None:
+        self._manager = manager
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._wake.set()
+        self._thread = threading.Thread(target=self._run, name="root-rotation", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5.0)
+
+    def _run(self) -> None:
+        in_progress = False
+        while not self._stop.is_set():
+            self._wake.wait(self.RETRY if in_progress else None)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                in_progress = reconcile(self._manager)
+            except Exception:  # noqa: BLE001 - retried
+                log.exception("root rotation step failed")
+                in_progress = True
+
+
+def reconcile(manager: Manager) -> bool:
+    """One step of a rotation in progress; True while one is. Cheap when there is none."""
     def read(state: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         cluster = state["cluster"]
         if not cluster or not cluster.get("root_rotation"):
@@ -85,7 +130,7 @@ def reconcile(manager: Manager) -> None:
         return dict(cluster["root_rotation"]), [dict(n) for n in state["nodes"].values()]
     current, nodes = manager.machine.read(read)
     if current is None:
-        return
+        return False
     desired_spki = rotation.spki_b64(current["cert"].encode())
     # Only nodes that are up are waited for: a Down node (or one that never connected) would
     # hold the rotation forever; it rejoins with the new token instead.
@@ -99,8 +144,10 @@ def reconcile(manager: Manager) -> None:
             log.info("root CA rotation finished: the trust root is now %s", rotation.root_digest(new_root))
         except SwarmError as e:
             log.warning("could not finish the root rotation: %s", e.message)
-        return
+            return True
+        return False
     in_flight = sum(1 for n in pending if n.get("cert_rotate"))
     batch = [n["id"] for n in pending if not n.get("cert_rotate")][:max(0, BATCH - in_flight)]
     if batch:
         manager.propose("mark_cert_rotation", ids=batch)
+    return True

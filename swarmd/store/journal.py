@@ -13,9 +13,12 @@ it, so a torn append is simply not there after a crash; the header's checksum ma
 end offset an error rather than a shorter journal. (Format 1 had no checksum; such a journal
 is read and its header rewritten in format 2.)
 
-Durability: every appended entry is fdatasync'ed before ``add`` returns, except on the leader,
-which may ship an entry before its own fsync as long as it syncs before counting itself towards
-a commit (``defer_sync``; RaftStore's tick loop calls ``sync_if_dirty`` before every tick).
+Durability (``defer_sync``, set on every member): appended entries are fdatasync'ed together
+before anything vouches for them. A leader may ship an entry before its own fsync as long as it
+syncs before counting itself towards a commit (RaftStore's tick loop calls ``sync_if_dirty``
+before every tick); a follower syncs before it sends an acknowledgement or a vote message (the
+transport calls ``sync_if_dirty`` before those), so one fsync covers all the entries of an
+append, however many.
 
 Storage faults: the commit index is saved once a second and may wait; on a full or read-only
 disk that save is retried every second with one warning a minute, until it works again. Term

@@ -42,6 +42,15 @@ def encode_op(kind: str, **fields: Any) -> bytes:
     return json.dumps({"v": OP_VERSION, "op": kind, **fields}, sort_keys=True, separators=(",", ":")).encode()
 
 
+BATCH_OP = "batch"
+_BATCH_HEAD = b'{"v":%d,"op":"%s","ops":[' % (OP_VERSION, BATCH_OP.encode())
+
+
+def encode_batch(ops: list[bytes]) -> bytes:
+    """Several encoded ops as one entry (group commit): joined as they are, not re-encoded."""
+    return _BATCH_HEAD + b",".join(ops) + b"]}"
+
+
 class StateMachine:
     """Holds the cluster state; readers take a consistent view under the same lock apply uses."""
 
@@ -72,8 +81,29 @@ class StateMachine:
 
     # -- replicated entry point ------------------------------------------------------------
     def apply(self, op: bytes) -> Result:
+        """Apply one entry: an op, or a batch of ops (``encode_batch``) applied one after the
+        other, each as its own change, with a result each."""
         try:
             cmd = json.loads(op)
+        except Exception as e:  # noqa: BLE001 - apply must never raise (see module docstring)
+            return _failed("INVALID_ARGUMENT", f"undecodable op: {type(e).__name__}")
+        if isinstance(cmd, dict) and cmd.get("v") == OP_VERSION and cmd.get("op") == BATCH_OP:
+            ops = cmd.get("ops")
+            if not isinstance(ops, list):
+                return _failed("INVALID_ARGUMENT", "a batch without ops")
+            results = [self._apply_one(sub) for sub in ops]
+            changed = any(r.get("ok") for r in results)
+            outcome: Result = {"ok": True, "batch": results}
+        else:
+            outcome = self._apply_one(cmd)
+            changed = bool(outcome.get("ok"))
+        if changed:
+            for listener in self._listeners:
+                listener()
+        return outcome
+
+    def _apply_one(self, cmd: Any) -> Result:
+        try:
             if not isinstance(cmd, dict) or cmd.get("v") != OP_VERSION:
                 return _failed("INVALID_ARGUMENT", "unsupported op version")
             handler = self._handlers.get(str(cmd.get("op")))
@@ -94,8 +124,6 @@ class StateMachine:
                 if isinstance(tag, str):
                     draft["requests"] = _remember(self._state.get("requests", {}), tag, outcome)
                 self._state = draft
-            for listener in self._listeners:
-                listener()
             return outcome
         except OpError as e:
             return _failed(e.code, e.message)

@@ -19,6 +19,7 @@ it acknowledged.
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import queue
 import re
@@ -42,7 +43,7 @@ from swarmd.store import hardening
 from swarmd.store.crypto import DataCipher
 from swarmd.store.hardening import SnapshotError
 from swarmd.store.journal import JournalError, MetaNotDurable
-from swarmd.store.machine import Result, StateMachine
+from swarmd.store.machine import Result, StateMachine, encode_batch
 from swarmd.store.reads import NotLeader, ReadBarrier
 from swarmd.store.transport import LoneTransport, PeerNetwork, transport_class
 
@@ -64,6 +65,8 @@ READ_TIMEOUT = 3.0  # a leader that cannot confirm itself this long has lost its
 # One write's limit (swarmkit's MaxTransactionBytes): keeps every Raft message well inside the
 # transport's frame limit, whatever a caller packs into labels or descriptions.
 MAX_OP_BYTES = 1536 << 10
+MAX_BATCH_OPS = 256          # proposals in one entry
+MAX_BATCH_BYTES = 1 << 20    # ... and their bytes (a larger proposal goes alone)
 
 _FAIL_TEXT = {
     FAIL_REASON.QUEUE_FULL: "the write queue is full",
@@ -87,6 +90,38 @@ class StoreError(Exception):
 
 class OpTooLarge(StoreError):
     """A write refused before it reached Raft because of its size."""
+
+
+class _Proposal:
+    """One write waiting for its entry to commit (``RaftStore.propose``)."""
+
+    __slots__ = ("op", "done", "result", "error")
+
+    def __init__(self, op: bytes) -> None:
+        self.op = op
+        self.done = threading.Event()
+        self.result: Result = {}
+        self.error = FAIL_REASON.SUCCESS
+
+    def complete(self, result: Result | None, error: int) -> None:
+        self.result, self.error = result or {}, error
+        self.done.set()
+
+
+class _BatchCallback:
+    """Hands each proposal of a batch its own result (or the batch's failure)."""
+
+    def __init__(self, batch: list[_Proposal]) -> None:
+        self._batch = batch
+
+    def __call__(self, result: Result | None, error: int) -> None:
+        results = (result or {}).get("batch") if error == FAIL_REASON.SUCCESS else None
+        if not isinstance(results, list) or len(results) != len(self._batch):
+            results = None
+            if error == FAIL_REASON.SUCCESS:
+                error = FAIL_REASON.UNKNOWN_OUTCOME
+        for n, proposal in enumerate(self._batch):
+            proposal.complete(results[n] if results is not None else None, error)
 
 
 class _Replicated(SyncObjConsumer):  # type: ignore[misc]
@@ -151,6 +186,7 @@ class RaftStore:
         self._stopping = threading.Event()
         self._tick_thread: threading.Thread | None = None
         self._reads = ReadBarrier()
+        self._proposals: collections.deque[_Proposal] = collections.deque()
         self._conf: SyncObjConf | None = None
         self._snapshot_interval = DEFAULT_SNAPSHOT_INTERVAL
         self._keep_old_snapshots = 0
@@ -203,6 +239,10 @@ class RaftStore:
             obj._doDestroy()
             raise
         self._syncobj, self._conf, self.halted = obj, conf, None
+        journal = self._syncobj._SyncObj__raftLog
+        if hasattr(journal, "defer_sync"):
+            journal.defer_sync = True  # synced before anything vouches for it (_state_changed)
+        self._syncobj.addOnTickCallback(self._submit_proposals)
         self._syncobj.addOnTickCallback(self._commit_alone)
         self._syncobj.addOnTickCallback(self._run_tick_calls)
         wire = built[-1]
@@ -265,6 +305,8 @@ class RaftStore:
                 return
         obj._doDestroy()
         self._fail_tick_calls()
+        while self._proposals:  # never handed to Raft: certainly not committed
+            self._proposals.popleft().complete(None, FAIL_REASON.NOT_LEADER)
         self._reads.fail_all("the store is not running")
 
     def rekey(self, new_key: bytes, timeout: float = 30.0) -> None:
@@ -481,13 +523,13 @@ class RaftStore:
             time.sleep(0.01)
 
     def _state_changed(self, old: int, new: int) -> None:
-        # On the tick thread. Only a leader may defer its fsync; anyone else acknowledges
-        # entries right after appending them, so those must be on disk first.
+        # On the tick thread. Every member defers its fsync (see EncryptedJournal.defer_sync): a
+        # leader syncs before it counts itself towards a commit (the tick loop), a follower
+        # before it acknowledges entries or asks for votes (the transport, before it sends).
         journal = self._syncobj._SyncObj__raftLog if self._syncobj is not None else None
         if journal is not None and hasattr(journal, "defer_sync"):
-            if new != 2:
-                journal.sync_if_dirty()
-            journal.defer_sync = new == 2
+            journal.sync_if_dirty()
+            journal.defer_sync = True
         if self._on_leader_change is not None:
             self._on_leader_change(new == 2)
 
@@ -495,30 +537,48 @@ class RaftStore:
     def propose(self, op: bytes, timeout: float = 5.0, max_bytes: int | None = MAX_OP_BYTES) -> Result:
         """Replicate ``op`` and return the state machine's result once it is committed here.
 
-        ``max_bytes`` None lifts the size limit, for the one write that carries a whole state
-        (force-new-cluster); pysyncobj ships a large entry to followers in small chunks.
+        Proposals made while earlier ones are being handed to Raft share one entry (group
+        commit: one append, one replication round and one fsync per member for all of them);
+        a lone proposal goes alone, with no added wait. ``max_bytes`` None lifts the size
+        limit, for the one write that carries a whole state (force-new-cluster); pysyncobj
+        ships a large entry to followers in small chunks.
         """
         if max_bytes is not None and len(op) > max_bytes:
             raise OpTooLarge(f"the change takes {len(op)} bytes, more than the {max_bytes} byte limit of one write")
         self._check_disk()
         obj = self._obj()
-        done = threading.Event()
-        outcome: dict[str, Any] = {}
-
-        def callback(result: Result, error: int) -> None:
-            outcome["result"], outcome["error"] = result, error
-            done.set()
-
-        self._consumer.apply(op, callback=callback)
-        if not done.wait(timeout):
+        proposal = _Proposal(op)
+        self._proposals.append(proposal)
+        obj._SyncObj__pipeNotifier.notify()  # the tick thread hands it to Raft (_submit_proposals)
+        if not proposal.done.wait(timeout):
             if obj._getLeader() is None:
                 raise StoreError("no leader", no_leader=True)
             raise StoreError("timed out waiting for the write to commit")
-        error = outcome["error"]
+        error = proposal.error
         if error != FAIL_REASON.SUCCESS:
             raise StoreError(_FAIL_TEXT.get(error, f"write failed ({error})"),
                              no_leader=error in (FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER))
-        return outcome["result"]  # type: ignore[no-any-return]
+        return proposal.result
+
+    def _submit_proposals(self) -> None:
+        """On the tick thread: every waiting proposal into as few entries as the limits allow."""
+        submitted = False
+        while self._proposals:
+            batch: list[_Proposal] = []
+            size = 0
+            while self._proposals and len(batch) < MAX_BATCH_OPS:
+                nxt = self._proposals[0]
+                if batch and size + len(nxt.op) > MAX_BATCH_BYTES:
+                    break
+                batch.append(self._proposals.popleft())
+                size += len(nxt.op)
+            if len(batch) == 1:
+                self._consumer.apply(batch[0].op, callback=batch[0].complete)
+            else:
+                self._consumer.apply(encode_batch([p.op for p in batch]), callback=_BatchCallback(batch))
+            submitted = True
+        if submitted and self._syncobj is not None:
+            self._syncobj._SyncObj__pipeNotifier.notify()  # taken from pysyncobj's queue at once
 
     def _check_disk(self) -> None:
         st = os.statvfs(self.raft_dir)

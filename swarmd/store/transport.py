@@ -126,6 +126,8 @@ _SCHEMA: dict[str, tuple[_Fields, _Fields]] = {
     "read_ack": ({"term": COUNTER, "round": COUNTER}, {}),
 }
 _READ_MESSAGES = frozenset({"read_probe", "read_ack"})
+# Messages whose sender must have its journal on disk before they leave (see send).
+_VOUCHING = frozenset({"next_node_idx", "request_vote", "response_vote"})
 _COUNTER_LIMIT = 1 << 63
 _TRANSMISSIONS = ("start", "process", "finish")
 # pysyncobj's command types (syncobj._COMMAND_TYPE): a member forwards only regular writes to
@@ -514,6 +516,12 @@ class _RaftTransport(Transport):  # type: ignore[misc]
         link = self._current.get(str(node.id))
         if link is None or link.closed:
             return False
+        if isinstance(message, dict) and message.get("type") in _VOUCHING:
+            # This message vouches for the log (an acknowledgement, a candidacy): the entries it
+            # stands for must be on disk first. One fsync covers every entry appended since.
+            sync = getattr(self._syncobj._SyncObj__raftLog, "sync_if_dirty", None)
+            if sync is not None:
+                sync()
         try:
             payload = encode(message)
         except (TypeError, ValueError, OverflowError) as e:

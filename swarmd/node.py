@@ -433,20 +433,19 @@ class NodeRuntime:
                 # A demotion that stopped half-way: a worker keeps no manager data.
                 log.warning("removing the raft data this worker kept from when it was a manager")
                 remove_tree(self.raft_dir)
-            if self.identity.is_locked_on_disk() and local.role == "manager":
+            if self.identity.is_locked_on_disk():
+                # A manager of an autolocked swarm (or a worker whose demotion stopped before
+                # its key file was stored plain: unlocking it finishes that).
                 self.locked = True
                 log.warning("this manager is locked: run 'swarmctl unlock' with the swarm's unlock key")
                 return
-            if self.identity.is_locked_on_disk():
-                raise SwarmError(f"the key file of worker {local.node_id} is sealed; a worker is never locked: "
-                                 "leave the swarm and join again")
             self.identity.load()
-            if local.role == "worker" and self.identity.drop_manager_secrets():
-                log.warning("removed the raft data keys this worker kept from when it was a manager")
             self._start_components(local)
 
     def _start_components(self, local: LocalState) -> None:
         """Manager (if one) and agent of a node whose identity is loaded."""
+        if local.role == "worker" and self.identity.drop_manager_secrets():
+            log.warning("removed the raft data keys this worker kept from when it was a manager")
         not_after = self.identity.not_after()
         now = datetime.now(timezone.utc)
         if not_after <= now:

@@ -414,8 +414,8 @@ class NodeRuntime:
             agent.stop()
         self._role_wake.set()  # the role watcher sees its agent is gone and ends
         thread, self._role_thread = self._role_thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(5.0)
+        if thread is not None and thread is not threading.current_thread() and not self._stopping.is_set():
+            thread.join(5.0)  # (a shutdown does not wait for a role change in the middle of a network call)
 
     # -- start and stop --------------------------------------------------------------------------------
     def resume(self) -> None:

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from swarmd.manager import ipam
+from swarmd.store import watch
+from swarmd.store.watch import Event
 
 OP_VERSION = 1
 KEY_REUSED = ("rpc error: code = AlreadyExists desc = a node already joined the swarm with this certificate "
@@ -31,6 +33,25 @@ class OpError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+OUT_OF_SEQUENCE = "rpc error: code = Unknown desc = update out of sequence"  # swarmkit's ErrSequenceConflict
+
+
+class _Table(dict[str, Any]):
+    """A draft's table: records which keys the op set or deleted (its events)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.changed: set[str] = set()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.changed.add(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.changed.add(key)
+        super().__delitem__(key)
 
 
 def empty_state() -> State:
@@ -74,6 +95,7 @@ class StateMachine:
             "restore": _restore,
         }
         self._listeners: list[Callable[[], None]] = []
+        self.events = watch.Hub()
 
     def add_listener(self, fn: Callable[[], None]) -> None:
         """Called after every successful apply, on the applying thread: keep it cheap."""
@@ -111,19 +133,23 @@ class StateMachine:
                 return _failed("INVALID_ARGUMENT", f"unknown op {cmd.get('op')!r}")
             tag = cmd.get("rid")
             with self._lock:
-                done = self._state.get("requests", {}).get(tag) if isinstance(tag, str) else None
+                before = self._state
+                done = before.get("requests", {}).get(tag) if isinstance(tag, str) else None
                 if done is not None:
                     return dict(done)  # a retried write that had committed: its first result
+                _check_expected(before, cmd.get("expect"))
                 # Handlers work on a draft so a failure half-way leaves the state as it was. The
                 # draft copies only the containers; a handler replaces (never edits) an object it
                 # changes (see _for_write), so a write costs O(objects), not a deep copy of all.
-                draft = {**self._state, "nodes": dict(self._state["nodes"]),
-                         "networks": dict(self._state["networks"])}
+                draft = {**before, "nodes": _Table(before["nodes"]), "networks": _Table(before["networks"])}
                 draft["index"] += 1
                 outcome: Result = {"ok": True, "index": draft["index"], **handler(draft, cmd)}
                 if isinstance(tag, str):
-                    draft["requests"] = _remember(self._state.get("requests", {}), tag, outcome)
+                    draft["requests"] = _remember(before.get("requests", {}), tag, outcome)
+                events = [Event("", watch.RESET, {}, draft["index"])] if cmd["op"] == "restore" \
+                    else _changes(before, draft)
                 self._state = draft
+            self.events.publish(events)
             return outcome
         except OpError as e:
             return _failed(e.code, e.message)
@@ -143,8 +169,54 @@ class StateMachine:
     def load(self, state: State) -> None:
         with self._lock:
             self._state = state
+        self.events.publish([Event("", watch.RESET, {}, int(state.get("index", 0)))])
         for listener in self._listeners:
             listener()
+
+
+def _check_expected(state: State, expect: Any) -> None:
+    """An op based on what it read refuses to apply once those objects changed meanwhile:
+    ``{"nodes": {id: version}, "networks": {...}, "cluster": version}``."""
+    if not expect:
+        return
+    if not isinstance(expect, dict):
+        raise OpError("INVALID_ARGUMENT", "malformed expected versions")
+    for table, versions in expect.items():
+        if table == "cluster":
+            current = (state["cluster"] or {}).get("version")
+            _require(current == versions, "UNKNOWN", OUT_OF_SEQUENCE)
+            continue
+        _require(table in ("nodes", "networks") and isinstance(versions, dict), "INVALID_ARGUMENT",
+                 "malformed expected versions")
+        for key, version in versions.items():
+            current = (state[table].get(key) or {}).get("version")
+            _require(current is not None and current == version, "UNKNOWN", OUT_OF_SEQUENCE)
+
+
+def _changes(before: State, after: State) -> list[Event]:
+    """The events of one op, in a fixed order; each changed object gets the op's index as its
+    version (the same on every replica)."""
+    index = after["index"]
+    events: list[Event] = []
+    if after.get("cluster") is not before.get("cluster") and after.get("cluster") is not None:
+        cluster = after["cluster"]
+        cluster["version"] = index
+        events.append(Event("cluster", watch.CREATE if before.get("cluster") is None else watch.UPDATE,
+                            cluster, index))
+    for table in ("nodes", "networks"):
+        now = after[table]
+        changed = sorted(now.changed) if isinstance(now, _Table) else []
+        if isinstance(now, _Table):
+            now.changed = set()
+        for key in changed:
+            old, new = before[table].get(key), now.get(key)
+            if new is None:
+                if old is not None:
+                    events.append(Event(table, watch.REMOVE, old, index))
+            elif new is not old:
+                new["version"] = index
+                events.append(Event(table, watch.CREATE if old is None else watch.UPDATE, new, index))
+    return events
 
 
 MAX_REMEMBERED = 1024  # recent request tags; a retry comes within seconds of its first try

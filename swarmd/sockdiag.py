@@ -61,10 +61,15 @@ class Connection(NamedTuple):
 # The kernel's audit walks the ``yes`` chain, so every ``no`` must land on an op of that chain.
 
 def _hostcond(code: int, ip: str) -> tuple[int, bytes]:
-    """An op matching one address exactly (an IPv4 one matches its mapped IPv6 form too)."""
+    """An op matching one address exactly, or a prefix written ``addr/len`` (an IPv4 one
+    matches its mapped IPv6 form too)."""
+    ip, _, prefix = ip.partition("/")
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     raw = _socket.inet_pton(family, ip)
-    return code, struct.pack("=BBxxi", family, 8 * len(raw), -1) + raw
+    bits = int(prefix) if prefix else 8 * len(raw)
+    if not 0 <= bits <= 8 * len(raw):
+        raise ValueError(f"bad prefix length in {ip}/{prefix}")
+    return code, struct.pack("=BBxxi", family, bits, -1) + raw
 
 
 def _bytecode(port: int, local_ip: str | None, peers: Sequence[str] | None) -> bytes:
@@ -174,8 +179,9 @@ def list_connections(port: int, families: Iterable[int] = FAMILIES, local_ip: st
                      peers: Sequence[str] | None = None, known: Container[int] = ()) -> list[Connection]:
     """The TCP sockets (not listeners, not time-wait) on local port ``port`` in this network
     namespace, filtered in the kernel: to one local address if ``local_ip`` is given (other
-    processes may use the same port on other addresses), to some peer addresses if ``peers``
-    is. A socket whose owner has let go of it while the kernel winds it down has inode 0.
+    processes may use the same port on other addresses), to some peer addresses (or
+    ``addr/len`` prefixes) if ``peers`` is. A socket whose owner has let go of it while the
+    kernel winds it down has inode 0.
     Sockets whose inode is in ``known`` come back by inode alone (addresses empty, port 0):
     decoding addresses is most of the cost when many connections are open."""
     return _collect(families, _CONNECTIONS, _bytecode(port, local_ip, peers), known)

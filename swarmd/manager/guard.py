@@ -1,30 +1,37 @@
-"""Rate-limiting of failed TLS handshakes on the remote API, per source address.
+"""Connection limits and failed-handshake backoff on the remote API, per source.
 
 A caller with a wrong join token fails inside gRPC's TLS handshake, in C, where Python never sees
-the connection. Two things are visible, though: gRPC asks the server credentials' fetcher for its
-configuration on every new connection, before the handshake, and every call that gets through
-the handshake passes the authorisation interceptor with its peer address. So at a new connection
-the guard asks the kernel which connections are open on the listen port (inet_diag): one that
-closed, or stayed open past a grace period, without producing a call is a failed handshake,
-charged to its source address. Past a threshold the source is refused for a backoff that doubles
-with each further failure: its new connections are shut down before gRPC reads from them.
+the connection; an idle TCP connection is not seen at all. Two things are visible, though: gRPC
+asks the server credentials' fetcher for its configuration on every new connection, and every
+call that gets through the handshake passes the authorisation interceptor with its peer address.
+Both hooks run on gRPC's own threads (the fetcher on one of its few I/O threads, before the
+handshake), so they only record and signal, in O(1); everything else happens on the guard's own
+thread, which asks the kernel (inet_diag) which connections are open on the listen port:
 
-A plain TCP connection that sends nothing counts as a failure too (it cannot be told apart from a
-handshake that failed at once); the joiner's reachability check is one, which the thresholds
-leave room for.
+- A connection that has not made an authenticated call is *unproven*. Unproven connections are
+  capped per source and in total; past a cap the newest are shut down (a connection younger than
+  ``young`` is spared, it may be mid-handshake). Cap refusals are not failures.
+- A connection that closed, or stayed open past ``grace``, without a call is a failed handshake,
+  charged to its source. Past a threshold the source is refused for a backoff that doubles with
+  each further failure: its new connections are shut down before gRPC reads from them. While the
+  failures of all sources together exceed a global budget, one failure is enough for a backoff
+  (for a source that has not authenticated lately).
 
-Costs: the per-call hook is one dict lookup. A full lookup costs time in proportion to the open
-connections, so full lookups are spaced to keep the guard under a fifth of one core; in between,
-the kernel is asked only for the connections of sources that are refused, failed lately, or have
-a connection waiting for its first call. A connection from any other source that opens and
-closes entirely between two full lookups is not seen: on a busy manager, a source's first
-failures may go uncounted, not its later ones.
+A source is an IPv4 address or an IPv6 /64 (one host usually owns a whole /64). A source in
+backoff, or not yet forgiven, is never evicted from the ledger; other sources are, oldest first,
+so the ledger's memory is bounded however many sources there are.
+
+Costs: the per-call hook is one dict lookup, the per-connection hook a counter and an event.
+A full lookup costs time in proportion to the open connections, so full lookups are spaced to
+keep the guard under a fifth of one core; in between, the kernel is asked only for the
+connections of sources that are refused, failed lately, or have an unproven connection.
 """
 
 from __future__ import annotations
 
 import collections
 import errno
+import heapq
 import ipaddress
 import logging
 import threading
@@ -48,16 +55,22 @@ class Limits:
 
     threshold: int = 10                  # failures in ``window`` that start a backoff
     trusted_threshold: int = 50          # the same for a source that authenticated recently
+    global_threshold: int = 1000         # failures in ``window`` from all sources: one then suffices
     window: float = 60.0
     backoff: float = 1.0                 # the first backoff; each further failure doubles it
     max_backoff: float = 60.0
     forgive_after: float = 120.0         # no failure for this long: the source starts from nothing
     trust_period: float = 600.0          # how long an authenticated call vouches for its source
     grace: float = 10.0                  # an open connection without a call by then has failed
-    max_sources: int = 4096
-    max_connections: int = 16384
+    max_unproven_per_source: int = 128   # open connections without an authenticated call
+    max_unproven_trusted: int = 1024     # the same for a source that authenticated recently
+    max_unproven: int = 1024             # the same, all sources together
+    young: float = 1.0                   # a connection this new is not cut for a cap
+    max_sources: int = 32768
+    max_connections: int = 65536
     max_targeted: int = 64               # sources a lookup between full ones filters for
     lookup_share: float = 0.2            # of one core, at most, for full lookups
+    pass_interval: float = 0.05          # the guard's passes are at least this far apart
     log_burst: int = 10                  # warnings per ``log_period``; the rest are counted
     log_period: float = 60.0
 
@@ -65,25 +78,48 @@ class Limits:
 PENDING, CALLED, IDLE, REFUSED = range(4)   # IDLE: open past the grace without a call (counted)
 
 
-@dataclass
+def source_of(ip: str) -> str:
+    """The unit a limit applies to: an IPv4 address, or the /64 of an IPv6 one (written
+    ``2001:db8:1:2::/64``, which the kernel filter understands)."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return f"{ipaddress.IPv6Network((int(addr) >> 64 << 64, 64))}"
+    return ip
+
+
+@dataclass(slots=True)
 class _Conn:
     ip: str
     port: int
+    source: str
     since: float
     state: int = PENDING
     trusted: bool = False
     peer: str = ""                       # gRPC's peer text, once a call named it
 
+    @property
+    def unproven(self) -> bool:
+        return self.state != REFUSED and not self.trusted
 
-@dataclass
+
+@dataclass(slots=True)
 class _Source:
-    failures: collections.deque[float] = field(default_factory=collections.deque)  # in the window
+    failures: list[float] = field(default_factory=list)  # in the window, oldest first
     total: int = 0                       # failures since the source was last forgiven
     level: int = 0                       # backoffs so far; the next lasts backoff * 2**level
     blocked_until: float = 0.0
     last_bad: float = float("-inf")      # last failure
     trusted_until: float = float("-inf")
     live_trusted: int = 0                # open connections that made an authenticated call
+
+    def penalised(self, now: float, limits: Limits) -> bool:
+        """In backoff, or escalated and not yet forgiven: forgetting it would reset its backoff."""
+        return now < self.blocked_until or (self.level > 0 and now - self.last_bad < limits.forgive_after)
 
 
 class Ledger:
@@ -101,86 +137,116 @@ class Ledger:
         self._idle: dict[int, None] = {}                    # IDLE inodes
         self._early: collections.OrderedDict[Key, tuple[str, bool, float]] = collections.OrderedDict()
         self._sources: collections.OrderedDict[str, _Source] = collections.OrderedDict()
-        self._blocked: dict[str, float] = {}                # ip -> end of its backoff
-        self._suspects: collections.OrderedDict[str, float] = collections.OrderedDict()  # ip -> last failure
-        self._by_source: dict[str, set[int]] = {}            # ip -> inodes of its tracked connections
+        self._blocked: dict[str, float] = {}                # source -> end of its backoff
+        self._suspects: collections.OrderedDict[str, float] = collections.OrderedDict()  # source -> last failure
+        self._by_source: dict[str, set[int]] = {}            # source -> inodes of its tracked connections
+        self._unproven: collections.Counter[str] = collections.Counter()  # source -> unproven connections
+        self._recent: collections.deque[float] = collections.deque(maxlen=max(limits.global_threshold, 1))
         self.confirmed: dict[str, int] = {}                 # peer text -> inode, for connections that made a call
 
     # -- sources -----------------------------------------------------------------------------------
-    def _source(self, ip: str) -> _Source:
-        source = self._sources.get(ip)
-        if source is None:
-            source = self._sources[ip] = _Source()
-            if len(self._sources) > self.limits.max_sources:
-                evicted, _ = self._sources.popitem(last=False)
-                self._blocked.pop(evicted, None)
-        else:
-            self._sources.move_to_end(ip)
-        return source
+    def _source(self, source: str, now: float) -> _Source:
+        """The record of ``source``. Past ``max_sources`` the least recently seen source that is
+        not penalised makes room; if none is found soon, the new one goes unrecorded (the global
+        budget still counts its failures)."""
+        record = self._sources.get(source)
+        if record is not None:
+            self._sources.move_to_end(source)
+            return record
+        record = _Source()
+        if len(self._sources) >= self.limits.max_sources:
+            for _ in range(min(len(self._sources), 32)):
+                oldest, old = next(iter(self._sources.items()))
+                if old.penalised(now, self.limits) or old.live_trusted:
+                    self._sources.move_to_end(oldest)
+                    continue
+                del self._sources[oldest]
+                break
+            else:
+                return record
+        self._sources[source] = record
+        return record
 
     def blocked(self, ip: str, now: float) -> bool:
-        until = self._blocked.get(ip)
+        until = self._blocked.get(source_of(ip))
         return until is not None and now < until
 
     def suspects(self, now: float, limit: int) -> list[str]:
-        """Sources in backoff, then those with a connection waiting for its first call, then
-        those with failures in the window, most recent first."""
-        for ip in [ip for ip, until in self._blocked.items() if until <= now]:
-            del self._blocked[ip]
+        """Sources in backoff, then those with an unproven connection, then those with failures
+        in the window, most recent first."""
+        for key in [key for key, until in self._blocked.items() if until <= now]:
+            del self._blocked[key]
         while self._suspects:
-            ip, last = next(iter(self._suspects.items()))
+            key, last = next(iter(self._suspects.items()))
             if last > now - self.limits.window:
                 break
-            del self._suspects[ip]
+            del self._suspects[key]
         found = dict.fromkeys(self._blocked)
         for inode in self._pending:
             if len(found) >= limit:
                 break
-            found[self._conns[inode].ip] = None
-        for ip in reversed(self._suspects):
+            found[self._conns[inode].source] = None
+        for key in reversed(self._suspects):
             if len(found) >= limit:
                 break
-            found[ip] = None
+            found[key] = None
         return list(found)[:limit]
 
     def failures(self, ip: str, now: float) -> int:
-        source = self._sources.get(ip)
-        if source is None:
+        record = self._sources.get(source_of(ip))
+        if record is None:
             return 0
-        self._expire(source, now)
-        return len(source.failures)
+        self._expire(record, now)
+        return len(record.failures)
 
-    def _expire(self, source: _Source, now: float) -> None:
-        if now - source.last_bad >= self.limits.forgive_after:
-            source.failures.clear()
-            source.level = source.total = 0
-        while source.failures and source.failures[0] <= now - self.limits.window:
-            source.failures.popleft()
+    def flooded(self, now: float) -> bool:
+        """True while the failures of all sources in the window have used up the global budget."""
+        recent = self._recent
+        return len(recent) == recent.maxlen and recent[0] > now - self.limits.window
+
+    def _expire(self, record: _Source, now: float) -> None:
+        if now - record.last_bad >= self.limits.forgive_after:
+            record.failures.clear()
+            record.level = record.total = 0
+        cutoff = now - self.limits.window
+        stale = 0
+        for at in record.failures:
+            if at > cutoff:
+                break
+            stale += 1
+        if stale:
+            del record.failures[:stale]
 
     def failed(self, ip: str, now: float) -> bool:
-        """One failed handshake from ``ip``; True if it started (or, after one ended, doubled) a backoff."""
+        """One failed handshake from ``ip``; True if it started (or, after one ended, doubled) a
+        backoff of its source."""
         limits = self.limits
-        source = self._source(ip)
-        self._expire(source, now)
-        source.last_bad = now
-        source.total += 1
-        self._suspects[ip] = now
-        self._suspects.move_to_end(ip)
-        while len(self._suspects) > self.limits.max_sources:
+        key = source_of(ip)
+        self._recent.append(now)
+        record = self._source(key, now)
+        self._expire(record, now)
+        record.last_bad = now
+        record.total += 1
+        self._suspects[key] = now
+        self._suspects.move_to_end(key)
+        while len(self._suspects) > limits.max_sources:
             self._suspects.popitem(last=False)
-        source.failures.append(now)
-        while len(source.failures) > max(limits.threshold, limits.trusted_threshold):
-            source.failures.popleft()
-        if now < source.blocked_until:
+        record.failures.append(now)
+        if len(record.failures) > max(limits.threshold, limits.trusted_threshold):
+            del record.failures[0]
+        if now < record.blocked_until:
             return False  # admitted before the backoff started: counted, not escalated
-        trusted = source.live_trusted > 0 or now < source.trusted_until
-        if source.level == 0 and len(source.failures) < (limits.trusted_threshold if trusted else limits.threshold):
+        trusted = record.live_trusted > 0 or now < record.trusted_until
+        threshold = limits.trusted_threshold if trusted else 1 if self.flooded(now) else limits.threshold
+        if record.level == 0 and len(record.failures) < threshold:
             return False
         # Over the threshold once, each further failure (until forgiven) starts a longer backoff.
-        duration = min(limits.backoff * 2 ** min(source.level, 32), limits.max_backoff)
-        source.level += 1
-        source.blocked_until = self._blocked[ip] = now + duration
-        self._warn(f"refusing connections from {ip} for {duration:g}s after {source.total} "
+        duration = min(limits.backoff * 2 ** min(record.level, 32), limits.max_backoff)
+        record.level += 1
+        record.blocked_until = now + duration
+        if key in self._sources:  # an unrecorded source is not refused: the ledger is full of worse ones
+            self._blocked[key] = record.blocked_until
+        self._warn(f"refusing connections from {key} for {duration:g}s after {record.total} "
                    "failed TLS handshakes", now)
         return True
 
@@ -195,76 +261,104 @@ class Ledger:
             while len(self._early) > self.limits.max_connections:
                 self._early.popitem(last=False)
             if trusted:
-                source = self._source(ip)
-                source.trusted_until = max(source.trusted_until, now + self.limits.trust_period)
+                record = self._source(source_of(ip), now)
+                record.trusted_until = max(record.trusted_until, now + self.limits.trust_period)
             return
         self._mark_called(inode, self._conns[inode], peer, trusted, now)
 
-    def _mark_called(self, inode: int, conn: _Conn, peer: str, trusted: bool, now: float) -> None:
+    def _set_state(self, inode: int, conn: _Conn, state: int, trusted: bool) -> None:
+        """The one place a connection changes state, so the unproven counts stay true."""
+        was = conn.unproven
         self._pending.pop(inode, None)
         self._idle.pop(inode, None)
-        conn.state = CALLED
+        conn.state, conn.trusted = state, trusted
+        if state == PENDING:
+            self._pending[inode] = None
+        elif state == IDLE:
+            self._idle[inode] = None
+        now_unproven = conn.unproven
+        if was != now_unproven:
+            self._count(conn.source, 1 if now_unproven else -1)
+
+    def _count(self, source: str, delta: int) -> None:
+        left = self._unproven[source] + delta
+        if left > 0:
+            self._unproven[source] = left
+        else:
+            del self._unproven[source]
+
+    def _mark_called(self, inode: int, conn: _Conn, peer: str, trusted: bool, now: float) -> None:
+        newly_trusted = trusted and not conn.trusted
+        if conn.state != REFUSED:
+            self._set_state(inode, conn, CALLED, conn.trusted or trusted)
         if conn.peer != peer:
             self.confirmed.pop(conn.peer, None)
             conn.peer = peer
             self.confirmed[peer] = inode
         if trusted:
-            source = self._source(conn.ip)
-            source.trusted_until = max(source.trusted_until, now + self.limits.trust_period)
-            if not conn.trusted:
-                conn.trusted = True
-                source.live_trusted += 1
+            record = self._source(conn.source, now)
+            record.trusted_until = max(record.trusted_until, now + self.limits.trust_period)
+            if newly_trusted and conn.state != REFUSED:
+                record.live_trusted += 1
 
     def _drop(self, inode: int, now: float) -> _Conn:
         conn = self._conns.pop(inode)
         key = (conn.ip, conn.port)
         if self._by_key.get(key) == inode:
             del self._by_key[key]
-        mine = self._by_source.get(conn.ip)
+        mine = self._by_source.get(conn.source)
         if mine is not None:
             mine.discard(inode)
             if not mine:
-                del self._by_source[conn.ip]
+                del self._by_source[conn.source]
         self._pending.pop(inode, None)
         self._idle.pop(inode, None)
+        if conn.unproven:
+            self._count(conn.source, -1)
         if conn.peer and self.confirmed.get(conn.peer) == inode:
             del self.confirmed[conn.peer]
-        if conn.trusted:
-            source = self._sources.get(conn.ip)
-            if source is not None:
-                source.live_trusted = max(source.live_trusted - 1, 0)
-                source.trusted_until = max(source.trusted_until, now + self.limits.trust_period)
+        if conn.trusted and conn.state != REFUSED:
+            record = self._sources.get(conn.source)
+            if record is not None:
+                record.live_trusted = max(record.live_trusted - 1, 0)
+                record.trusted_until = max(record.trusted_until, now + self.limits.trust_period)
         return conn
 
     def _add(self, inode: int, ip: str, port: int, state: int, now: float) -> _Conn:
         old = self._by_key.get((ip, port))
         if old is not None and old in self._conns:
             self._drop(old, now)
-        conn = self._conns[inode] = _Conn(ip=ip, port=port, since=now, state=state)
+        conn = self._conns[inode] = _Conn(ip=ip, port=port, source=source_of(ip), since=now, state=state)
         self._by_key[(ip, port)] = inode
-        self._by_source.setdefault(ip, set()).add(inode)
+        self._by_source.setdefault(conn.source, set()).add(inode)
         if state == PENDING:
             self._pending[inode] = None
+        if conn.unproven:
+            self._count(conn.source, 1)
         while len(self._conns) > self.limits.max_connections:
             self._drop(next(iter(self._conns)), now)
         return conn
+
+    def _refuse(self, inode: int, conn: _Conn, refuse: list[Seen]) -> None:
+        self._set_state(inode, conn, REFUSED, conn.trusted)
+        refuse.append((conn.ip, conn.port, inode))
 
     def observe(self, seen: Iterable[Seen], now: float, scope: Collection[str] | None = None) -> list[Seen]:
         """Reconcile with the kernel's list of open connections (inode 0 = already let go): all
         of them, or only those from the sources in ``scope``.
 
-        Returns the connections to shut down: new ones from a source in backoff, and ones still
-        waiting for their first call from a source that has just been put in backoff."""
+        Returns the connections to shut down: new ones from a source in backoff, unproven ones
+        of a source that has just been put in backoff, and the newest unproven ones past a cap."""
         current: dict[int, Key] = {inode: (ip, port) for ip, port, inode in seen if inode}
         newly_blocked: set[str] = set()
         if scope is None:
             tracked: Collection[int] = self._conns.keys()
         else:
-            tracked = set().union(*(self._by_source.get(ip, ()) for ip in scope))
+            tracked = set().union(*(self._by_source.get(key, ()) for key in scope))
         for inode in tracked - current.keys():
             conn = self._drop(inode, now)
             if conn.state == PENDING and self.failed(conn.ip, now):
-                newly_blocked.add(conn.ip)
+                newly_blocked.add(conn.source)
         refuse: list[Seen] = []
         for inode in current.keys() - self._conns.keys():
             ip, port = current[inode]
@@ -282,22 +376,64 @@ class Ledger:
             conn = self._conns[inode]
             if conn.since > deadline:
                 break
-            del self._pending[inode]
-            conn.state = IDLE                      # counted once, kept till it closes or calls
-            self._idle[inode] = None
+            self._set_state(inode, conn, IDLE, conn.trusted)  # counted once, kept till it closes or calls
             if self.failed(conn.ip, now):
-                newly_blocked.add(conn.ip)
+                newly_blocked.add(conn.source)
         while self._early and next(iter(self._early.values()))[2] <= deadline:
             self._early.popitem(last=False)        # its connection closed before a lookup saw it
-        if newly_blocked:
-            for inode in [*self._pending, *self._idle]:
+        for key in newly_blocked:
+            for inode in list(self._by_source.get(key, ())):
                 conn = self._conns[inode]
-                if conn.ip in newly_blocked:
-                    self._pending.pop(inode, None)
-                    self._idle.pop(inode, None)
-                    conn.state = REFUSED
-                    refuse.append((conn.ip, conn.port, inode))
+                if conn.unproven:
+                    self._refuse(inode, conn, refuse)
+        self._enforce_caps(now, refuse)
         return refuse
+
+    # -- caps on unproven connections -------------------------------------------------------------
+    def _source_cap(self, source: str, now: float) -> int:
+        record = self._sources.get(source)
+        trusted = record is not None and (record.live_trusted > 0 or now < record.trusted_until)
+        return self.limits.max_unproven_trusted if trusted else self.limits.max_unproven_per_source
+
+    def _cut_newest(self, source: str, count: int, now: float, refuse: list[Seen]) -> int:
+        """Shut down up to ``count`` of the newest unproven connections of ``source`` that are
+        older than ``young``; returns how many."""
+        spare_after = now - self.limits.young
+        candidates = sorted(((self._conns[i].since, i) for i in self._by_source.get(source, ())
+                             if self._conns[i].unproven and self._conns[i].since <= spare_after), reverse=True)
+        for _, inode in candidates[:count]:
+            self._refuse(inode, self._conns[inode], refuse)
+        return min(count, len(candidates))
+
+    def _enforce_caps(self, now: float, refuse: list[Seen]) -> None:
+        limits = self.limits
+        for source, count in list(self._unproven.items()):
+            if count > limits.max_unproven_per_source:
+                over = count - self._source_cap(source, now)
+                if over > 0:
+                    self._cut_newest(source, over, now, refuse)
+        excess = sum(self._unproven.values()) - limits.max_unproven
+        if excess <= 0:
+            return
+        # All sources together: cut from whichever source holds the most, so that a flood from
+        # many addresses costs each of them, and a source with one connection is cut last.
+        heap = [(-count, source) for source, count in self._unproven.items()]
+        heapq.heapify(heap)
+        cuts: collections.Counter[str] = collections.Counter()
+        while excess > 0 and heap:
+            negative, source = heapq.heappop(heap)
+            cuts[source] += 1
+            excess -= 1
+            if negative < -1:
+                heapq.heappush(heap, (negative + 1, source))
+        for source, count in cuts.items():
+            self._cut_newest(source, count, now, refuse)
+
+    def unproven(self, ip: str | None = None) -> int:
+        """Open connections without an authenticated call: of ``ip``'s source, or in all."""
+        if ip is None:
+            return sum(self._unproven.values())
+        return self._unproven[source_of(ip)]
 
     def known(self) -> Container[int]:
         """The inodes of the connections being tracked (a live view): a lookup need not decode
@@ -335,11 +471,12 @@ Refuser = Callable[[list[Seen]], None]
 
 
 class HandshakeGuard:
-    """The ledger wired to the kernel and to gRPC's two hooks.
+    """The ledger wired to the kernel, to gRPC's two hooks and to a thread of its own.
 
-    ``on_connection`` runs on a gRPC thread before each handshake; ``on_call`` runs on every
-    call and only looks the peer up in a dict, queueing the first call of each connection for
-    the next ``on_connection``."""
+    ``on_connection`` runs on a gRPC I/O thread before each handshake and only wakes the
+    guard's thread; ``on_call`` runs on every call and only looks the peer up in a dict,
+    queueing the first call of each connection for the next pass. ``poll`` is one pass: a
+    kernel lookup, the ledger's verdicts, the refusals; the thread runs it, tests call it."""
 
     def __init__(self, limits: Limits = Limits(), clock: Callable[[], float] = time.monotonic,
                  lister: Lister | None = None, refuser: Refuser | None = None) -> None:
@@ -351,6 +488,9 @@ class HandshakeGuard:
         self._refuser = refuser or _Refuser()
         self._calls: dict[str, tuple[bool, float]] = {}  # first calls not yet reconciled, by peer
         self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
         self._broken = False
         self._next_full = float("-inf")
         self._next_error_log = float("-inf")
@@ -377,6 +517,28 @@ class HandshakeGuard:
             return [(c.peer_ip, c.peer_port, c.inode)
                     for c in sockdiag.list_connections(port, families, local, peers, known)]
         self._lister = lister
+        self._thread = threading.Thread(target=self._run, name="handshake-guard", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the guard's thread (bounded: a pass never blocks for long)."""
+        self._closing.set()
+        self._wake.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        limits = self._limits
+        while not self._closing.is_set():
+            # Unproven connections need looking at again soon (they may close, outstay the
+            # grace or pass a cap once no longer young) even when nothing new arrives.
+            self._wake.wait(limits.young / 4 if self.ledger.unproven() else limits.grace / 4)
+            self._wake.clear()
+            if self._closing.is_set():
+                return
+            self.poll()
+            self._closing.wait(limits.pass_interval)  # what arrives meanwhile is one batch
 
     def _disable(self, e: OSError) -> None:
         self._broken = True
@@ -384,14 +546,14 @@ class HandshakeGuard:
 
     def _failed_lookup(self, e: OSError) -> None:
         """A kernel that cannot list sockets at all switches the guard off; anything else (out of
-        descriptors in a flood, a timeout) costs this one connection its check."""
+        descriptors in a flood, a timeout) costs one pass."""
         if e.errno in _UNSUPPORTED:
             self._disable(e)
             return
         self._log_error(f"could not check a new connection for failed TLS handshakes: {e.strerror or e}")
 
     def _log_error(self, message: str, exc_info: bool = False) -> None:
-        """At most one such line per log period: this runs for every new connection."""
+        """At most one such line per log period: this runs on every pass."""
         now = self._clock()
         if now >= self._next_error_log:
             self._next_error_log = now + self._limits.log_period
@@ -404,6 +566,13 @@ class HandshakeGuard:
         calls[peer] = (authenticated, self._clock())
 
     def on_connection(self) -> None:
+        """gRPC is about to handshake a new connection: wake the guard, nothing more (this runs
+        on one of gRPC's few I/O threads, which every connection of the process shares)."""
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def poll(self) -> None:
+        """One pass: see what is open, decide, shut down what the ledger refuses."""
         lister = self._lister
         if lister is None or self._broken:
             return
@@ -413,7 +582,7 @@ class HandshakeGuard:
             except OSError as e:
                 self._failed_lookup(e)
                 return
-            except Exception:  # noqa: BLE001 - a defect must cost a check, not a handshake or a log flood
+            except Exception:  # noqa: BLE001 - a defect must cost a check, not the guard or a log flood
                 self._log_error("the failed-handshake guard failed", exc_info=True)
                 return
         if refuse:

@@ -306,23 +306,23 @@ def test_guard_reconciles_calls_before_it_looks_for_closed_connections() -> None
     clock, kernel = Clock(), Kernel()
     guard = HandshakeGuard(clock=clock, lister=kernel.list, refuser=kernel.refuse)
     kernel.live[(A, 1)] = 11
-    guard.on_connection()
+    guard.poll()
     guard.on_call(f"ipv4:{A}:1", True)   # the first call on that connection
     guard.on_call(f"ipv4:{A}:1", True)   # queued once only
     del kernel.live[(A, 1)]              # the client closes after its call
     kernel.live[(A, 2)] = 12
-    guard.on_connection()
+    guard.poll()
     assert guard.ledger.failures(A, clock.now) == 0
     guard.on_call(f"ipv4:{A}:1", True)   # known now: a dict lookup and nothing else
     assert f"ipv4:{A}:1" not in guard.ledger.confirmed  # closed, so forgotten
     for port in range(3, 13):
         kernel.live[(B, port)] = 100 + port
-        guard.on_connection()
+        guard.poll()
         del kernel.live[(B, port)]
-    guard.on_connection()
+    guard.poll()
     assert guard.ledger.blocked(B, clock.now)
     kernel.live[(B, 99)] = 199
-    guard.on_connection()
+    guard.poll()
     assert kernel.refused == [(B, 99, 199)]
 
 
@@ -331,8 +331,8 @@ def test_guard_switches_itself_off_once_when_the_kernel_will_not_list(caplog: py
     kernel.broken = True
     guard = HandshakeGuard(clock=Clock(), lister=kernel.list, refuser=kernel.refuse)
     with caplog.at_level(logging.WARNING, logger="swarmd.manager.guard"):
-        guard.on_connection()
-        guard.on_connection()
+        guard.poll()
+        guard.poll()
     assert [r.getMessage() for r in caplog.records] == [
         "failed TLS handshakes are not rate-limited: Operation not permitted"]
 
@@ -343,23 +343,23 @@ def test_full_lookups_are_spaced_and_refused_sources_are_still_looked_up_in_betw
     guard = HandshakeGuard(Limits(lookup_share=0.2), clock=clock, lister=kernel.list, refuser=kernel.refuse)
     for port in range(1, 11):  # ten failures, each seen by a full lookup
         kernel.live[(B, port)] = port
-        guard.on_connection()
+        guard.poll()
         del kernel.live[(B, port)]
         clock.now += 0.01
-    guard.on_connection()
+    guard.poll()
     assert guard.ledger.blocked(B, clock.now)
     assert all(peers is None for peers in kernel.lookups)
     kernel.lookups.clear()
     clock.now += 0.001  # within the 10 ms that the last 2 ms lookup buys
     kernel.live[(B, 50)] = 150
     kernel.live[(A, 51)] = 151
-    guard.on_connection()
+    guard.poll()
     assert kernel.lookups == [[B]]             # only the refused source, filtered in the kernel
     assert kernel.refused == [(B, 50, 150)]
-    guard.on_connection()
+    guard.poll()
     assert kernel.refused == [(B, 50, 150)]    # once
     clock.now += 0.01
-    guard.on_connection()
+    guard.poll()
     assert kernel.lookups[-1] is None          # the budget allows a full lookup again
     assert guard.ledger.tracked() == 2
 
@@ -368,8 +368,8 @@ def test_without_refused_sources_a_lookup_over_budget_is_skipped() -> None:
     clock = Clock()
     kernel = Kernel(clock, cost=0.002)
     guard = HandshakeGuard(clock=clock, lister=kernel.list, refuser=kernel.refuse)
-    guard.on_connection()
-    guard.on_connection()
+    guard.poll()
+    guard.poll()
     assert kernel.lookups == [None]
 
 
@@ -379,11 +379,11 @@ def test_over_budget_a_source_that_waits_or_failed_is_watched_on_every_connectio
     guard = HandshakeGuard(clock=clock, lister=kernel.list, refuser=kernel.refuse)
     for port in range(1, 11):
         kernel.live[(A, port)] = port
-        guard.on_connection()
+        guard.poll()
         del kernel.live[(A, port)]
         clock.now += 0.01
     kernel.live[(A, 11)] = 11
-    guard.on_connection()
+    guard.poll()
     assert kernel.lookups == [None] + [[A]] * 10
     assert guard.ledger.blocked(A, clock.now)
     assert kernel.refused == [(A, 11, 11)]
@@ -394,11 +394,11 @@ def test_a_passing_lookup_failure_skips_one_check_and_is_logged_once(caplog: pyt
     guard = HandshakeGuard(clock=clock, lister=kernel.list, refuser=kernel.refuse)
     kernel.exhausted = True
     with caplog.at_level(logging.WARNING, logger="swarmd.manager.guard"):
-        guard.on_connection()
-        guard.on_connection()
+        guard.poll()
+        guard.poll()
     assert [r.getMessage() for r in caplog.records] == [
         "could not check a new connection for failed TLS handshakes: Too many open files"]
     kernel.exhausted = False
     kernel.live[(A, 1)] = 11
-    guard.on_connection()
+    guard.poll()
     assert kernel.lookups == [None]  # still on

@@ -70,7 +70,7 @@ class Limits:
     max_connections: int = 65536
     max_targeted: int = 64               # sources a lookup between full ones filters for
     lookup_share: float = 0.2            # of one core, at most, for full lookups
-    pass_interval: float = 0.05          # the guard's passes are at least this far apart
+    pass_interval: float = 0.002         # the guard's passes are at least this far apart
     log_burst: int = 10                  # warnings per ``log_period``; the rest are counted
     log_period: float = 60.0
 
@@ -81,6 +81,8 @@ PENDING, CALLED, IDLE, REFUSED = range(4)   # IDLE: open past the grace without 
 def source_of(ip: str) -> str:
     """The unit a limit applies to: an IPv4 address, or the /64 of an IPv6 one (written
     ``2001:db8:1:2::/64``, which the kernel filter understands)."""
+    if ":" not in ip:
+        return ip  # IPv4 as the kernel writes it
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
@@ -117,10 +119,6 @@ class _Source:
     trusted_until: float = float("-inf")
     live_trusted: int = 0                # open connections that made an authenticated call
 
-    def penalised(self, now: float, limits: Limits) -> bool:
-        """In backoff, or escalated and not yet forgiven: forgetting it would reset its backoff."""
-        return now < self.blocked_until or (self.level > 0 and now - self.last_bad < limits.forgive_after)
-
 
 class Ledger:
     """The accounting, without I/O or clock: every method takes ``now`` (seconds, monotonic).
@@ -136,8 +134,10 @@ class Ledger:
         self._pending: dict[int, None] = {}                 # PENDING inodes, oldest first
         self._idle: dict[int, None] = {}                    # IDLE inodes
         self._early: collections.OrderedDict[Key, tuple[str, bool, float]] = collections.OrderedDict()
-        self._sources: collections.OrderedDict[str, _Source] = collections.OrderedDict()
-        self._blocked: dict[str, float] = {}                # source -> end of its backoff
+        self._sources: collections.OrderedDict[str, _Source] = collections.OrderedDict()  # least recent first
+        # Sources in backoff or not yet forgiven, by last failure: never evicted (a flood of
+        # other sources must not reset a backoff), bounded by ``max_sources`` of their own.
+        self._penalised: collections.OrderedDict[str, _Source] = collections.OrderedDict()
         self._suspects: collections.OrderedDict[str, float] = collections.OrderedDict()  # source -> last failure
         self._by_source: dict[str, set[int]] = {}            # source -> inodes of its tracked connections
         self._unproven: collections.Counter[str] = collections.Counter()  # source -> unproven connections
@@ -145,43 +145,62 @@ class Ledger:
         self.confirmed: dict[str, int] = {}                 # peer text -> inode, for connections that made a call
 
     # -- sources -----------------------------------------------------------------------------------
-    def _source(self, source: str, now: float) -> _Source:
-        """The record of ``source``. Past ``max_sources`` the least recently seen source that is
-        not penalised makes room; if none is found soon, the new one goes unrecorded (the global
-        budget still counts its failures)."""
+    def _record(self, source: str) -> _Source | None:
+        return self._penalised.get(source) or self._sources.get(source)
+
+    def _source(self, source: str) -> _Source:
+        """The record of ``source``, made if need be. A penalised source keeps its own record;
+        of the others, past ``max_sources``, the least recently seen one makes room (one that
+        holds an authenticated connection is passed over)."""
+        record = self._penalised.get(source)
+        if record is not None:
+            return record
         record = self._sources.get(source)
         if record is not None:
             self._sources.move_to_end(source)
             return record
-        record = _Source()
-        if len(self._sources) >= self.limits.max_sources:
-            for _ in range(min(len(self._sources), 32)):
-                oldest, old = next(iter(self._sources.items()))
-                if old.penalised(now, self.limits) or old.live_trusted:
-                    self._sources.move_to_end(oldest)
-                    continue
-                del self._sources[oldest]
+        record = self._sources[source] = _Source()
+        for _ in range(8):
+            if len(self._sources) <= self.limits.max_sources:
                 break
+            oldest, old = next(iter(self._sources.items()))
+            if old.live_trusted:
+                self._sources.move_to_end(oldest)
             else:
-                return record
-        self._sources[source] = record
+                del self._sources[oldest]
         return record
 
+    def _forgive(self, now: float) -> None:
+        """Penalised sources whose last failure is older than ``forgive_after`` start from
+        nothing (their backoff ended long before: it is at most ``max_backoff``)."""
+        penalised = self._penalised
+        while penalised:
+            source, record = next(iter(penalised.items()))
+            if now - record.last_bad < self.limits.forgive_after or now < record.blocked_until:
+                break
+            del penalised[source]
+
     def blocked(self, ip: str, now: float) -> bool:
-        until = self._blocked.get(source_of(ip))
-        return until is not None and now < until
+        record = self._penalised.get(source_of(ip))
+        return record is not None and now < record.blocked_until
 
     def suspects(self, now: float, limit: int) -> list[str]:
         """Sources in backoff, then those with an unproven connection, then those with failures
         in the window, most recent first."""
-        for key in [key for key, until in self._blocked.items() if until <= now]:
-            del self._blocked[key]
+        self._forgive(now)
         while self._suspects:
             key, last = next(iter(self._suspects.items()))
             if last > now - self.limits.window:
                 break
             del self._suspects[key]
-        found = dict.fromkeys(self._blocked)
+        found: dict[str, None] = {}
+        oldest_blocked = now - self.limits.max_backoff  # a source that failed before is not in backoff
+        for key in reversed(self._penalised):
+            record = self._penalised[key]
+            if record.last_bad <= oldest_blocked or len(found) >= limit:
+                break
+            if now < record.blocked_until:
+                found[key] = None
         for inode in self._pending:
             if len(found) >= limit:
                 break
@@ -193,7 +212,7 @@ class Ledger:
         return list(found)[:limit]
 
     def failures(self, ip: str, now: float) -> int:
-        record = self._sources.get(source_of(ip))
+        record = self._record(source_of(ip))
         if record is None:
             return 0
         self._expire(record, now)
@@ -223,10 +242,13 @@ class Ledger:
         limits = self.limits
         key = source_of(ip)
         self._recent.append(now)
-        record = self._source(key, now)
+        self._forgive(now)
+        record = self._source(key)
         self._expire(record, now)
         record.last_bad = now
         record.total += 1
+        if key in self._penalised:
+            self._penalised.move_to_end(key)   # ordered by last failure, for _forgive
         self._suspects[key] = now
         self._suspects.move_to_end(key)
         while len(self._suspects) > limits.max_sources:
@@ -240,12 +262,14 @@ class Ledger:
         threshold = limits.trusted_threshold if trusted else 1 if self.flooded(now) else limits.threshold
         if record.level == 0 and len(record.failures) < threshold:
             return False
+        if key not in self._penalised:
+            if len(self._penalised) >= limits.max_sources:
+                return False  # no room: the ledger is full of sources in backoff; the budget still counts it
+            self._penalised[key] = self._sources.pop(key)
         # Over the threshold once, each further failure (until forgiven) starts a longer backoff.
         duration = min(limits.backoff * 2 ** min(record.level, 32), limits.max_backoff)
         record.level += 1
         record.blocked_until = now + duration
-        if key in self._sources:  # an unrecorded source is not refused: the ledger is full of worse ones
-            self._blocked[key] = record.blocked_until
         self._warn(f"refusing connections from {key} for {duration:g}s after {record.total} "
                    "failed TLS handshakes", now)
         return True
@@ -261,7 +285,7 @@ class Ledger:
             while len(self._early) > self.limits.max_connections:
                 self._early.popitem(last=False)
             if trusted:
-                record = self._source(source_of(ip), now)
+                record = self._source(source_of(ip))
                 record.trusted_until = max(record.trusted_until, now + self.limits.trust_period)
             return
         self._mark_called(inode, self._conns[inode], peer, trusted, now)
@@ -296,7 +320,7 @@ class Ledger:
             conn.peer = peer
             self.confirmed[peer] = inode
         if trusted:
-            record = self._source(conn.source, now)
+            record = self._source(conn.source)
             record.trusted_until = max(record.trusted_until, now + self.limits.trust_period)
             if newly_trusted and conn.state != REFUSED:
                 record.live_trusted += 1
@@ -318,7 +342,7 @@ class Ledger:
         if conn.peer and self.confirmed.get(conn.peer) == inode:
             del self.confirmed[conn.peer]
         if conn.trusted and conn.state != REFUSED:
-            record = self._sources.get(conn.source)
+            record = self._record(conn.source)
             if record is not None:
                 record.live_trusted = max(record.live_trusted - 1, 0)
                 record.trusted_until = max(record.trusted_until, now + self.limits.trust_period)
@@ -391,27 +415,27 @@ class Ledger:
 
     # -- caps on unproven connections -------------------------------------------------------------
     def _source_cap(self, source: str, now: float) -> int:
-        record = self._sources.get(source)
+        record = self._record(source)
         trusted = record is not None and (record.live_trusted > 0 or now < record.trusted_until)
         return self.limits.max_unproven_trusted if trusted else self.limits.max_unproven_per_source
 
-    def _cut_newest(self, source: str, count: int, now: float, refuse: list[Seen]) -> int:
-        """Shut down up to ``count`` of the newest unproven connections of ``source`` that are
-        older than ``young``; returns how many."""
+    def _cut_newest(self, source: str, now: float, refuse: list[Seen], count: int | None = None,
+                    keep: int = 0) -> None:
+        """Shut down the newest unproven connections of ``source`` that are no longer young:
+        ``count`` of them, or all but ``keep``."""
         spare_after = now - self.limits.young
         candidates = sorted(((self._conns[i].since, i) for i in self._by_source.get(source, ())
                              if self._conns[i].unproven and self._conns[i].since <= spare_after), reverse=True)
-        for _, inode in candidates[:count]:
+        if count is None:
+            count = len(candidates) - keep
+        for _, inode in candidates[:max(count, 0)]:
             self._refuse(inode, self._conns[inode], refuse)
-        return min(count, len(candidates))
 
     def _enforce_caps(self, now: float, refuse: list[Seen]) -> None:
         limits = self.limits
         for source, count in list(self._unproven.items()):
             if count > limits.max_unproven_per_source:
-                over = count - self._source_cap(source, now)
-                if over > 0:
-                    self._cut_newest(source, over, now, refuse)
+                self._cut_newest(source, now, refuse, keep=self._source_cap(source, now))
         excess = sum(self._unproven.values()) - limits.max_unproven
         if excess <= 0:
             return
@@ -427,7 +451,7 @@ class Ledger:
             if negative < -1:
                 heapq.heappush(heap, (negative + 1, source))
         for source, count in cuts.items():
-            self._cut_newest(source, count, now, refuse)
+            self._cut_newest(source, now, refuse, count=count)
 
     def unproven(self, ip: str | None = None) -> int:
         """Open connections without an authenticated call: of ``ip``'s source, or in all."""
@@ -444,7 +468,7 @@ class Ledger:
         return len(self._conns)
 
     def sources(self) -> int:
-        return len(self._sources)
+        return len(self._sources) + len(self._penalised)
 
 
 def peer_key(peer: str) -> Key | None:
@@ -493,6 +517,7 @@ class HandshakeGuard:
         self._thread: threading.Thread | None = None
         self._broken = False
         self._next_full = float("-inf")
+        self._next_pass = float("-inf")        # every lookup's cost counts against the share
         self._next_error_log = float("-inf")
 
     def bind(self, listen_ip: str, port: int) -> None:
@@ -538,7 +563,8 @@ class HandshakeGuard:
             if self._closing.is_set():
                 return
             self.poll()
-            self._closing.wait(limits.pass_interval)  # what arrives meanwhile is one batch
+            # What arrives meanwhile is one batch; a costly pass is followed by a longer pause.
+            self._closing.wait(max(limits.pass_interval, self._next_pass - self._clock()))
 
     def _disable(self, e: OSError) -> None:
         self._broken = True
@@ -593,21 +619,25 @@ class HandshakeGuard:
 
     def _look(self, lister: Lister) -> list[Seen]:
         started = self._clock()
-        if started < self._next_full:
-            # Over the budget for a full lookup: watch only the sources that have failed lately
-            # (the kernel filters for them, so this costs little); a new source goes unseen.
-            scope = self.ledger.suspects(started, self._limits.max_targeted)
-            if not scope:
-                return []
-            seen = list(lister(scope))
+        try:
+            if started < self._next_full:
+                # Over the budget for a full lookup: watch only the sources that are refused, have
+                # an unproven connection or failed lately (the kernel filters for them, so this
+                # costs little); a connection from another source that opens and closes before
+                # the next full lookup goes unseen.
+                scope = self.ledger.suspects(started, self._limits.max_targeted)
+                if not scope:
+                    return []
+                seen = list(lister(scope))
+                self._reconcile_calls()
+                return self.ledger.observe(seen, self._clock(), scope)
+            seen = list(lister(None))
             self._reconcile_calls()
-            return self.ledger.observe(seen, self._clock(), scope)
-        seen = list(lister(None))
-        self._reconcile_calls()
-        refuse = self.ledger.observe(seen, self._clock())
-        spent = self._clock() - started
-        self._next_full = started + spent / self._limits.lookup_share
-        return refuse
+            refuse = self.ledger.observe(seen, self._clock())
+            self._next_full = started + (self._clock() - started) / self._limits.lookup_share
+            return refuse
+        finally:
+            self._next_pass = started + (self._clock() - started) / self._limits.lookup_share
 
     def _reconcile_calls(self) -> None:
         """After the kernel's list was taken: a call queued before a connection closed is

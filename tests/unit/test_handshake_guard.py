@@ -14,6 +14,7 @@ from swarmd.manager.guard import (
     Limits,
     Seen,
     peer_key,
+    source_of,
 )
 
 A, B = "127.0.0.9", "127.0.0.10"
@@ -173,14 +174,14 @@ def test_an_unauthenticated_caller_is_no_failure_but_earns_no_trust() -> None:
 
 
 def test_correct_joins_are_never_penalised() -> None:
-    """Each join is the joiner's plain TCP check (a failure), then its token-bound channel."""
+    """A join is one token-bound channel that makes calls: no failure, however many."""
     book = Book()
-    for _ in range(40):
-        book.fail(A)        # the reachability check
+    for _ in range(1000):
         key = book.succeed(A)
         book.close(key)
         book.look()
-        book.clock.now += 1
+        book.clock.now += 0.01
+    assert book.ledger.failures(A, book.clock.now) == 0
     assert not book.ledger.blocked(A, book.clock.now)
     assert book.warnings == []
 
@@ -402,3 +403,192 @@ def test_a_passing_lookup_failure_skips_one_check_and_is_logged_once(caplog: pyt
     kernel.live[(A, 1)] = 11
     guard.poll()
     assert kernel.lookups == [None]  # still on
+
+
+def test_the_connection_hook_only_wakes_the_guard() -> None:
+    """gRPC calls it on an I/O thread before every handshake: no lookup, no lock there."""
+    clock, kernel = Clock(), Kernel()
+    guard = HandshakeGuard(clock=clock, lister=kernel.list, refuser=kernel.refuse)
+    kernel.live[(A, 1)] = 11
+    for _ in range(100):
+        guard.on_connection()
+    assert kernel.lookups == []
+    guard.poll()
+    assert kernel.lookups == [None]
+    assert guard.ledger.tracked() == 1
+
+
+# -- sources -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("ip", "source"), [
+    ("127.0.0.9", "127.0.0.9"),
+    ("::ffff:10.1.2.3", "10.1.2.3"),
+    ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+    ("::1", "::/64"),
+])
+def test_sources_are_ipv4_addresses_and_ipv6_64s(ip: str, source: str) -> None:
+    assert source_of(ip) == source
+
+
+def test_ipv6_sources_are_aggregated_by_64() -> None:
+    """A host owns its whole /64: ten addresses of it are one source."""
+    book = Book()
+    for i in range(10):
+        book.fail(f"2001:db8:1:2::{i + 1:x}")
+    assert book.ledger.blocked("2001:db8:1:2::ffff", book.clock.now)
+    assert not book.ledger.blocked("2001:db8:1:3::1", book.clock.now)
+    assert book.warnings == ["refusing connections from 2001:db8:1:2::/64 for 1s after 10 failed TLS handshakes"]
+    key = book.open("2001:db8:1:2:ffff::1")
+    assert book.look() == [("2001:db8:1:2:ffff::1", key[1], book.live[key])]
+
+
+def test_a_blocked_source_is_never_evicted() -> None:
+    limits = Limits(max_sources=64)
+    book = Book(limits)
+    book.fail(A, 10)
+    for i in range(5000):
+        book.ledger.failed(f"10.{i // 250 % 250}.{i % 250}.1", book.clock.now)
+    assert book.ledger.sources() <= 2 * limits.max_sources  # penalised ones have a bound of their own
+    assert book.ledger.blocked(A, book.clock.now)
+    book.clock.now += 1
+    assert not book.ledger.blocked(A, book.clock.now)
+    for i in range(5000, 10000):  # after its backoff, others keep coming; it is not forgiven yet
+        book.ledger.failed(f"10.{i // 250 % 250}.{i % 250}.1", book.clock.now)
+    book.fail(A)
+    assert book.ledger.blocked(A, book.clock.now)
+    assert book.warnings[-1] == f"refusing connections from {A} for 2s after 11 failed TLS handshakes"
+
+
+def test_a_full_ledger_of_penalised_sources_still_counts_newcomers_globally() -> None:
+    limits = Limits(max_sources=8, threshold=1, global_threshold=1000)
+    book = Book(limits)
+    for i in range(8):
+        book.ledger.failed(f"10.0.0.{i + 1}", book.clock.now)
+    assert all(book.ledger.blocked(f"10.0.0.{i + 1}", book.clock.now) for i in range(8))
+    book.ledger.failed(B, book.clock.now)          # no room for another backoff: counted, not refused
+    assert not book.ledger.blocked(B, book.clock.now)
+    assert book.ledger.sources() == 9
+    assert all(book.ledger.blocked(f"10.0.0.{i + 1}", book.clock.now) for i in range(8))
+
+
+def test_past_the_global_budget_one_failure_starts_a_backoff() -> None:
+    limits = Limits(global_threshold=50)
+    book = Book(limits)
+    trusted = book.succeed(B)                      # a node that authenticated
+    for i in range(49):
+        book.ledger.failed(f"10.0.1.{i + 1}", book.clock.now)
+    assert not book.ledger.flooded(book.clock.now)
+    assert not any(book.ledger.blocked(f"10.0.1.{i + 1}", book.clock.now) for i in range(49))
+    book.ledger.failed("10.0.2.1", book.clock.now)
+    assert book.ledger.flooded(book.clock.now)
+    book.fail(A)
+    assert book.ledger.blocked(A, book.clock.now)  # one failure is enough now
+    book.fail(B)
+    assert not book.ledger.blocked(B, book.clock.now)  # but not for a source that authenticated
+    book.close(trusted)
+    book.clock.now += limits.window + 1
+    assert not book.ledger.flooded(book.clock.now)
+    book.fail("10.0.3.1")
+    assert not book.ledger.blocked("10.0.3.1", book.clock.now)
+
+
+def feed(ledger: Ledger, start: int, count: int, now: float) -> None:
+    """One failure from each of ``count`` distinct IPv4 sources."""
+    for i in range(start, start + count):
+        ledger.failed(f"10.{i // 62500 % 250}.{i // 250 % 250}.{i % 250}", now + i * 1e-5)
+
+
+def test_the_ledger_holds_100000_sources_in_bounded_room() -> None:
+    """Past the global budget each of them is put in backoff: penalised sources are bounded too."""
+    limits = Limits()
+    ledger = Ledger(limits, lambda message, now: None)
+    feed(ledger, 0, 100_000, 1000.0)
+    assert ledger.sources() <= 2 * limits.max_sources
+    assert ledger.flooded(1001.0)
+
+
+def test_a_full_ledger_takes_no_more_memory() -> None:
+    import tracemalloc
+
+    ledger = Ledger(Limits(max_sources=1024), lambda message, now: None)
+    tracemalloc.start()
+    try:
+        feed(ledger, 0, 5_000, 1000.0)
+        full = tracemalloc.get_traced_memory()[0]
+        feed(ledger, 5_000, 20_000, 1000.05)
+        grown = tracemalloc.get_traced_memory()[0] - full
+    finally:
+        tracemalloc.stop()
+    assert ledger.sources() <= 2 * 1024
+    assert grown < 64 << 10, grown
+
+
+# -- caps on unproven connections ------------------------------------------------------------------------
+
+def test_unproven_connections_of_a_source_are_capped_newest_first() -> None:
+    limits = Limits(max_unproven_per_source=8, max_unproven=100)
+    book = Book(limits)
+    keys = [book.open(A) for _ in range(12)]
+    assert book.look() == []                       # young: they may be mid-handshake
+    book.clock.now += limits.young
+    refused = book.look()
+    assert refused == [(A, k[1], book.live[k]) for k in reversed(keys[8:])]
+    assert book.ledger.unproven(A) == 8
+    other = book.open(B)
+    assert book.look() == []
+    book.clock.now += limits.young
+    assert book.look() == []                       # another source is not affected
+    for k in keys[8:]:
+        book.close(k)
+    book.look()
+    assert book.ledger.failures(A, book.clock.now) == 0  # cut for a cap: no failure
+    book.ledger.called(B, other[1], f"ipv4:{B}:{other[1]}", True, book.clock.now)
+    assert book.ledger.unproven(B) == 0
+
+
+def test_a_source_that_authenticated_has_a_higher_cap() -> None:
+    limits = Limits(max_unproven_per_source=8, max_unproven_trusted=20, max_unproven=100)
+    book = Book(limits)
+    book.succeed(A)
+    for _ in range(20):
+        book.open(A)
+    assert book.look() == []
+    book.clock.now += limits.young
+    assert book.look() == []
+    book.open(A)
+    assert book.look() == []
+    book.clock.now += limits.young
+    assert len(book.look()) == 1
+
+
+def test_the_total_cap_cuts_from_the_sources_that_hold_the_most() -> None:
+    limits = Limits(max_unproven_per_source=50, max_unproven=30)
+    book = Book(limits)
+    for _ in range(20):
+        book.open(A)
+    for i in range(10):
+        for _ in range(2):
+            book.open(f"10.0.4.{i + 1}")
+    lone = book.open(B)
+    assert book.look() == []
+    book.clock.now += limits.young
+    refused = book.look()
+    assert len(refused) == 41 - 30
+    assert {ip for ip, _, _ in refused} == {A}
+    assert book.ledger.unproven() == 30
+    assert book.ledger.unproven(B) == 1 and lone in book.live
+
+
+def test_authenticated_connections_are_never_cut() -> None:
+    limits = Limits(max_unproven_per_source=2, max_unproven=2)
+    book = Book(limits)
+    nodes = [book.succeed(f"10.0.5.{i + 1}") for i in range(50)]
+    for _ in range(5):
+        book.open(A)
+    assert book.look() == []
+    book.clock.now += limits.young
+    refused = book.look()
+    assert len(refused) == 3 and {ip for ip, _, _ in refused} == {A}
+    assert all(book.ledger.unproven(ip) == 0 for ip, _ in nodes)

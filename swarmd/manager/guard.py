@@ -420,9 +420,9 @@ class Ledger:
         return self.limits.max_unproven_trusted if trusted else self.limits.max_unproven_per_source
 
     def _cut_newest(self, source: str, now: float, refuse: list[Seen], count: int | None = None,
-                    keep: int = 0) -> None:
+                    keep: int = 0) -> int:
         """Shut down the newest unproven connections of ``source`` that are no longer young:
-        ``count`` of them, or all but ``keep``."""
+        ``count`` of them, or all but ``keep``; returns how many."""
         spare_after = now - self.limits.young
         candidates = sorted(((self._conns[i].since, i) for i in self._by_source.get(source, ())
                              if self._conns[i].unproven and self._conns[i].since <= spare_after), reverse=True)
@@ -430,12 +430,17 @@ class Ledger:
             count = len(candidates) - keep
         for _, inode in candidates[:max(count, 0)]:
             self._refuse(inode, self._conns[inode], refuse)
+        return min(max(count, 0), len(candidates))
 
     def _enforce_caps(self, now: float, refuse: list[Seen]) -> None:
         limits = self.limits
         for source, count in list(self._unproven.items()):
             if count > limits.max_unproven_per_source:
-                self._cut_newest(source, now, refuse, keep=self._source_cap(source, now))
+                cap = self._source_cap(source, now)
+                cut = self._cut_newest(source, now, refuse, keep=cap)
+                if cut:
+                    self._warn(f"closed {cut} connections from {source}: over the limit of {cap} "
+                               "connections without an authenticated call", now)
         excess = sum(self._unproven.values()) - limits.max_unproven
         if excess <= 0:
             return
@@ -450,8 +455,10 @@ class Ledger:
             excess -= 1
             if negative < -1:
                 heapq.heappush(heap, (negative + 1, source))
-        for source, count in cuts.items():
-            self._cut_newest(source, now, refuse, count=count)
+        cut = sum(self._cut_newest(source, now, refuse, count=count) for source, count in cuts.items())
+        if cut:
+            self._warn(f"closed {cut} connections from {len(cuts)} sources: over the limit of "
+                       f"{limits.max_unproven} connections without an authenticated call", now)
 
     def unproven(self, ip: str | None = None) -> int:
         """Open connections without an authenticated call: of ``ip``'s source, or in all."""

@@ -215,16 +215,16 @@ def run_round(flood: str, salt: int, managers: list[Daemon], worker: Daemon, arg
     return rnd
 
 
-def settle(managers: list[Daemon], timeout: float = 120.0) -> None:
-    """After a round: a leader again and the worker Ready, before the next one starts."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def settle(managers: list[Daemon], timeout: float = 120.0) -> float | None:
+    """After a round: seconds until there is a leader again and the worker is Ready (None: not
+    within ``timeout``), so that the next round starts from a working cluster."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
         s = list_nodes(managers[0], 2.0)
         if s.latency is not None and s.leader and s.worker == "ready":
-            time.sleep(2.0)  # let the managers close what is left of the flood
-            return
+            return time.monotonic() - t0
         time.sleep(0.5)
-    raise BenchError("the cluster did not recover within 120 s after a flood")
+    return None
 
 
 def build_cluster(tmp: Path, n_managers: int) -> tuple[list[Daemon], Daemon]:
@@ -301,7 +301,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"{statistics.median_low(rnd.latencies()):.3f}s max {max(rnd.latencies()):.3f}s, worker Ready "
                     f"{rnd.worker_ready()}, opened {rnd.stats.opened}, closed by managers "
                     f"{rnd.stats.closed_by_server}, connect errors {rnd.stats.connect_errors}")
-                settle(managers)
+                if flood != floods[-1] or i < args.rounds - 1:
+                    recovered = settle(managers)
+                    if recovered is None:
+                        raise BenchError("the cluster did not recover within 120 s after a flood")
+                    log(f"    recovered after {recovered:.1f}s")
+                    time.sleep(2.0)  # let the managers close what is left of the flood
         ok = True
     except BenchError as e:
         log(f"bench failed: {e}")

@@ -19,7 +19,8 @@ import struct
 from collections.abc import Container, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
-__all__ = ["Connection", "DiagError", "FdFinder", "list_connections", "listener_families", "shut_down"]
+__all__ = ["Connection", "DiagError", "FdFinder", "list_connections", "listener_families", "listener_inodes",
+           "shut_down"]
 
 _NETLINK_SOCK_DIAG = 4  # socket.NETLINK_SOCK_DIAG is not exported by every Python
 _SOCK_DIAG_BY_FAMILY = 20
@@ -199,6 +200,12 @@ def listener_families(port: int, ip: str) -> tuple[int, ...]:
             if c.local_ip in (ip, "0.0.0.0", "::") and family not in families:
                 families.append(family)
     return tuple(families) or FAMILIES
+
+
+def listener_inodes(port: int, ip: str) -> set[int]:
+    """The inodes of the listening sockets on ``ip:port`` (or on every address, which serve it)."""
+    return {c.inode for family in FAMILIES for c in _collect((family,), _LISTENING, _bytecode(port, None, None))
+            if c.local_ip in (ip, "0.0.0.0", "::") and c.inode}
 
 
 def _socket_inode(fd: int) -> int:

@@ -40,7 +40,7 @@ import urllib.parse
 from collections.abc import Callable, Collection, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from swarmd import sockdiag
+from swarmd import sockdiag, synfilter
 from swarmd.logs import LogLimiter
 
 log = logging.getLogger(__name__)
@@ -210,6 +210,27 @@ class Ledger:
                 break
             found[key] = None
         return list(found)[:limit]
+
+    def gated(self, now: float, limit: int) -> tuple[list[str], float]:
+        """The sources whose new connections the kernel should refuse (in backoff, or holding as
+        many unproven connections as their cap allows), most recent backoffs first, and when the
+        earliest of those backoffs ends."""
+        found: dict[str, None] = {}
+        ends = float("inf")
+        oldest_blocked = now - self.limits.max_backoff
+        for key in reversed(self._penalised):
+            record = self._penalised[key]
+            if record.last_bad <= oldest_blocked or len(found) >= limit:
+                break
+            if now < record.blocked_until:
+                found[key] = None
+                ends = min(ends, record.blocked_until)
+        for key, count in self._unproven.items():
+            if len(found) >= limit:
+                break
+            if count >= self.limits.max_unproven_per_source and count >= self._source_cap(key, now):
+                found[key] = None
+        return list(found), ends
 
     def failures(self, ip: str, now: float) -> int:
         record = self._record(source_of(ip))
@@ -499,6 +520,8 @@ _UNSUPPORTED = frozenset({errno.EPERM, errno.EACCES, errno.EPROTONOSUPPORT, errn
 # (peers or None for every connection) -> the open connections on the listen port
 Lister = Callable[[Sequence[str] | None], Iterable[Seen]]
 Refuser = Callable[[list[Seen]], None]
+# the sources whose new connections the kernel drops from now on (replacing the previous set)
+Gate = Callable[[Sequence[str]], None]
 
 
 class HandshakeGuard:
@@ -510,8 +533,11 @@ class HandshakeGuard:
     kernel lookup, the ledger's verdicts, the refusals; the thread runs it, tests call it."""
 
     def __init__(self, limits: Limits = Limits(), clock: Callable[[], float] = time.monotonic,
-                 lister: Lister | None = None, refuser: Refuser | None = None) -> None:
+                 lister: Lister | None = None, refuser: Refuser | None = None, gate: Gate | None = None) -> None:
         self._clock = clock
+        self._gate = gate
+        self._gated: list[str] = []
+        self._gate_ends = float("inf")
         self._logs = LogLimiter(limits.log_burst, limits.log_period, lambda m: log.warning("%s", m))
         self.ledger = Ledger(limits, self._logs.warn)
         self._limits = limits
@@ -549,6 +575,7 @@ class HandshakeGuard:
             return [(c.peer_ip, c.peer_port, c.inode)
                     for c in sockdiag.list_connections(port, families, local, peers, known)]
         self._lister = lister
+        self._gate = _ListenerGate(port, listen_ip)
         self._thread = threading.Thread(target=self._run, name="handshake-guard", daemon=True)
         self._thread.start()
 
@@ -565,7 +592,8 @@ class HandshakeGuard:
         while not self._closing.is_set():
             # Unproven connections need looking at again soon (they may close, outstay the
             # grace or pass a cap once no longer young) even when nothing new arrives.
-            self._wake.wait(limits.young / 4 if self.ledger.unproven() else limits.grace / 4)
+            timeout = limits.young / 4 if self.ledger.unproven() else limits.grace / 4
+            self._wake.wait(max(0.0, min(timeout, self._gate_ends - self._clock())))
             self._wake.clear()
             if self._closing.is_set():
                 return
@@ -623,6 +651,27 @@ class HandshakeGuard:
                 self._refuser(refuse)
             except Exception:  # noqa: BLE001 - as above
                 self._log_error("the failed-handshake guard failed", exc_info=True)
+        self._update_gate()
+
+    def _update_gate(self) -> None:
+        """Refusing a connection after gRPC accepted it races its handshake; the gate refuses
+        the next ones of the same sources in the kernel, before the accept."""
+        gate = self._gate
+        if gate is None:
+            return
+        with self._lock:
+            sources, self._gate_ends = self.ledger.gated(self._clock(), synfilter.MAX_SOURCES)
+        if sources == self._gated:
+            return
+        try:
+            gate(sources)
+            self._gated = sources
+        except OSError as e:
+            self._gate = None
+            log.warning("new connections of refused sources are shut down after the accept: %s", e.strerror or e)
+        except Exception:  # noqa: BLE001 - a defect must cost the gate, not the guard
+            self._gate = None
+            self._log_error("the failed-handshake guard failed", exc_info=True)
 
     def _look(self, lister: Lister) -> list[Seen]:
         started = self._clock()
@@ -657,6 +706,18 @@ class HandshakeGuard:
             key = peer_key(peer)
             if key is not None:
                 self.ledger.called(key[0], key[1], peer, authenticated, at)
+
+
+class _ListenerGate:
+    """The kernel filter on this process's listening sockets of the remote API."""
+
+    def __init__(self, port: int, listen_ip: str) -> None:
+        self._port, self._ip = port, listen_ip
+        self._fds = sockdiag.FdFinder()
+
+    def __call__(self, sources: Sequence[str]) -> None:
+        for fd in self._fds.find(sockdiag.listener_inodes(self._port, self._ip)).values():
+            synfilter.attach(fd, sources)
 
 
 class _Refuser:

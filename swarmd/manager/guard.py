@@ -34,6 +34,8 @@ import errno
 import heapq
 import ipaddress
 import logging
+import os
+import selectors
 import threading
 import time
 import urllib.parse
@@ -70,7 +72,7 @@ class Limits:
     max_connections: int = 65536
     max_targeted: int = 64               # sources a lookup between full ones filters for
     lookup_share: float = 0.2            # of one core, at most, for full lookups
-    pass_interval: float = 0.002         # the guard's passes are at least this far apart
+    pass_interval: float = 0.001         # the guard's passes are at least this far apart
     log_burst: int = 10                  # warnings per ``log_period``; the rest are counted
     log_period: float = 60.0
 
@@ -143,6 +145,11 @@ class Ledger:
         self._unproven: collections.Counter[str] = collections.Counter()  # source -> unproven connections
         self._recent: collections.deque[float] = collections.deque(maxlen=max(limits.global_threshold, 1))
         self.confirmed: dict[str, int] = {}                 # peer text -> inode, for connections that made a call
+        # With the kernel's reports of closed connections, those decide what failed; a lookup
+        # that misses a connection first only notes whether it was waiting for its first call.
+        self.counts_closings = False
+        self._gone: collections.OrderedDict[Key, bool] = collections.OrderedDict()
+        self._closed_sources: set[str] = set()              # put in backoff by a closing, since the last lookup
 
     # -- sources -----------------------------------------------------------------------------------
     def _record(self, source: str) -> _Source | None:
@@ -311,6 +318,23 @@ class Ledger:
             return
         self._mark_called(inode, self._conns[inode], peer, trusted, now)
 
+    def closed(self, ip: str, port: int, now: float) -> None:
+        """The kernel freed the connection from ip:port (after ``called`` learnt of any call
+        on it): one that never made a call failed, whether or not a lookup ever saw it."""
+        key = (ip, port)
+        inode = self._by_key.get(key)
+        if inode is not None:
+            failed = self._drop(inode, now).state == PENDING
+        elif key in self._gone:
+            failed = self._gone.pop(key)
+        elif key in self._early:
+            del self._early[key]
+            failed = False
+        else:
+            failed = True
+        if failed and self.failed(ip, now):
+            self._closed_sources.add(source_of(ip))
+
     def _set_state(self, inode: int, conn: _Conn, state: int, trusted: bool) -> None:
         """The one place a connection changes state, so the unproven counts stay true."""
         was = conn.unproven
@@ -402,8 +426,14 @@ class Ledger:
             tracked = set().union(*(self._by_source.get(key, ()) for key in scope))
         for inode in tracked - current.keys():
             conn = self._drop(inode, now)
-            if conn.state == PENDING and self.failed(conn.ip, now):
+            if self.counts_closings:
+                self._gone[(conn.ip, conn.port)] = conn.state == PENDING
+                while len(self._gone) > self.limits.max_connections:
+                    self._gone.popitem(last=False)
+            elif conn.state == PENDING and self.failed(conn.ip, now):
                 newly_blocked.add(conn.source)
+        newly_blocked.update(self._closed_sources)
+        self._closed_sources.clear()
         refuse: list[Seen] = []
         for inode in current.keys() - self._conns.keys():
             ip, port = current[inode]
@@ -538,6 +568,8 @@ class HandshakeGuard:
         self._gate = gate
         self._gated: list[str] = []
         self._gate_ends = float("inf")
+        self._closings: sockdiag.Closings | None = None
+        self._closings_local: str | None = None
         self._logs = LogLimiter(limits.log_burst, limits.log_period, lambda m: log.warning("%s", m))
         self.ledger = Ledger(limits, self._logs.warn)
         self._limits = limits
@@ -545,7 +577,8 @@ class HandshakeGuard:
         self._refuser = refuser or _Refuser()
         self._calls: dict[str, tuple[bool, float]] = {}  # first calls not yet reconciled, by peer
         self._lock = threading.Lock()
-        self._wake = threading.Event()
+        self._woken = False                     # a wake-up is pending: the next ones need no syscall
+        self._wake_fd = -1                      # an eventfd the guard's thread waits on, once bound
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._broken = False
@@ -576,30 +609,64 @@ class HandshakeGuard:
                     for c in sockdiag.list_connections(port, families, local, peers, known)]
         self._lister = lister
         self._gate = _ListenerGate(port, listen_ip)
+        try:
+            self._closings = sockdiag.Closings(port)
+            self._closings_local = local
+            self.ledger.counts_closings = True
+        except OSError as e:  # without CAP_NET_ADMIN: failures are what lookups see
+            log.info("closed connections are counted as lookups see them: %s", e.strerror or e)
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._thread = threading.Thread(target=self._run, name="handshake-guard", daemon=True)
         self._thread.start()
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop the guard's thread (bounded: a pass never blocks for long)."""
         self._closing.set()
-        self._wake.set()
+        if self._wake_fd >= 0:
+            os.eventfd_write(self._wake_fd, 1)
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout)
+            if thread.is_alive():
+                return
+        if self._closings is not None:
+            self._closings.close()
+        if self._wake_fd >= 0:
+            os.close(self._wake_fd)
+            self._wake_fd = -1
 
     def _run(self) -> None:
+        """Wake on a new connection or a closed one (so a backoff starts, and the gate shuts,
+        right after the failure that earns it), else now and then."""
         limits = self._limits
-        while not self._closing.is_set():
-            # Unproven connections need looking at again soon (they may close, outstay the
-            # grace or pass a cap once no longer young) even when nothing new arrives.
-            timeout = limits.young / 4 if self.ledger.unproven() else limits.grace / 4
-            self._wake.wait(max(0.0, min(timeout, self._gate_ends - self._clock())))
-            self._wake.clear()
-            if self._closing.is_set():
-                return
-            self.poll()
-            # What arrives meanwhile is one batch; a costly pass is followed by a longer pause.
-            self._closing.wait(max(limits.pass_interval, self._next_pass - self._clock()))
+        with selectors.DefaultSelector() as waiting:
+            waiting.register(self._wake_fd, selectors.EVENT_READ)
+            if self._closings is not None:
+                waiting.register(self._closings.fileno(), selectors.EVENT_READ)
+            lookup_due = False
+            while not self._closing.is_set():
+                # Unproven connections need looking at again soon (they may close, outstay the
+                # grace or pass a cap once no longer young) even when nothing new arrives.
+                timeout = limits.young / 4 if self.ledger.unproven() else limits.grace / 4
+                if lookup_due:
+                    timeout = min(timeout, self._next_pass - self._clock())
+                timeout = min(timeout, self._gate_ends - self._clock())
+                if not waiting.select(max(0.0, timeout)):
+                    lookup_due = True
+                try:
+                    os.eventfd_read(self._wake_fd)
+                    lookup_due = True
+                except BlockingIOError:
+                    pass
+                self._woken = False
+                if self._closing.is_set():
+                    return
+                if lookup_due and self._clock() >= self._next_pass:
+                    lookup_due = False
+                    self.poll()
+                else:  # a lookup must wait for the CPU share; closings cost next to nothing
+                    self.poll(lookup=False)
+                self._closing.wait(limits.pass_interval)
 
     def _disable(self, e: OSError) -> None:
         self._broken = True
@@ -629,17 +696,24 @@ class HandshakeGuard:
     def on_connection(self) -> None:
         """gRPC is about to handshake a new connection: wake the guard, nothing more (this runs
         on one of gRPC's few I/O threads, which every connection of the process shares)."""
-        if not self._wake.is_set():
-            self._wake.set()
+        if not self._woken:
+            self._woken = True
+            fd = self._wake_fd
+            if fd >= 0:
+                try:
+                    os.eventfd_write(fd, 1)
+                except OSError:
+                    pass  # closed meanwhile: the guard is stopping
 
-    def poll(self) -> None:
-        """One pass: see what is open, decide, shut down what the ledger refuses."""
+    def poll(self, lookup: bool = True) -> None:
+        """One pass: see what is open (without ``lookup``, only what closed), decide, shut
+        down what the ledger refuses."""
         lister = self._lister
         if lister is None or self._broken:
             return
         with self._lock:  # one lookup at a time, so an older list never overrides a newer one
             try:
-                refuse = self._look(lister)
+                refuse = self._look(lister) if lookup else self._closed_only()
             except OSError as e:
                 self._failed_lookup(e)
                 return
@@ -675,6 +749,9 @@ class HandshakeGuard:
 
     def _look(self, lister: Lister) -> list[Seen]:
         started = self._clock()
+        # Read before the list is taken, applied after the calls: a call always precedes the
+        # closing of its connection, and a closing read here is of a connection in no later list.
+        closed = self._closings.drain() if self._closings is not None else []
         try:
             if started < self._next_full:
                 # Over the budget for a full lookup: watch only the sources that are refused, have
@@ -683,17 +760,33 @@ class HandshakeGuard:
                 # the next full lookup goes unseen.
                 scope = self.ledger.suspects(started, self._limits.max_targeted)
                 if not scope:
-                    return []
+                    self._reconcile_calls()
+                    self._apply_closings(closed)
+                    return self.ledger.observe([], self._clock(), ())
                 seen = list(lister(scope))
                 self._reconcile_calls()
+                self._apply_closings(closed)
                 return self.ledger.observe(seen, self._clock(), scope)
             seen = list(lister(None))
             self._reconcile_calls()
+            self._apply_closings(closed)
             refuse = self.ledger.observe(seen, self._clock())
             self._next_full = started + (self._clock() - started) / self._limits.lookup_share
             return refuse
         finally:
             self._next_pass = started + (self._clock() - started) / self._limits.lookup_share
+
+    def _closed_only(self) -> list[Seen]:
+        closed = self._closings.drain() if self._closings is not None else []
+        self._reconcile_calls()
+        self._apply_closings(closed)
+        return self.ledger.observe([], self._clock(), ())
+
+    def _apply_closings(self, closed: list[sockdiag.Connection]) -> None:
+        now, local = self._clock(), self._closings_local
+        for c in closed:
+            if c.peer_port and (local is None or c.local_ip == local):
+                self.ledger.closed(c.peer_ip, c.peer_port, now)
 
     def _reconcile_calls(self) -> None:
         """After the kernel's list was taken: a call queued before a connection closed is

@@ -150,6 +150,9 @@ class Ledger:
         self.counts_closings = False
         self._gone: collections.OrderedDict[Key, bool] = collections.OrderedDict()
         self._closed_sources: set[str] = set()              # put in backoff by a closing, since the last lookup
+        self._backoffs_changed = False                      # for gated(): a backoff started
+        self._gated_blocked: list[str] = []
+        self._gated_ends = float("inf")
 
     # -- sources -----------------------------------------------------------------------------------
     def _record(self, source: str) -> _Source | None:
@@ -219,25 +222,30 @@ class Ledger:
         return list(found)[:limit]
 
     def gated(self, now: float, limit: int) -> tuple[list[str], float]:
-        """The sources whose new connections the kernel should refuse (in backoff, or holding as
-        many unproven connections as their cap allows), most recent backoffs first, and when the
-        earliest of those backoffs ends."""
-        found: dict[str, None] = {}
-        ends = float("inf")
-        oldest_blocked = now - self.limits.max_backoff
-        for key in reversed(self._penalised):
-            record = self._penalised[key]
-            if record.last_bad <= oldest_blocked or len(found) >= limit:
-                break
-            if now < record.blocked_until:
-                found[key] = None
-                ends = min(ends, record.blocked_until)
+        """The sources whose new connections the kernel should refuse (in backoff, longest
+        remaining first, then those holding as many unproven connections as their cap allows),
+        and when the earliest of those backoffs ends. The backoffs are gathered again only when
+        one started or ended, so a pass pays for this when something changed."""
+        if self._backoffs_changed or now >= self._gated_ends:
+            oldest_blocked = now - self.limits.max_backoff
+            blocked: list[tuple[float, str]] = []
+            for key in reversed(self._penalised):
+                record = self._penalised[key]
+                if record.last_bad <= oldest_blocked:
+                    break
+                if now < record.blocked_until:
+                    blocked.append((record.blocked_until, key))
+            chosen = heapq.nlargest(limit, blocked)
+            self._gated_blocked = [key for _, key in chosen]
+            self._gated_ends = min((until for until, _ in chosen), default=float("inf"))
+            self._backoffs_changed = False
+        found = dict.fromkeys(self._gated_blocked)
         for key, count in self._unproven.items():
             if len(found) >= limit:
                 break
             if count >= self.limits.max_unproven_per_source and count >= self._source_cap(key, now):
                 found[key] = None
-        return list(found), ends
+        return list(found), self._gated_ends
 
     def failures(self, ip: str, now: float) -> int:
         record = self._record(source_of(ip))
@@ -298,6 +306,7 @@ class Ledger:
         duration = min(limits.backoff * 2 ** min(record.level, 32), limits.max_backoff)
         record.level += 1
         record.blocked_until = now + duration
+        self._backoffs_changed = True
         self._warn(f"refusing connections from {key} for {duration:g}s after {record.total} "
                    "failed TLS handshakes", now)
         return True

@@ -153,6 +153,7 @@ class Ledger:
         self._backoffs_changed = False                      # for gated(): a backoff started
         self._gated_blocked: list[str] = []
         self._gated_ends = float("inf")
+        self._gated_limit = 0
 
     # -- sources -----------------------------------------------------------------------------------
     def _record(self, source: str) -> _Source | None:
@@ -226,7 +227,8 @@ class Ledger:
         remaining first, then those holding as many unproven connections as their cap allows),
         and when the earliest of those backoffs ends. The backoffs are gathered again only when
         one started or ended, so a pass pays for this when something changed."""
-        if self._backoffs_changed or now >= self._gated_ends:
+        if self._backoffs_changed or now >= self._gated_ends or limit != self._gated_limit:
+            self._gated_limit = limit
             oldest_blocked = now - self.limits.max_backoff
             blocked: list[tuple[float, str]] = []
             for key in reversed(self._penalised):

@@ -592,3 +592,57 @@ def test_authenticated_connections_are_never_cut() -> None:
     refused = book.look()
     assert len(refused) == 3 and {ip for ip, _, _ in refused} == {A}
     assert all(book.ledger.unproven(ip) == 0 for ip, _ in nodes)
+
+
+# -- the kernel's reports of closed connections ---------------------------------------------------------
+
+def test_a_closing_no_lookup_saw_is_still_a_failure_unless_it_made_a_call() -> None:
+    book = Book()
+    book.ledger.counts_closings = True
+    for port in range(1, 11):
+        book.ledger.closed(A, port, book.clock.now)        # opened and closed between two lookups
+    assert book.ledger.blocked(A, book.clock.now)
+    book.ledger.called(B, 7, f"ipv4:{B}:7", True, book.clock.now)
+    book.ledger.closed(B, 7, book.clock.now)               # it made a call first
+    assert book.ledger.failures(B, book.clock.now) == 0
+
+
+def test_a_closing_and_a_lookup_that_both_see_it_count_once() -> None:
+    book = Book()
+    book.ledger.counts_closings = True
+    key = book.open(A)
+    book.look()
+    book.close(key)
+    book.look()                                            # the lookup misses it first
+    assert book.ledger.failures(A, book.clock.now) == 0
+    book.ledger.closed(*key, book.clock.now)               # then the report arrives
+    assert book.ledger.failures(A, book.clock.now) == 1
+    other = book.open(A)
+    book.look()
+    book.ledger.closed(*other, book.clock.now)             # the report first
+    book.close(other)
+    book.look()
+    assert book.ledger.failures(A, book.clock.now) == 2
+    refused = book.open(B)
+    book.look()
+    book.ledger.called(B, refused[1], f"ipv4:{B}:{refused[1]}", True, book.clock.now)
+    book.ledger.closed(*refused, book.clock.now)
+    assert book.ledger.failures(B, book.clock.now) == 0
+
+
+def test_the_gate_lists_sources_in_backoff_longest_first_and_sources_at_their_cap() -> None:
+    limits = Limits(max_unproven_per_source=3)
+    book = Book(limits)
+    book.fail(A, 10)                                       # 1 s
+    book.clock.now += 1
+    book.fail(A)                                           # 2 s
+    book.fail(B, 10)                                       # 1 s
+    for _ in range(3):
+        book.open("10.0.6.1")
+    book.look()
+    sources, ends = book.ledger.gated(book.clock.now, 10)
+    assert sources == [A, B, "10.0.6.1"]
+    assert ends == book.clock.now + 1
+    assert book.ledger.gated(book.clock.now, 1)[0] == [A]
+    book.clock.now += 1
+    assert book.ledger.gated(book.clock.now, 10)[0] == [A, "10.0.6.1"]

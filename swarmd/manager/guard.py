@@ -6,25 +6,29 @@ asks the server credentials' fetcher for its configuration on every new connecti
 call that gets through the handshake passes the authorisation interceptor with its peer address.
 Both hooks run on gRPC's own threads (the fetcher on one of its few I/O threads, before the
 handshake), so they only record and signal, in O(1); everything else happens on the guard's own
-thread, which asks the kernel (inet_diag) which connections are open on the listen port:
+thread, which asks the kernel which connections are open on the listen port (inet_diag) and
+hears from it of every connection it frees there (sock_diag destroy reports, where permitted):
 
 - A connection that has not made an authenticated call is *unproven*. Unproven connections are
   capped per source and in total; past a cap the newest are shut down (a connection younger than
-  ``young`` is spared, it may be mid-handshake). Cap refusals are not failures.
+  ``young`` is spared, it may be mid-handshake). Cap cuts are not failures.
 - A connection that closed, or stayed open past ``grace``, without a call is a failed handshake,
   charged to its source. Past a threshold the source is refused for a backoff that doubles with
-  each further failure: its new connections are shut down before gRPC reads from them. While the
-  failures of all sources together exceed a global budget, one failure is enough for a backoff
-  (for a source that has not authenticated lately).
+  each further failure. While the failures of all sources together exceed a global budget, one
+  failure is enough for a backoff (for a source that has not authenticated lately).
+- A refused source, or one at its cap, is refused at accept: a BPF filter on the listening socket
+  (``synfilter``) drops its SYNs, since a connection shut down after gRPC accepted it may already
+  have had its handshake. What gRPC accepted before the filter changed is shut down.
 
 A source is an IPv4 address or an IPv6 /64 (one host usually owns a whole /64). A source in
 backoff, or not yet forgiven, is never evicted from the ledger; other sources are, oldest first,
 so the ledger's memory is bounded however many sources there are.
 
-Costs: the per-call hook is one dict lookup, the per-connection hook a counter and an event.
-A full lookup costs time in proportion to the open connections, so full lookups are spaced to
-keep the guard under a fifth of one core; in between, the kernel is asked only for the
-connections of sources that are refused, failed lately, or have an unproven connection.
+Costs: the per-call hook is one dict lookup, the per-connection hook a flag and at most one
+eventfd write per pass. A full lookup costs time in proportion to the open connections, so
+lookups are spaced to keep them under a fifth of one core; in between, the kernel is asked only
+for the connections of sources that are refused, have an unproven connection or failed lately,
+and the destroy reports are read as they come (they cost next to nothing).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = "2377"
 CONNECT_TIMEOUT = 10.0
 CALL_TIMEOUT = 15.0
+PROBE_AFTER_TIMEOUT = 2.0   # the TCP check after a call timed out: the call already waited
 INVALID_TOKEN_TEXT = errors.rpc_text("INVALID_ARGUMENT", "A valid join token is necessary to join this cluster")
 
 
@@ -52,7 +53,9 @@ def normalise_remote(remote: str) -> str:
 
 
 def check_reachable(remote: str, timeout: float = CONNECT_TIMEOUT) -> str:
-    """A plain TCP connect first, so "nobody listens" is not mistaken for a refused token.
+    """A plain TCP connect, so "nobody listens" is not mistaken for a refused token. Made only
+    after a join failed: the manager counts a connection without a call as a failed handshake,
+    and a join that works must never cost its source address one.
     Returns this host's address on the route to the manager (what the manager will see)."""
     host, port = netaddr.split_host_port(remote)
     try:
@@ -66,6 +69,30 @@ def check_reachable(remote: str, timeout: float = CONNECT_TIMEOUT) -> str:
         why = e.strerror or str(e)
     raise SwarmError(errors.rpc_text("UNAVAILABLE", 'connection error: desc = "transport: Error while dialing '
                                      f'dial tcp {remote}: {why}"'), grpc.StatusCode.UNKNOWN)
+
+
+def route_source(remote: str) -> str:
+    """This host's address on the route to the manager, without sending a packet (a UDP
+    socket's connect only picks the route); where that fails, the TCP check tells why."""
+    host, port = netaddr.split_host_port(remote)
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((host, int(port)))
+            return str(sock.getsockname()[0])
+    except OSError:
+        return check_reachable(remote)
+
+
+def _unreachable_or_refused(remote: str, e: grpc.RpcError) -> SwarmError:
+    """Why the first call failed: nobody listens (the TCP check raises its error), the
+    token-bound handshake failed (a wrong or rotated token), or the manager is too slow."""
+    if e.code() == grpc.StatusCode.UNAVAILABLE:
+        check_reachable(remote)
+        return SwarmError(INVALID_TOKEN_TEXT, grpc.StatusCode.INVALID_ARGUMENT)
+    if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        check_reachable(remote, timeout=PROBE_AFTER_TIMEOUT)
+    return SwarmError(f"rpc error: {e.details()}", e.code())
 
 
 def _check_root(root_pem: bytes, token: tokens.JoinToken) -> None:
@@ -87,7 +114,7 @@ def request_certificate(remote: str, token_text: str, availability: str, adverti
     except tokens.InvalidJoinToken:
         raise errors.invalid("invalid join token") from None
     remote = normalise_remote(remote)
-    source_ip = check_reachable(remote)
+    source_ip = route_source(remote) if advertise_addr.startswith(":") else ""
     if advertise_addr.startswith(":"):
         advertise_addr = netaddr.join_host_port(source_ip, advertise_addr[1:])
     ca = join.join_ca(token.secret)
@@ -99,10 +126,7 @@ def request_certificate(remote: str, token_text: str, availability: str, adverti
         try:
             root_pem = stub.GetRootCACertificate(pb.GetRootCACertificateRequest(), timeout=CALL_TIMEOUT).certificate
         except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.UNAVAILABLE:
-                # The port answered but the token-bound handshake failed: a wrong or rotated token.
-                raise SwarmError(INVALID_TOKEN_TEXT, grpc.StatusCode.INVALID_ARGUMENT) from None
-            raise SwarmError(f"rpc error: {e.details()}", e.code()) from None
+            raise _unreachable_or_refused(remote, e) from None
         _check_root(root_pem, token)
         key = pki.generate_key()
         try:

@@ -113,6 +113,7 @@ class NodeRuntime:
         self.agent: Agent | None = None
         self._network: PeerNetwork | None = None
         self._remote: Any = None
+        self._guard: HandshakeGuard | None = None
         self._bootstrap_addrs: dict[str, str] = {}
         self.certs = CertificateStore(state_dir / "certificates")
         self.identity = NodeIdentity(self.certs)
@@ -341,7 +342,7 @@ class NodeRuntime:
             pb_grpc.add_RaftServicer_to_server(network.servicer(), server)
 
         started = time.monotonic()
-        guard = HandshakeGuard()
+        guard = self._guard = HandshakeGuard()
         listen_ip = netaddr.host_of(local.listen_addr)
         self._remote = start_remote_server(local.listen_addr, security.server_credentials(guard.on_connection),
                                            AuthzInterceptor(self.remote_role, on_call=guard.on_call), register,
@@ -373,6 +374,9 @@ class NodeRuntime:
         if self._remote is not None:
             self._remote.stop(1.0).wait(2.0)
             self._remote = None
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = None
         if self.manager is not None:
             self.manager.stop()
             self.manager = None

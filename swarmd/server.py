@@ -36,10 +36,17 @@ _COMMON_OPTIONS = [
 ]
 
 
-def _new_server(interceptor: grpc.ServerInterceptor, workers: int,
-                max_message: int = MAX_MESSAGE_BYTES) -> grpc.Server:
+# A TLS handshake takes milliseconds; a connection that has not finished one by then is closed
+# by gRPC's core itself (an idle connection holds a descriptor and a handshake slot, nothing more,
+# but a flood of them would hold all of them). The failed-handshake guard counts such a close.
+REMOTE_HANDSHAKE_TIMEOUT_MS = 5000
+_REMOTE_OPTIONS = [("grpc.server_handshake_timeout_ms", REMOTE_HANDSHAKE_TIMEOUT_MS)]
+
+
+def _new_server(interceptor: grpc.ServerInterceptor, workers: int, max_message: int = MAX_MESSAGE_BYTES,
+                extra_options: list[tuple[str, int]] | None = None) -> grpc.Server:
     options = [*_COMMON_OPTIONS, ("grpc.max_receive_message_length", max_message),
-               ("grpc.max_send_message_length", max_message)]
+               ("grpc.max_send_message_length", max_message), *(extra_options or [])]
     # The authorisation interceptor first: only an authorised caller gets as far as parsing.
     return grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
                        interceptors=[interceptor, MalformedRequestInterceptor()], options=options)
@@ -69,7 +76,8 @@ def start_remote_server(listen: str, credentials: grpc.ServerCredentials,
     """``on_bound`` learns the bound port before the first connection is accepted."""
     # Every node's session stream holds one worker thread for its lifetime (sync gRPC), so the
     # pool is sized for thousands of nodes; idle threads cost little.
-    server = _new_server(interceptor, workers=REMOTE_WORKERS, max_message=REMOTE_MAX_MESSAGE)
+    server = _new_server(interceptor, workers=REMOTE_WORKERS, max_message=REMOTE_MAX_MESSAGE,
+                         extra_options=_REMOTE_OPTIONS)
     register(server)
     try:
         port = server.add_secure_port(listen, credentials)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import _socket
 import collections
+import errno
 import functools
 import os
 import socket
@@ -19,7 +20,8 @@ import struct
 from collections.abc import Container, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
-__all__ = ["Connection", "DiagError", "FdFinder", "list_connections", "listener_families", "shut_down"]
+__all__ = ["Closings", "Connection", "DiagError", "FdFinder", "list_connections", "listener_families", "listener_inodes",
+           "shut_down"]
 
 _NETLINK_SOCK_DIAG = 4  # socket.NETLINK_SOCK_DIAG is not exported by every Python
 _SOCK_DIAG_BY_FAMILY = 20
@@ -61,10 +63,15 @@ class Connection(NamedTuple):
 # The kernel's audit walks the ``yes`` chain, so every ``no`` must land on an op of that chain.
 
 def _hostcond(code: int, ip: str) -> tuple[int, bytes]:
-    """An op matching one address exactly (an IPv4 one matches its mapped IPv6 form too)."""
+    """An op matching one address exactly, or a prefix written ``addr/len`` (an IPv4 one
+    matches its mapped IPv6 form too)."""
+    ip, _, prefix = ip.partition("/")
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     raw = _socket.inet_pton(family, ip)
-    return code, struct.pack("=BBxxi", family, 8 * len(raw), -1) + raw
+    bits = int(prefix) if prefix else 8 * len(raw)
+    if not 0 <= bits <= 8 * len(raw):
+        raise ValueError(f"bad prefix length in {ip}/{prefix}")
+    return code, struct.pack("=BBxxi", family, bits, -1) + raw
 
 
 def _bytecode(port: int, local_ip: str | None, peers: Sequence[str] | None) -> bytes:
@@ -174,8 +181,9 @@ def list_connections(port: int, families: Iterable[int] = FAMILIES, local_ip: st
                      peers: Sequence[str] | None = None, known: Container[int] = ()) -> list[Connection]:
     """The TCP sockets (not listeners, not time-wait) on local port ``port`` in this network
     namespace, filtered in the kernel: to one local address if ``local_ip`` is given (other
-    processes may use the same port on other addresses), to some peer addresses if ``peers``
-    is. A socket whose owner has let go of it while the kernel winds it down has inode 0.
+    processes may use the same port on other addresses), to some peer addresses (or
+    ``addr/len`` prefixes) if ``peers`` is. A socket whose owner has let go of it while the
+    kernel winds it down has inode 0.
     Sockets whose inode is in ``known`` come back by inode alone (addresses empty, port 0):
     decoding addresses is most of the cost when many connections are open."""
     return _collect(families, _CONNECTIONS, _bytecode(port, local_ip, peers), known)
@@ -193,6 +201,84 @@ def listener_families(port: int, ip: str) -> tuple[int, ...]:
             if c.local_ip in (ip, "0.0.0.0", "::") and family not in families:
                 families.append(family)
     return tuple(families) or FAMILIES
+
+
+def listener_inodes(port: int, ip: str) -> set[int]:
+    """The inodes of the listening sockets on ``ip:port`` (or on every address, which serve it)."""
+    return {c.inode for family in FAMILIES for c in _collect((family,), _LISTENING, _bytecode(port, None, None))
+            if c.local_ip in (ip, "0.0.0.0", "::") and c.inode}
+
+
+class Closings:
+    """The TCP sockets on local port ``port`` in this network namespace that the kernel frees,
+    as it frees them (sock_diag's destroy broadcasts, which need CAP_NET_ADMIN).
+
+    A lookup sees only what is open at that moment; a connection that opens and closes between
+    two lookups is seen here, with its addresses. A BPF filter on the netlink socket keeps the
+    kernel from waking this process for other ports' sockets. Events wait in the socket's
+    buffer until ``drain``; if it overflows the kernel drops some, and ``lost`` counts that."""
+
+    _GROUPS = 1 << 0 | 1 << 2   # SKNLGRP_INET_TCP_DESTROY, SKNLGRP_INET6_TCP_DESTROY
+    _BUFFER = 4 << 20
+
+    def __init__(self, port: int) -> None:
+        self.lost = 0
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_SOCK_DIAG)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._BUFFER)
+            _attach_port_filter(sock, port)
+            sock.bind((0, self._GROUPS))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+
+    def drain(self) -> list[Connection]:
+        """What closed since the last call (inode 0: a freed socket has none)."""
+        out: list[Connection] = []
+        while True:
+            try:
+                data = self._sock.recv(_RECV_BYTES)
+            except BlockingIOError:
+                return out
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    self.lost += 1
+                    continue
+                raise
+            off, hdr_size = 0, _HDR.size
+            while off + hdr_size <= len(data):
+                length, kind, _flags, _seq, _pid = _HDR.unpack_from(data, off)
+                if length < hdr_size or off + length > len(data):
+                    break
+                if kind == _SOCK_DIAG_BY_FAMILY and length - hdr_size >= _MSG.size:
+                    fam, _sport, dport, src, dst, _inode = _MSG.unpack_from(data, off + hdr_size)
+                    out.append(Connection(_text(fam, src), _text(fam, dst), int.from_bytes(dport, "big"), 0))
+                off += (length + 3) & ~3
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def _attach_port_filter(sock: socket.socket, port: int) -> None:
+    """Keep only the messages whose socket's local port (inet_diag_msg.id.sport) is ``port``."""
+    import ctypes
+
+    sport_at = _HDR.size + 4
+    insns = [(0x28, 0, 0, sport_at),        # ldh [sport]
+             (0x15, 0, 1, port),            # jeq #port
+             (0x06, 0, 0, 0xFFFFFFFF),      # ret: keep
+             (0x06, 0, 0, 0)]               # ret: drop
+    code = ctypes.create_string_buffer(b"".join(struct.pack("=HBBI", *insn) for insn in insns))
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    sock.setsockopt(socket.SOL_SOCKET, 26, bytes(SockFprog(len(insns), ctypes.addressof(code))))  # SO_ATTACH_FILTER
 
 
 def _socket_inode(fd: int) -> int:

@@ -1,314 +1,55 @@
-"""Rate-limiting of failed TLS handshakes on the remote API, per source address.
+"""Connection limits and failed-handshake backoff on the remote API, per source.
 
 A caller with a wrong join token fails inside gRPC's TLS handshake, in C, where Python never sees
-the connection. Two things are visible, though: gRPC asks the server credentials' fetcher for its
-configuration on every new connection, before the handshake, and every call that gets through
-the handshake passes the authorisation interceptor with its peer address. So at a new connection
-the guard asks the kernel which connections are open on the listen port (inet_diag): one that
-closed, or stayed open past a grace period, without producing a call is a failed handshake,
-charged to its source address. Past a threshold the source is refused for a backoff that doubles
-with each further failure: its new connections are shut down before gRPC reads from them.
+the connection; an idle TCP connection is not seen at all. Two things are visible, though: gRPC
+asks the server credentials' fetcher for its configuration on every new connection, and every
+call that gets through the handshake passes the authorisation interceptor with its peer address.
+Both hooks run on gRPC's own threads (the fetcher on one of its few I/O threads, before the
+handshake), so they only record and signal, in O(1); everything else happens on the guard's own
+thread, which asks the kernel which connections are open on the listen port (inet_diag) and
+hears from it of every connection it frees there (sock_diag destroy reports, where permitted):
 
-A plain TCP connection that sends nothing counts as a failure too (it cannot be told apart from a
-handshake that failed at once); the joiner's reachability check is one, which the thresholds
-leave room for.
+- A connection that has not made an authenticated call is *unproven*. Unproven connections are
+  capped per source and in total; past a cap the newest are shut down (a connection younger than
+  ``young`` is spared, it may be mid-handshake). Cap cuts are not failures.
+- A connection that closed, or stayed open past ``grace``, without a call is a failed handshake,
+  charged to its source. Past a threshold the source is refused for a backoff that doubles with
+  each further failure. While the failures of all sources together exceed a global budget, one
+  failure is enough for a backoff (for a source that has not authenticated lately).
+- A refused source, or one at its cap, is refused at accept: a BPF filter on the listening socket
+  (``synfilter``) drops its SYNs, since a connection shut down after gRPC accepted it may already
+  have had its handshake. What gRPC accepted before the filter changed is shut down.
 
-Costs: the per-call hook is one dict lookup. A full lookup costs time in proportion to the open
-connections, so full lookups are spaced to keep the guard under a fifth of one core; in between,
-the kernel is asked only for the connections of sources that are refused, failed lately, or have
-a connection waiting for its first call. A connection from any other source that opens and
-closes entirely between two full lookups is not seen: on a busy manager, a source's first
-failures may go uncounted, not its later ones.
+A source is an IPv4 address or an IPv6 /64 (one host usually owns a whole /64). A source in
+backoff, or not yet forgiven, is never evicted from the ledger; other sources are, oldest first,
+so the ledger's memory is bounded however many sources there are.
+
+Costs: the per-call hook is one dict lookup, the per-connection hook a flag and at most one
+eventfd write per pass. A full lookup costs time in proportion to the open connections, so
+lookups are spaced to keep them under a fifth of one core; in between, the kernel is asked only
+for the connections of sources that are refused, have an unproven connection or failed lately,
+and the destroy reports are read as they come (they cost next to nothing).
 """
 
 from __future__ import annotations
 
-import collections
 import errno
 import ipaddress
 import logging
+import os
+import selectors
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Collection, Container, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 
-from swarmd import sockdiag
+from swarmd import sockdiag, synfilter
 from swarmd.logs import LogLimiter
+from swarmd.manager.ledger import Key, Ledger, Limits, Seen, source_of
+
+__all__ = ["HandshakeGuard", "Ledger", "Limits", "Seen", "peer_key", "source_of"]
 
 log = logging.getLogger(__name__)
-
-Key = tuple[str, int]                    # (source ip, source port)
-Seen = tuple[str, int, int]              # (source ip, source port, socket inode)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """The policy; the defaults are the daemon's."""
-
-    threshold: int = 10                  # failures in ``window`` that start a backoff
-    trusted_threshold: int = 50          # the same for a source that authenticated recently
-    window: float = 60.0
-    backoff: float = 1.0                 # the first backoff; each further failure doubles it
-    max_backoff: float = 60.0
-    forgive_after: float = 120.0         # no failure for this long: the source starts from nothing
-    trust_period: float = 600.0          # how long an authenticated call vouches for its source
-    grace: float = 10.0                  # an open connection without a call by then has failed
-    max_sources: int = 4096
-    max_connections: int = 16384
-    max_targeted: int = 64               # sources a lookup between full ones filters for
-    lookup_share: float = 0.2            # of one core, at most, for full lookups
-    log_burst: int = 10                  # warnings per ``log_period``; the rest are counted
-    log_period: float = 60.0
-
-
-PENDING, CALLED, IDLE, REFUSED = range(4)   # IDLE: open past the grace without a call (counted)
-
-
-@dataclass
-class _Conn:
-    ip: str
-    port: int
-    since: float
-    state: int = PENDING
-    trusted: bool = False
-    peer: str = ""                       # gRPC's peer text, once a call named it
-
-
-@dataclass
-class _Source:
-    failures: collections.deque[float] = field(default_factory=collections.deque)  # in the window
-    total: int = 0                       # failures since the source was last forgiven
-    level: int = 0                       # backoffs so far; the next lasts backoff * 2**level
-    blocked_until: float = 0.0
-    last_bad: float = float("-inf")      # last failure
-    trusted_until: float = float("-inf")
-    live_trusted: int = 0                # open connections that made an authenticated call
-
-
-class Ledger:
-    """The accounting, without I/O or clock: every method takes ``now`` (seconds, monotonic).
-
-    Connections are keyed by socket inode (a reused ip:port is another socket); the work per
-    lookup is in proportion to what changed, plus set differences done in C."""
-
-    def __init__(self, limits: Limits, warn: Callable[[str, float], None]) -> None:
-        self.limits = limits
-        self._warn = warn
-        self._conns: dict[int, _Conn] = {}                  # inode -> connection, oldest first
-        self._by_key: dict[Key, int] = {}                   # ip:port -> inode
-        self._pending: dict[int, None] = {}                 # PENDING inodes, oldest first
-        self._idle: dict[int, None] = {}                    # IDLE inodes
-        self._early: collections.OrderedDict[Key, tuple[str, bool, float]] = collections.OrderedDict()
-        self._sources: collections.OrderedDict[str, _Source] = collections.OrderedDict()
-        self._blocked: dict[str, float] = {}                # ip -> end of its backoff
-        self._suspects: collections.OrderedDict[str, float] = collections.OrderedDict()  # ip -> last failure
-        self._by_source: dict[str, set[int]] = {}            # ip -> inodes of its tracked connections
-        self.confirmed: dict[str, int] = {}                 # peer text -> inode, for connections that made a call
-
-    # -- sources -----------------------------------------------------------------------------------
-    def _source(self, ip: str) -> _Source:
-        source = self._sources.get(ip)
-        if source is None:
-            source = self._sources[ip] = _Source()
-            if len(self._sources) > self.limits.max_sources:
-                evicted, _ = self._sources.popitem(last=False)
-                self._blocked.pop(evicted, None)
-        else:
-            self._sources.move_to_end(ip)
-        return source
-
-    def blocked(self, ip: str, now: float) -> bool:
-        until = self._blocked.get(ip)
-        return until is not None and now < until
-
-    def suspects(self, now: float, limit: int) -> list[str]:
-        """Sources in backoff, then those with a connection waiting for its first call, then
-        those with failures in the window, most recent first."""
-        for ip in [ip for ip, until in self._blocked.items() if until <= now]:
-            del self._blocked[ip]
-        while self._suspects:
-            ip, last = next(iter(self._suspects.items()))
-            if last > now - self.limits.window:
-                break
-            del self._suspects[ip]
-        found = dict.fromkeys(self._blocked)
-        for inode in self._pending:
-            if len(found) >= limit:
-                break
-            found[self._conns[inode].ip] = None
-        for ip in reversed(self._suspects):
-            if len(found) >= limit:
-                break
-            found[ip] = None
-        return list(found)[:limit]
-
-    def failures(self, ip: str, now: float) -> int:
-        source = self._sources.get(ip)
-        if source is None:
-            return 0
-        self._expire(source, now)
-        return len(source.failures)
-
-    def _expire(self, source: _Source, now: float) -> None:
-        if now - source.last_bad >= self.limits.forgive_after:
-            source.failures.clear()
-            source.level = source.total = 0
-        while source.failures and source.failures[0] <= now - self.limits.window:
-            source.failures.popleft()
-
-    def failed(self, ip: str, now: float) -> bool:
-        """One failed handshake from ``ip``; True if it started (or, after one ended, doubled) a backoff."""
-        limits = self.limits
-        source = self._source(ip)
-        self._expire(source, now)
-        source.last_bad = now
-        source.total += 1
-        self._suspects[ip] = now
-        self._suspects.move_to_end(ip)
-        while len(self._suspects) > self.limits.max_sources:
-            self._suspects.popitem(last=False)
-        source.failures.append(now)
-        while len(source.failures) > max(limits.threshold, limits.trusted_threshold):
-            source.failures.popleft()
-        if now < source.blocked_until:
-            return False  # admitted before the backoff started: counted, not escalated
-        trusted = source.live_trusted > 0 or now < source.trusted_until
-        if source.level == 0 and len(source.failures) < (limits.trusted_threshold if trusted else limits.threshold):
-            return False
-        # Over the threshold once, each further failure (until forgiven) starts a longer backoff.
-        duration = min(limits.backoff * 2 ** min(source.level, 32), limits.max_backoff)
-        source.level += 1
-        source.blocked_until = self._blocked[ip] = now + duration
-        self._warn(f"refusing connections from {ip} for {duration:g}s after {source.total} "
-                   "failed TLS handshakes", now)
-        return True
-
-    # -- connections ---------------------------------------------------------------------------------
-    def called(self, ip: str, port: int, peer: str, trusted: bool, now: float) -> None:
-        """A call arrived from ip:port: that connection's handshake succeeded."""
-        key = (ip, port)
-        inode = self._by_key.get(key)
-        if inode is None:  # not seen by a lookup yet: kept until one sees it
-            self._early[key] = (peer, trusted, now)
-            self._early.move_to_end(key)
-            while len(self._early) > self.limits.max_connections:
-                self._early.popitem(last=False)
-            if trusted:
-                source = self._source(ip)
-                source.trusted_until = max(source.trusted_until, now + self.limits.trust_period)
-            return
-        self._mark_called(inode, self._conns[inode], peer, trusted, now)
-
-    def _mark_called(self, inode: int, conn: _Conn, peer: str, trusted: bool, now: float) -> None:
-        self._pending.pop(inode, None)
-        self._idle.pop(inode, None)
-        conn.state = CALLED
-        if conn.peer != peer:
-            self.confirmed.pop(conn.peer, None)
-            conn.peer = peer
-            self.confirmed[peer] = inode
-        if trusted:
-            source = self._source(conn.ip)
-            source.trusted_until = max(source.trusted_until, now + self.limits.trust_period)
-            if not conn.trusted:
-                conn.trusted = True
-                source.live_trusted += 1
-
-    def _drop(self, inode: int, now: float) -> _Conn:
-        conn = self._conns.pop(inode)
-        key = (conn.ip, conn.port)
-        if self._by_key.get(key) == inode:
-            del self._by_key[key]
-        mine = self._by_source.get(conn.ip)
-        if mine is not None:
-            mine.discard(inode)
-            if not mine:
-                del self._by_source[conn.ip]
-        self._pending.pop(inode, None)
-        self._idle.pop(inode, None)
-        if conn.peer and self.confirmed.get(conn.peer) == inode:
-            del self.confirmed[conn.peer]
-        if conn.trusted:
-            source = self._sources.get(conn.ip)
-            if source is not None:
-                source.live_trusted = max(source.live_trusted - 1, 0)
-                source.trusted_until = max(source.trusted_until, now + self.limits.trust_period)
-        return conn
-
-    def _add(self, inode: int, ip: str, port: int, state: int, now: float) -> _Conn:
-        old = self._by_key.get((ip, port))
-        if old is not None and old in self._conns:
-            self._drop(old, now)
-        conn = self._conns[inode] = _Conn(ip=ip, port=port, since=now, state=state)
-        self._by_key[(ip, port)] = inode
-        self._by_source.setdefault(ip, set()).add(inode)
-        if state == PENDING:
-            self._pending[inode] = None
-        while len(self._conns) > self.limits.max_connections:
-            self._drop(next(iter(self._conns)), now)
-        return conn
-
-    def observe(self, seen: Iterable[Seen], now: float, scope: Collection[str] | None = None) -> list[Seen]:
-        """Reconcile with the kernel's list of open connections (inode 0 = already let go): all
-        of them, or only those from the sources in ``scope``.
-
-        Returns the connections to shut down: new ones from a source in backoff, and ones still
-        waiting for their first call from a source that has just been put in backoff."""
-        current: dict[int, Key] = {inode: (ip, port) for ip, port, inode in seen if inode}
-        newly_blocked: set[str] = set()
-        if scope is None:
-            tracked: Collection[int] = self._conns.keys()
-        else:
-            tracked = set().union(*(self._by_source.get(ip, ()) for ip in scope))
-        for inode in tracked - current.keys():
-            conn = self._drop(inode, now)
-            if conn.state == PENDING and self.failed(conn.ip, now):
-                newly_blocked.add(conn.ip)
-        refuse: list[Seen] = []
-        for inode in current.keys() - self._conns.keys():
-            ip, port = current[inode]
-            if self.blocked(ip, now):
-                self._add(inode, ip, port, REFUSED, now)
-                refuse.append((ip, port, inode))
-                continue
-            conn = self._add(inode, ip, port, PENDING, now)
-            early = self._early.pop((ip, port), None)
-            if early is not None:
-                self._mark_called(inode, conn, early[0], early[1], early[2])
-        deadline = now - self.limits.grace
-        while self._pending:
-            inode = next(iter(self._pending))
-            conn = self._conns[inode]
-            if conn.since > deadline:
-                break
-            del self._pending[inode]
-            conn.state = IDLE                      # counted once, kept till it closes or calls
-            self._idle[inode] = None
-            if self.failed(conn.ip, now):
-                newly_blocked.add(conn.ip)
-        while self._early and next(iter(self._early.values()))[2] <= deadline:
-            self._early.popitem(last=False)        # its connection closed before a lookup saw it
-        if newly_blocked:
-            for inode in [*self._pending, *self._idle]:
-                conn = self._conns[inode]
-                if conn.ip in newly_blocked:
-                    self._pending.pop(inode, None)
-                    self._idle.pop(inode, None)
-                    conn.state = REFUSED
-                    refuse.append((conn.ip, conn.port, inode))
-        return refuse
-
-    def known(self) -> Container[int]:
-        """The inodes of the connections being tracked (a live view): a lookup need not decode
-        their addresses, which this ledger already has."""
-        return self._conns.keys()
-
-    def tracked(self) -> int:
-        return len(self._conns)
-
-    def sources(self) -> int:
-        return len(self._sources)
 
 
 def peer_key(peer: str) -> Key | None:
@@ -332,18 +73,26 @@ _UNSUPPORTED = frozenset({errno.EPERM, errno.EACCES, errno.EPROTONOSUPPORT, errn
 # (peers or None for every connection) -> the open connections on the listen port
 Lister = Callable[[Sequence[str] | None], Iterable[Seen]]
 Refuser = Callable[[list[Seen]], None]
+# the sources whose new connections the kernel drops from now on (replacing the previous set)
+Gate = Callable[[Sequence[str]], None]
 
 
 class HandshakeGuard:
-    """The ledger wired to the kernel and to gRPC's two hooks.
+    """The ledger wired to the kernel, to gRPC's two hooks and to a thread of its own.
 
-    ``on_connection`` runs on a gRPC thread before each handshake; ``on_call`` runs on every
-    call and only looks the peer up in a dict, queueing the first call of each connection for
-    the next ``on_connection``."""
+    ``on_connection`` runs on a gRPC I/O thread before each handshake and only wakes the
+    guard's thread; ``on_call`` runs on every call and only looks the peer up in a dict,
+    queueing the first call of each connection for the next pass. ``poll`` is one pass: a
+    kernel lookup, the ledger's verdicts, the refusals; the thread runs it, tests call it."""
 
     def __init__(self, limits: Limits = Limits(), clock: Callable[[], float] = time.monotonic,
-                 lister: Lister | None = None, refuser: Refuser | None = None) -> None:
+                 lister: Lister | None = None, refuser: Refuser | None = None, gate: Gate | None = None) -> None:
         self._clock = clock
+        self._gate = gate
+        self._gated: list[str] = []
+        self._gate_ends = float("inf")
+        self._closings: sockdiag.Closings | None = None
+        self._closings_local: str | None = None
         self._logs = LogLimiter(limits.log_burst, limits.log_period, lambda m: log.warning("%s", m))
         self.ledger = Ledger(limits, self._logs.warn)
         self._limits = limits
@@ -351,8 +100,13 @@ class HandshakeGuard:
         self._refuser = refuser or _Refuser()
         self._calls: dict[str, tuple[bool, float]] = {}  # first calls not yet reconciled, by peer
         self._lock = threading.Lock()
+        self._woken = False                     # a wake-up is pending: the next ones need no syscall
+        self._wake_fd = -1                      # an eventfd the guard's thread waits on, once bound
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
         self._broken = False
         self._next_full = float("-inf")
+        self._next_pass = float("-inf")        # every lookup's cost counts against the share
         self._next_error_log = float("-inf")
 
     def bind(self, listen_ip: str, port: int) -> None:
@@ -377,6 +131,65 @@ class HandshakeGuard:
             return [(c.peer_ip, c.peer_port, c.inode)
                     for c in sockdiag.list_connections(port, families, local, peers, known)]
         self._lister = lister
+        self._gate = _ListenerGate(port, listen_ip)
+        try:
+            self._closings = sockdiag.Closings(port)
+            self._closings_local = local
+            self.ledger.counts_closings = True
+        except OSError as e:  # without CAP_NET_ADMIN: failures are what lookups see
+            log.info("closed connections are counted as lookups see them: %s", e.strerror or e)
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._thread = threading.Thread(target=self._run, name="handshake-guard", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the guard's thread (bounded: a pass never blocks for long)."""
+        self._closing.set()
+        if self._wake_fd >= 0:
+            os.eventfd_write(self._wake_fd, 1)
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                return
+        if self._closings is not None:
+            self._closings.close()
+        if self._wake_fd >= 0:
+            os.close(self._wake_fd)
+            self._wake_fd = -1
+
+    def _run(self) -> None:
+        """Wake on a new connection or a closed one (so a backoff starts, and the gate shuts,
+        right after the failure that earns it), else now and then."""
+        limits = self._limits
+        with selectors.DefaultSelector() as waiting:
+            waiting.register(self._wake_fd, selectors.EVENT_READ)
+            if self._closings is not None:
+                waiting.register(self._closings.fileno(), selectors.EVENT_READ)
+            lookup_due = False
+            while not self._closing.is_set():
+                # Unproven connections need looking at again soon (they may close, outstay the
+                # grace or pass a cap once no longer young) even when nothing new arrives.
+                timeout = limits.young / 4 if self.ledger.unproven() else limits.grace / 4
+                if lookup_due:
+                    timeout = min(timeout, self._next_pass - self._clock())
+                timeout = min(timeout, self._gate_ends - self._clock())
+                if not waiting.select(max(0.0, timeout)):
+                    lookup_due = True
+                try:
+                    os.eventfd_read(self._wake_fd)
+                    lookup_due = True
+                except BlockingIOError:
+                    pass
+                self._woken = False
+                if self._closing.is_set():
+                    return
+                if lookup_due and self._clock() >= self._next_pass:
+                    lookup_due = False
+                    self.poll()
+                else:  # a lookup must wait for the CPU share; closings cost next to nothing
+                    self.poll(lookup=False)
+                self._closing.wait(limits.pass_interval)
 
     def _disable(self, e: OSError) -> None:
         self._broken = True
@@ -384,14 +197,14 @@ class HandshakeGuard:
 
     def _failed_lookup(self, e: OSError) -> None:
         """A kernel that cannot list sockets at all switches the guard off; anything else (out of
-        descriptors in a flood, a timeout) costs this one connection its check."""
+        descriptors in a flood, a timeout) costs one pass."""
         if e.errno in _UNSUPPORTED:
             self._disable(e)
             return
         self._log_error(f"could not check a new connection for failed TLS handshakes: {e.strerror or e}")
 
     def _log_error(self, message: str, exc_info: bool = False) -> None:
-        """At most one such line per log period: this runs for every new connection."""
+        """At most one such line per log period: this runs on every pass."""
         now = self._clock()
         if now >= self._next_error_log:
             self._next_error_log = now + self._limits.log_period
@@ -404,16 +217,30 @@ class HandshakeGuard:
         calls[peer] = (authenticated, self._clock())
 
     def on_connection(self) -> None:
+        """gRPC is about to handshake a new connection: wake the guard, nothing more (this runs
+        on one of gRPC's few I/O threads, which every connection of the process shares)."""
+        if not self._woken:
+            self._woken = True
+            fd = self._wake_fd
+            if fd >= 0:
+                try:
+                    os.eventfd_write(fd, 1)
+                except OSError:
+                    pass  # closed meanwhile: the guard is stopping
+
+    def poll(self, lookup: bool = True) -> None:
+        """One pass: see what is open (without ``lookup``, only what closed), decide, shut
+        down what the ledger refuses."""
         lister = self._lister
         if lister is None or self._broken:
             return
         with self._lock:  # one lookup at a time, so an older list never overrides a newer one
             try:
-                refuse = self._look(lister)
+                refuse = self._look(lister) if lookup else self._closed_only()
             except OSError as e:
                 self._failed_lookup(e)
                 return
-            except Exception:  # noqa: BLE001 - a defect must cost a check, not a handshake or a log flood
+            except Exception:  # noqa: BLE001 - a defect must cost a check, not the guard or a log flood
                 self._log_error("the failed-handshake guard failed", exc_info=True)
                 return
         if refuse:
@@ -421,24 +248,68 @@ class HandshakeGuard:
                 self._refuser(refuse)
             except Exception:  # noqa: BLE001 - as above
                 self._log_error("the failed-handshake guard failed", exc_info=True)
+        self._update_gate()
+
+    def _update_gate(self) -> None:
+        """Refusing a connection after gRPC accepted it races its handshake; the gate refuses
+        the next ones of the same sources in the kernel, before the accept."""
+        gate = self._gate
+        if gate is None:
+            return
+        with self._lock:
+            sources, self._gate_ends = self.ledger.gated(self._clock(), synfilter.MAX_SOURCES)
+        if sources == self._gated:
+            return
+        try:
+            gate(sources)
+            self._gated = sources
+        except OSError as e:
+            self._gate = None
+            log.warning("new connections of refused sources are shut down after the accept: %s", e.strerror or e)
+        except Exception:  # noqa: BLE001 - a defect must cost the gate, not the guard
+            self._gate = None
+            self._log_error("the failed-handshake guard failed", exc_info=True)
 
     def _look(self, lister: Lister) -> list[Seen]:
         started = self._clock()
-        if started < self._next_full:
-            # Over the budget for a full lookup: watch only the sources that have failed lately
-            # (the kernel filters for them, so this costs little); a new source goes unseen.
-            scope = self.ledger.suspects(started, self._limits.max_targeted)
-            if not scope:
-                return []
-            seen = list(lister(scope))
+        # Read before the list is taken, applied after the calls: a call always precedes the
+        # closing of its connection, and a closing read here is of a connection in no later list.
+        closed = self._closings.drain() if self._closings is not None else []
+        try:
+            if started < self._next_full:
+                # Over the budget for a full lookup: watch only the sources that are refused, have
+                # an unproven connection or failed lately (the kernel filters for them, so this
+                # costs little); a connection from another source that opens and closes before
+                # the next full lookup goes unseen.
+                scope = self.ledger.suspects(started, self._limits.max_targeted)
+                if not scope:
+                    self._reconcile_calls()
+                    self._apply_closings(closed)
+                    return self.ledger.observe([], self._clock(), ())
+                seen = list(lister(scope))
+                self._reconcile_calls()
+                self._apply_closings(closed)
+                return self.ledger.observe(seen, self._clock(), scope)
+            seen = list(lister(None))
             self._reconcile_calls()
-            return self.ledger.observe(seen, self._clock(), scope)
-        seen = list(lister(None))
+            self._apply_closings(closed)
+            refuse = self.ledger.observe(seen, self._clock())
+            self._next_full = started + (self._clock() - started) / self._limits.lookup_share
+            return refuse
+        finally:
+            self._next_pass = started + (self._clock() - started) / self._limits.lookup_share
+
+    def _closed_only(self) -> list[Seen]:
+        closed = self._closings.drain() if self._closings is not None else []
         self._reconcile_calls()
-        refuse = self.ledger.observe(seen, self._clock())
-        spent = self._clock() - started
-        self._next_full = started + spent / self._limits.lookup_share
-        return refuse
+        self._apply_closings(closed)
+        return self.ledger.observe([], self._clock(), ())
+
+    def _apply_closings(self, closed: list[sockdiag.Connection]) -> None:
+        now, local = self._clock(), self._closings_local
+        for c in closed:
+            if c.peer_port and (local is None or c.local_ip == local):
+                self.ledger.closed(c.peer_ip, c.peer_port, now)
 
     def _reconcile_calls(self) -> None:
         """After the kernel's list was taken: a call queued before a connection closed is
@@ -451,6 +322,18 @@ class HandshakeGuard:
             key = peer_key(peer)
             if key is not None:
                 self.ledger.called(key[0], key[1], peer, authenticated, at)
+
+
+class _ListenerGate:
+    """The kernel filter on this process's listening sockets of the remote API."""
+
+    def __init__(self, port: int, listen_ip: str) -> None:
+        self._port, self._ip = port, listen_ip
+        self._fds = sockdiag.FdFinder()
+
+    def __call__(self, sources: Sequence[str]) -> None:
+        for fd in self._fds.find(sockdiag.listener_inodes(self._port, self._ip)).values():
+            synfilter.attach(fd, sources)
 
 
 class _Refuser:

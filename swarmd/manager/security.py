@@ -136,7 +136,7 @@ class ManagerSecurity:
 
     def server_credentials(self, on_connection: Callable[[], None] | None = None) -> grpc.ServerCredentials:
         """``on_connection`` runs before each handshake too (gRPC calls ``fetch`` on every new
-        connection): where the failed-handshake guard looks at the new connection."""
+        connection, on one of its I/O threads): it must be O(1), the guard only wakes there."""
         _, initial = self._current()
 
         def fetch() -> Any:

@@ -89,6 +89,12 @@ def test_the_kernel_filters_by_local_and_peer_address(pair: tuple[socket.socket,
             assert {(c.peer_ip, c.peer_port) for c in both} == everyone
             assert sockdiag.list_connections(port, local_ip=ip, peers=["127.0.0.1", "::1"]) == []
             assert sockdiag.list_connections(port, local_ip=private_loopback()) == []
+            prefix = {(c.peer_ip, c.peer_port) for c in sockdiag.list_connections(port, local_ip=ip,
+                                                                                   peers=["127.0.0.0/8"])}
+            assert prefix == everyone
+            assert sockdiag.list_connections(port, local_ip=ip, peers=["10.0.0.0/8"]) == []
+            with pytest.raises(ValueError):
+                sockdiag.list_connections(port, local_ip=ip, peers=["127.0.0.0/33"])
 
 
 def test_a_dual_stack_listener_shows_ipv4_peers_as_ipv4() -> None:
@@ -161,5 +167,37 @@ def test_ipv6_peers_and_local_address() -> None:
             assert sockdiag.listener_families(port, "::1") == (socket.AF_INET6,)
             assert sockdiag.list_connections(port, (socket.AF_INET6,), "::1", ["127.0.0.1", "::1"]) == expected
             assert sockdiag.list_connections(port, (socket.AF_INET6,), "::1", ["::2"]) == []
+            # An IPv6 source is a /64: the filter takes the prefix.
+            assert sockdiag.list_connections(port, (socket.AF_INET6,), "::1", ["::/64"]) == expected
+            assert sockdiag.list_connections(port, (socket.AF_INET6,), "::1", ["0:0:0:1::/64"]) == []
             assert sockdiag.list_connections(port, (socket.AF_INET6,), "::1", known={inode}) == [
                 sockdiag.Connection("", "", 0, inode)]
+
+
+def test_closings_report_every_connection_freed_on_the_port() -> None:
+    listener = socket.socket()
+    listener.bind((private_loopback(), 0))
+    listener.listen()
+    ip, port = listener.getsockname()
+    try:
+        closings = sockdiag.Closings(port)
+    except OSError as e:
+        listener.close()
+        pytest.skip(f"no sock_diag destroy reports here: {e}")
+    try:
+        peers = []
+        for _ in range(3):
+            with socket.socket() as client:
+                client.bind((private_loopback(), 0))
+                client.connect((ip, port))
+                peers.append(client.getsockname())
+                listener.accept()[0].close()
+        seen: set[tuple[str, int]] = set()
+
+        def all_reported() -> bool:
+            seen.update((c.peer_ip, c.peer_port) for c in closings.drain() if c.local_ip == ip)
+            return set(peers) <= seen
+        wait_for(all_reported, 5, what="the closings")
+    finally:
+        closings.close()
+        listener.close()

@@ -58,8 +58,8 @@ def test_sigterm_during_a_join_stuck_on_the_network_stops_the_daemon(daemon: Dae
                                 "--listen-addr", daemon.listen, f"{silent.addr[0]}:2377"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        # The reachability probe, then the TLS connection that never gets an answer.
-        wait_for(lambda: len(silent.accepted) >= 2, 15, what="the join to reach the silent manager")
+        # The join's TLS connection, which never gets an answer.
+        wait_for(lambda: len(silent.accepted) >= 1, 15, what="the join to reach the silent manager")
         assert daemon.stop(signal.SIGTERM, timeout=5.0) == 0
     finally:
         joining.kill()

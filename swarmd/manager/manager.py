@@ -92,7 +92,6 @@ class Manager:
 
     def _on_change(self) -> None:
         """After every apply (apply thread): wake what waits for the store."""
-        self.roles.kick()
         self.root_rotation.kick()
         with self._changed:
             self._changed.notify_all()

@@ -9,7 +9,8 @@ removal right now, a leader change) is retried with a growing delay until it suc
 desired role changes back; no store state is left half-changed by a failure, because the
 manager status is cleared only after the removal committed.
 
-It reacts to store changes and runs only while this manager leads (``LeaderSupervisor``).
+It reacts to store events that show a demotion waiting and runs only while this manager leads
+(``LeaderSupervisor``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from swarmd.errors import SwarmError
 from swarmd.store.raft import StoreError
+from swarmd.store.watch import Event, Watch
 from swarmd.timeutil import now_rfc3339
 
 if TYPE_CHECKING:
@@ -30,53 +32,64 @@ log = logging.getLogger(__name__)
 MIN_RETRY, MAX_RETRY = 0.2, 5.0
 
 
+def _demotion_waits(event: Event) -> bool:
+    return event.table == "nodes" and event.object.get("role") == "worker" and bool(event.object.get("manager"))
+
+
 class RoleManager:
     name = "role manager"
 
     def __init__(self, manager: Manager) -> None:
         self._manager = manager
-        self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._watch: Watch | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self._stopping.clear()
-        self._wake.set()
+        self._watch = self._manager.machine.events.subscribe(accept=_demotion_waits)
         self._thread = threading.Thread(target=self._run, name="role-manager", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
-        self._wake.set()
+        watch = self._watch
+        if watch is not None:
+            watch.close()  # wakes the thread
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(5.0)
 
-    def kick(self) -> None:
-        """The store changed (apply thread): look again."""
-        self._wake.set()
-
     def _run(self) -> None:
+        """A full pass at the start (and whenever the watch had to be renewed), then one for
+        each batch of store events that shows a demotion waiting; failures retry with a delay."""
         delay = MIN_RETRY
+        pending = True
         while not self._stopping.is_set():
-            self._wake.wait()
-            self._wake.clear()
-            if self._stopping.is_set():
-                return
-            try:
-                done = self.reconcile()
-            except (SwarmError, StoreError) as e:
-                log.info("role change not complete yet: %s (retrying in %.1fs)", e, delay)
-                done = False
-            except Exception:  # noqa: BLE001 - retried like any other failure
-                log.exception("role reconciliation failed (retrying in %.1fs)", delay)
-                done = False
-            if done:
-                delay = MIN_RETRY
-            else:
-                self._stopping.wait(delay)
-                delay = min(delay * 2, MAX_RETRY)
-                self._wake.set()
+            watch = self._watch
+            if watch is None or watch.closed:
+                if watch is not None and not watch.overflowed:
+                    return  # closed by stop()
+                watch = self._watch = self._manager.machine.events.subscribe(accept=_demotion_waits)
+                if self._stopping.is_set():  # stop() closed the old watch meanwhile
+                    watch.close()
+                    return
+                pending = True
+            if pending:
+                try:
+                    pending = not self.reconcile()
+                except (SwarmError, StoreError) as e:
+                    log.info("role change not complete yet: %s (retrying in %.1fs)", e, delay)
+                    pending = True
+                except Exception:  # noqa: BLE001 - retried like any other failure
+                    log.exception("role reconciliation failed (retrying in %.1fs)", delay)
+                    pending = True
+                delay = min(delay * 2, MAX_RETRY) if pending else MIN_RETRY
+            event = watch.get(timeout=delay if pending else None)
+            if event is not None:
+                pending = True
+                while watch.get(timeout=0) is not None:  # one pass for a burst
+                    pass
 
     def reconcile(self) -> bool:
         """One pass; True when every manager whose desired role is worker has been demoted."""

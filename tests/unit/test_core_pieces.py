@@ -196,3 +196,54 @@ def test_a_channel_is_never_closed_under_another_callers_call() -> None:
         servicer.release.set()
         remotes.close()
         server.stop(None)
+
+
+# -- store events and versions -----------------------------------------------------------------
+
+def test_every_committed_change_is_an_event_in_commit_order_with_its_version() -> None:
+    from swarmd.store.watch import CREATE, REMOVE, RESET, UPDATE
+
+    machine = StateMachine()
+    events = machine.events.subscribe()
+    bootstrap(machine)
+    created = machine.apply(encode_op("create_network", id="net1", name="a", now="t"))
+    machine.apply(encode_op("update_node", id="n", availability="drain", now="t"))
+    machine.apply(encode_op("create_network", id="net2", name="a", now="t"))  # refused: no event
+    machine.apply(encode_op("remove_network", id="net1"))
+    seen = [(e.table, e.action, e.object.get("id"), e.version) for e in iter(lambda: events.get(0), None)]
+    assert seen[:2] == [("cluster", CREATE, "c", 1), ("nodes", CREATE, "n", 1)]
+    assert ("networks", CREATE, "net1", created["index"]) in seen
+    assert seen[-2:] == [("nodes", UPDATE, "n", created["index"] + 1),
+                         ("networks", REMOVE, "net1", created["index"] + 2)]  # a refused op changes nothing
+    # Every changed object carries the version of its last change.
+    assert machine.read(lambda s: s["nodes"]["n"]["version"]) == created["index"] + 1
+    restored = machine.events.subscribe()
+    machine.load(machine.dump())
+    reset = restored.get(0)
+    assert reset is not None and reset.action == RESET
+
+
+def test_a_slow_subscriber_is_dropped_and_never_blocks_apply() -> None:
+    machine = StateMachine()
+    slow = machine.events.subscribe(maxsize=2)
+    fast = machine.events.subscribe()
+    bootstrap(machine)  # two events (the cluster and its node): the queue is full
+    for i in range(5):
+        assert machine.apply(encode_op("create_network", id=f"x{i}", name=f"x{i}", now="t"))["ok"]
+    assert slow.closed and slow.overflowed
+    assert not fast.closed
+    assert sum(1 for _ in iter(lambda: fast.get(0), None)) == 7
+
+
+def test_an_op_based_on_a_stale_version_is_refused() -> None:
+    from swarmd.store.machine import OUT_OF_SEQUENCE
+
+    machine = StateMachine()
+    bootstrap(machine)
+    version = machine.read(lambda s: s["nodes"]["n"]["version"])
+    first = machine.apply(encode_op("update_node", id="n", availability="drain", now="t",
+                                    expect={"nodes": {"n": version}}))
+    second = machine.apply(encode_op("update_node", id="n", availability="pause", now="t",
+                                     expect={"nodes": {"n": version}}))
+    assert first["ok"] and not second["ok"] and second["message"] == OUT_OF_SEQUENCE
+    assert machine.read(lambda s: s["nodes"]["n"]["availability"]) == "drain"

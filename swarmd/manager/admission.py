@@ -14,7 +14,6 @@ swarmkit has no admission rate limit; the refusal follows the wording of its ses
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import hashlib
 import math
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from swarmd import errors
+from swarmd.manager.ledger import source_of
 from swarmd.logs import LogLimiter
 from swarmd.errors import SwarmError
 from swarmd.ratelimit import Buckets, Limit
@@ -46,20 +46,6 @@ def refusal(what: str, retry_in: float) -> SwarmError:
     after = f"; retry in {seconds}s" if seconds else ""
     return SwarmError(errors.rpc_text("ResourceExhausted", f"{what} exceeded rate limit count of admissions{after}"),
                       grpc.StatusCode.RESOURCE_EXHAUSTED)
-
-
-def source_key(ip: str) -> str:
-    """The address a limit applies to: IPv6 hosts share their /64 (one host can hold all of it)."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
-        if not addr.is_loopback:
-            return str(ipaddress.ip_network(f"{addr}/64", strict=False))
-    return str(addr)
 
 
 def token_key(joiner_cert_pem: bytes) -> str:
@@ -111,7 +97,7 @@ class AdmissionLimiter:
     def admit(self, token: str, source_ip: str, now: float | None = None) -> None:
         """Take one admission from both buckets, or refuse (and take from neither)."""
         now = time.monotonic() if now is None else now
-        source = source_key(source_ip)
+        source = source_of(source_ip)
         if not self._sources.take(source, now):
             error = refusal(f"source {source}", self._sources.wait(source, now))
         elif not self._tokens.take(token, now):

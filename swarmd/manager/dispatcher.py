@@ -28,6 +28,7 @@ from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 from swarmd import errors
 from swarmd.errors import SwarmError
 from swarmd.manager import fields
+from swarmd.manager.leadership import LeaderLoop
 from swarmd.manager.manager import effective_role
 from swarmd.ratelimit import Buckets, Limit
 from swarmd.server import abort_on_error
@@ -288,33 +289,24 @@ class Dispatcher(pb_grpc.DispatcherServicer):
             self._status_writes.forget(node_id)
 
 
-class Liveness:
+class Liveness(LeaderLoop):
     """Leader-only (``LeaderSupervisor``): looks for silent nodes every ``REAP_PERIOD``."""
 
     name = "liveness"
 
     def __init__(self, dispatcher: Dispatcher, manager: Any) -> None:
+        super().__init__()
         self._dispatcher = dispatcher
         self._manager = manager
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self._dispatcher.leadership_gained()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="liveness", daemon=True)
-        self._thread.start()
+        super().start()
 
     def stop(self) -> None:
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(5.0)
+        super().stop()
         self._dispatcher.leadership_lost()
 
-    def _run(self) -> None:
-        while not self._stop.wait(REAP_PERIOD):
-            try:
-                self._dispatcher.reap(self._manager)
-            except Exception:  # noqa: BLE001 - the next period tries again
-                log.exception("liveness check failed")
+    def step(self) -> float | None:
+        self._dispatcher.reap(self._manager)
+        return REAP_PERIOD

@@ -25,6 +25,50 @@ class LeaderComponent(Protocol):
     def stop(self) -> None: ...
 
 
+class LeaderLoop:
+    """A leader component that is one thread: ``step()`` runs when woken (``kick``) and then
+    again after the number of seconds it returns (None: only when woken again)."""
+
+    name = "leader loop"
+
+    def __init__(self) -> None:
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def step(self) -> float | None:
+        raise NotImplementedError
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._wake.set()
+        self._thread = threading.Thread(target=self._run, name=self.name.replace(" ", "-"), daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5.0)
+
+    def _run(self) -> None:
+        again: float | None = None
+        while not self._stop.is_set():
+            self._wake.wait(again)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                again = self.step()
+            except Exception:  # noqa: BLE001 - one failed step must not end the component
+                log.exception("%s failed; trying again in a second", self.name)
+                again = 1.0
+
+
 class LeaderSupervisor:
     def __init__(self, components: list[LeaderComponent]) -> None:
         self._components = components

@@ -10,7 +10,6 @@ waited for: its old certificate is no longer trusted, and it rejoins with the ne
 from __future__ import annotations
 
 import logging
-import threading
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
@@ -20,6 +19,7 @@ from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.ca import pki, rotation, tokens
 from swarmd.errors import SwarmError
 from swarmd.initplan import spec_overrides
+from swarmd.manager.leadership import LeaderLoop
 from swarmd.timeutil import now_rfc3339
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def converged(node: dict[str, Any], desired_spki: str) -> bool:
     return bool((node.get("tls") or {}).get("issuer_public_key") == desired_spki)
 
 
-class RootRotationReconciler:
+class RootRotationReconciler(LeaderLoop):
     """Leader-only (``LeaderSupervisor``): steps a rotation in progress whenever the store
     changes (nodes report their new certificates), and at least every ``RETRY`` seconds while one
     is in progress (a write that failed)."""
@@ -86,39 +86,11 @@ class RootRotationReconciler:
     RETRY = 1.0
 
     def __init__(self, manager: Manager) -> None:
+        super().__init__()
         self._manager = manager
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def kick(self) -> None:
-        self._wake.set()
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._wake.set()
-        self._thread = threading.Thread(target=self._run, name="root-rotation", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(5.0)
-
-    def _run(self) -> None:
-        in_progress = False
-        while not self._stop.is_set():
-            self._wake.wait(self.RETRY if in_progress else None)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                in_progress = reconcile(self._manager)
-            except Exception:  # noqa: BLE001 - retried
-                log.exception("root rotation step failed")
-                in_progress = True
+    def step(self) -> float | None:
+        return self.RETRY if reconcile(self._manager) else None
 
 
 def reconcile(manager: Manager) -> bool:

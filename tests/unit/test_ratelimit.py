@@ -7,6 +7,7 @@ import pytest
 
 from swarmd.errors import SwarmError
 from swarmd.manager import admission
+from swarmd.manager.ledger import source_of
 from swarmd.ratelimit import Buckets, Limit, TokenBucket
 
 
@@ -88,11 +89,11 @@ def test_admission_refuses_with_the_limit_that_was_hit() -> None:
     ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
     ("2001:db8:1:2::ffff", "2001:db8:1:2::/64"),
     ("::ffff:10.1.2.3", "10.1.2.3"),
-    ("::1", "::1"),
+    ("::1", "::/64"),
     ("unix:", "unix:"),
 ])
 def test_sources_are_addresses_and_ipv6_slash_64s(ip: str, key: str) -> None:
-    assert admission.source_key(ip) == key
+    assert source_of(ip) == key
 
 
 @pytest.mark.parametrize(("text", "token", "source"), [

@@ -17,7 +17,7 @@ import grpc
 
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
-from swarmd.remotes import leader_hint
+from swarmd.remotes import leader_hint, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +115,7 @@ class Agent:
     def _session(self, addr: str) -> bool:
         """Run one session against ``addr``; True if it was established at some point."""
         established = False
-        channel = grpc.secure_channel(addr, self._credentials(), options=[
-            ("grpc.ssl_target_name_override", "swarm-manager"),
-            ("grpc.keepalive_time_ms", 2000), ("grpc.keepalive_timeout_ms", 2000),
-            ("grpc.keepalive_permit_without_calls", 1)])
+        channel = open_channel(addr, self._credentials(), "swarm-manager")
         self._channel = channel
         heartbeat_stop = threading.Event()
         try:

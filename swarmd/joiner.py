@@ -16,6 +16,7 @@ from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 from swarmd.ca import join, pki, tokens
 from swarmd.errors import SwarmError
+from swarmd.remotes import open_channel
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def request_certificate(remote: str, token_text: str, availability: str, adverti
     client_key, client_cert = ca.client_credentials()
     creds = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem, private_key=client_key,
                                          certificate_chain=client_cert)
-    with grpc.secure_channel(remote, creds, options=[("grpc.ssl_target_name_override", ca.sni)]) as channel:
+    with open_channel(remote, creds, ca.sni, common=False) as channel:
         stub = pb_grpc.CAStub(channel)
         try:
             root_pem = stub.GetRootCACertificate(pb.GetRootCACertificateRequest(), timeout=CALL_TIMEOUT).certificate

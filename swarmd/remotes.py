@@ -1,5 +1,9 @@
 """Channels to other managers, shared by every caller and closed only when no call uses them.
 
+Every channel the daemon opens is built here (``open_channel``, one set of options); the ones
+for calls (forwarding, membership, renewal) are also owned here (``Remotes``), while a
+long-lived stream (a node's session, a Raft link, a join) holds its own for its lifetime.
+
 A channel is made for an (address, TLS name) pair the first time a call needs it and reused
 by every later call. A failed call never closes it: gRPC reconnects a channel by itself, and
 closing a shared channel would cancel every other caller's call on it ("Channel closed!").
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -41,6 +45,18 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_receive_message_length", 4 << 20),
     ("grpc.max_send_message_length", 4 << 20),
 ]
+
+
+def open_channel(addr: str, credentials: grpc.ChannelCredentials, server_name: str,
+                 options: Sequence[tuple[str, int]] = (), common: bool = True) -> grpc.Channel:
+    """Every channel this daemon opens to a manager: one set of options (``CHANNEL_OPTIONS``),
+    which ``options`` may extend or override, and the TLS name the peer's certificate must carry.
+    A joiner's one-off channel (``common=False``) keeps gRPC's defaults: it makes two calls and
+    must see a failed handshake as such, not retry it."""
+    merged = dict(CHANNEL_OPTIONS) if common else {}
+    merged.update(options)
+    return grpc.secure_channel(addr, credentials, options=[("grpc.ssl_target_name_override", server_name),
+                                                           *merged.items()])
 
 
 def leader_hint(error: grpc.RpcError) -> str | None:
@@ -80,8 +96,7 @@ class Remotes:
                 raise SwarmError("this node is stopping")
             entry = self._live.get(key)
             if entry is None:
-                channel = grpc.secure_channel(addr, self._credentials(), options=[
-                    ("grpc.ssl_target_name_override", server_name), *CHANNEL_OPTIONS])
+                channel = open_channel(addr, self._credentials(), server_name)
                 entry = self._live[key] = _Entry(channel)
             entry.users += 1
         try:

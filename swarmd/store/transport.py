@@ -52,6 +52,7 @@ from pysyncobj.transport import Transport
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 from swarmd.ca import pki
+from swarmd.remotes import open_channel
 from swarmd.store.journal import MetaNotDurable
 
 log = logging.getLogger(__name__)
@@ -626,8 +627,7 @@ class _Dialer:
             credentials = self._net._channel_credentials()
         except Exception as e:  # noqa: BLE001
             return False, f"no TLS credentials: {e}"
-        channel = grpc.secure_channel(
-            addr, credentials, options=[("grpc.ssl_target_name_override", self.peer), *_CHANNEL_OPTIONS])
+        channel = open_channel(addr, credentials, self.peer, _CHANNEL_OPTIONS)
         link = _Link(self.peer, self._net._link_closed)
         connected = False
         try:

@@ -5,7 +5,7 @@ against ONE manager.
     .venv/bin/python bench/load_joins.py                 # 200 concurrent joins
     .venv/bin/python bench/load_joins.py --joins 500 --concurrency 100 --json
 
-Each simulated node runs ``swarmd.joiner.request_certificate`` -- the same client code a
+Each simulated node runs ``swarmd.node.joiner.request_certificate`` -- the same client code a
 ``swarmctl join`` runs inside the joining daemon -- from a thread of this process. The
 manager is a real ``swarmd`` on its own 127.77.N.M address in a private temp dir, stopped by
 PID at the end. The run checks that no admission was lost: ``node ls -q`` must grow by exactly
@@ -35,7 +35,7 @@ from clusterlib import (BenchError, CpuMeter, Daemon, check_binaries, check_row,
                         install_signal_handlers, log, percentile, proc_status, render_table)
 
 from swarmd.api.swarm.v1 import swarm_pb2 as pb  # noqa: E402
-from swarmd.joiner import JoinResult, request_certificate  # noqa: E402
+from swarmd.node.joiner import JoinResult, request_certificate  # noqa: E402
 
 TARGET_JOINS_PER_S = 50.0
 

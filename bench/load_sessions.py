@@ -53,7 +53,7 @@ from load_joins import admit_nodes  # noqa: E402
 
 from swarmd.api.swarm.v1 import swarm_pb2 as pb  # noqa: E402
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc  # noqa: E402
-from swarmd.joiner import JoinResult  # noqa: E402
+from swarmd.node.joiner import JoinResult  # noqa: E402
 
 TARGET_CPU = 50.0  # % of one core
 AGENT_OPTIONS = [("grpc.ssl_target_name_override", "swarm-manager"),  # as swarmd.agent

@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run_reset_state(state_dir: Path) -> int:
     from swarmd.errors import SwarmError
-    from swarmd.statereset import reset_state
+    from swarmd.node.reset import reset_state
 
     try:
         removed = reset_state(state_dir.absolute())
@@ -72,7 +72,7 @@ def read_config(path: Path | None) -> dict[str, str]:
 class Daemon:
     def __init__(self, args: argparse.Namespace) -> None:
         from swarmd.manager.authz import AuthzInterceptor, local_identity
-        from swarmd.node import NodeRuntime
+        from swarmd.node.runtime import NodeRuntime
 
         self.args = args
         self.state_dir: Path = (args.state_dir or paths.default_state_dir()).absolute()

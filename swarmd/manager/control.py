@@ -22,7 +22,7 @@ from swarmd.remotes import REQUEST_ID_KEY
 from swarmd.server import abort_on_error
 
 if TYPE_CHECKING:
-    from swarmd.node import NodeRuntime
+    from swarmd.node.runtime import NodeRuntime
 
 Ctx: TypeAlias = Any  # grpc ships no type information
 

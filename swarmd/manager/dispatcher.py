@@ -34,7 +34,7 @@ from swarmd.ratelimit import Buckets, Limit
 from swarmd.server import abort_on_error
 
 if TYPE_CHECKING:
-    from swarmd.node import NodeRuntime
+    from swarmd.node.runtime import NodeRuntime
 
 log = logging.getLogger(__name__)
 

@@ -214,7 +214,7 @@ def _tls_channel(c: Cluster, cert: bytes | None = None, key: bytes | None = None
 
 
 def _join_channel(c: Cluster, role: str) -> grpc.Channel:
-    """The joiner's channel (swarmd/joiner.py): a throw-away certificate of the token's join CA."""
+    """The joiner's channel (swarmd/node/joiner.py): a throw-away certificate of the token's join CA."""
     ca = join.join_ca(tokens.token_secret(c.join_tokens[role]))
     key, cert = ca.client_credentials()
     return _tls_channel(c, cert, key, trust=ca.cert_pem, name=ca.sni)

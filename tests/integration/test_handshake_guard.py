@@ -21,7 +21,7 @@ from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 from swarmd.ca import join as join_ca
 from swarmd.ca import tokens
-from swarmd.joiner import request_certificate
+from swarmd.node.joiner import request_certificate
 from swarmd.manager.guard import Limits
 from tests.harness import SWARMCTL, Daemon, join, node_rows, node_tls, private_loopback, wait_for
 

@@ -25,7 +25,7 @@ import pytest
 from swarmd.ca import keyfile, pki
 from swarmd.ca.store import CertificateStore
 from swarmd.errors import StateFileError
-from swarmd.nodestate import STATE_FILE, LocalState
+from swarmd.node.localstate import STATE_FILE, LocalState
 from swarmd.store import hardening
 from swarmd.store.crypto import DataCipher
 from swarmd.store.journal import EncryptedJournal, JournalError, MetaNotDurable

@@ -6,7 +6,7 @@ import random
 import threading
 from datetime import datetime, timedelta, timezone
 
-from swarmd.renewal import Renewer, renewal_time
+from swarmd.node.renewal import Renewer, renewal_time
 from tests.harness import wait_for
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)

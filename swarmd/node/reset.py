@@ -14,7 +14,7 @@ from pathlib import Path
 
 from swarmd.errors import SwarmError
 from swarmd.fsutil import fsync_dir, remove_tree
-from swarmd.nodestate import STATE_FILE
+from swarmd.node.localstate import STATE_FILE
 
 # What a swarm leaves in the state dir (raft.old-* is a --force-new-cluster in progress).
 _SWARM_DIRS = ("certificates", "raft")

@@ -25,14 +25,14 @@ import grpc
 
 from swarmd import __version__, errors, netaddr
 from swarmd.agent import Agent
-from swarmd.autolock import KeySealer
+from swarmd.node.autolock import KeySealer
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 from swarmd.ca import ids, keyfile, pki, rotation, tokens
 from swarmd.ca.store import CertificateStore
 from swarmd.errors import SwarmError
 from swarmd.fsutil import ensure_dir, remove_tree
-from swarmd.identity import LockedError, NodeIdentity, WrongUnlockKey
+from swarmd.node.identity import LockedError, NodeIdentity, WrongUnlockKey
 from swarmd.initplan import (
     DEFAULT_LISTEN_ADDR,
     InitPlan,
@@ -41,15 +41,15 @@ from swarmd.initplan import (
     host_description,
     plan_init,
 )
-from swarmd.joiner import JoinResult, request_certificate
+from swarmd.node.joiner import JoinResult, request_certificate
 from swarmd.manager.authz import AuthzInterceptor
 from swarmd.manager.dispatcher import Dispatcher
 from swarmd.manager.guard import HandshakeGuard
 from swarmd.manager.manager import Manager
 from swarmd.manager.security import ManagerSecurity
-from swarmd.nodestate import LocalState
+from swarmd.node.localstate import LocalState
 from swarmd.remotes import REQUEST_ID_KEY, Remotes, leader_hint
-from swarmd.renewal import Renewer
+from swarmd.node.renewal import Renewer
 from swarmd.server import start_remote_server
 from swarmd.store.transport import PeerNetwork
 from swarmd.timeutil import now_rfc3339

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 
 from swarmd.ca import keyfile
-from swarmd.identity import NodeIdentity
+from swarmd.node.identity import NodeIdentity
 
 log = logging.getLogger(__name__)
 

@@ -128,8 +128,3 @@ class Remotes:
                     idle.append(entry)
         for entry in idle:
             entry.channel.close()
-
-    def reopen(self) -> None:
-        """A manager that starts again (promotion after a demotion) may open channels again."""
-        with self._lock:
-            self._closed = False

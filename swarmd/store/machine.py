@@ -144,10 +144,10 @@ class StateMachine:
                 draft = {**before, "nodes": _Table(before["nodes"]), "networks": _Table(before["networks"])}
                 draft["index"] += 1
                 outcome: Result = {"ok": True, "index": draft["index"], **handler(draft, cmd)}
-                if isinstance(tag, str):
-                    draft["requests"] = _remember(before.get("requests", {}), tag, outcome)
                 events = [Event("", watch.RESET, {}, draft["index"])] if cmd["op"] == "restore" \
                     else _changes(before, draft)
+                if isinstance(tag, str):  # last: nothing after it can fail the op
+                    draft["requests"] = _remember(before.get("requests"), tag, outcome)
                 self._state = draft
             self.events.publish(events)
             return outcome
@@ -222,9 +222,12 @@ def _changes(before: State, after: State) -> list[Event]:
 MAX_REMEMBERED = 1024  # recent request tags; a retry comes within seconds of its first try
 
 
-def _remember(requests: dict[str, Result], tag: str, outcome: Result) -> dict[str, Result]:
-    """The request table with ``tag`` added and the oldest tags dropped (same on every replica)."""
-    table = dict(requests)
+def _remember(requests: dict[str, Result] | None, tag: str, outcome: Result) -> dict[str, Result]:
+    """The request table with ``tag`` added and the oldest tags dropped (same on every replica).
+
+    Changed in place, not copied: this runs under the state lock once the op has succeeded, and
+    the state it belonged to is replaced by the draft right after, so nobody sees it change."""
+    table = requests if requests is not None else {}
     table[tag] = outcome
     while len(table) > MAX_REMEMBERED:
         del table[next(iter(table))]

@@ -72,6 +72,7 @@ OPERATION_WAIT = 10.0          # how long init, join, leave, unlock wait for ano
 SHUTDOWN_WAIT = 2.0            # how long a shutdown lets a running operation reach its next step
 JOIN_SESSION_TIMEOUT = 10.0
 DEMOTED_TIMEOUT = 10.0
+HANDOVER_TIMEOUT = 10.0        # a leader that leaves waits this long for another to take over
 ROLE_RETRY_MIN, ROLE_RETRY_MAX = 0.5, 30.0
 JOIN_TIMEOUT_TEXT = ('Timeout was reached before node joined. The attempt to join the swarm will continue in the '
                      'background. Use the "swarmctl info" command to see the current swarm status of your node.')
@@ -730,9 +731,11 @@ class NodeRuntime:
         if not others:
             return
         try:
-            if manager.is_leader():
-                manager.store.transfer_leadership()
-                manager.store.wait_leader(5.0)
+            # The leader cannot take itself out: it hands over first, and the next leader does.
+            if manager.is_leader() and not manager.store.transfer_leadership(timeout=HANDOVER_TIMEOUT):
+                log.warning("no other manager took over the leadership in %.0fs; leaving without handing it "
+                            "over (the others elect a leader once this one is gone)", HANDOVER_TIMEOUT)
+                return
             self._call_leader("RaftMembership", "Leave", pb.RaftLeaveRequest(), others)
         except Exception as e:  # noqa: BLE001 - leaving goes on regardless
             log.warning("could not leave the raft cluster cleanly: %s", e)

@@ -91,7 +91,7 @@ def confirmed_once(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(self: Any, request: Any, context: Ctx) -> Any:
         manager = self.rt.require_manager()
-        with requestid.scope(None):
+        with requestid.scope(None, leader_only=False):
             return _serve(manager, fn, self, request, context)
     return wrapper
 

@@ -133,8 +133,12 @@ class Manager:
         no-leader text). A follower answers from its own copy while it knows a leader
         (``info``); everything else is forwarded to the leader."""
         if self.store.is_leader():
-            if not requestid.read_in_call():  # in a call, confirmed once before it answers
+            # In a call, once this leader has applied everything committed before its term, the
+            # read is confirmed once, before the call answers; otherwise it is confirmed first.
+            if not (requestid.in_call() and self.store.applied_own_term() and requestid.read_in_call()):
                 self.confirm_leadership()
+        elif requestid.in_leader_only_call():
+            raise SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN)  # the leadership moved mid-call
         elif self.store.leader_id() is None:
             raise SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN)
         return self.machine.read(fn)

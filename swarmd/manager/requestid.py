@@ -20,8 +20,9 @@ _VALID = re.compile(r"[a-z0-9]{1,64}")
 
 
 class _Call:
-    def __init__(self, request_id: str | None) -> None:
+    def __init__(self, request_id: str | None, leader_only: bool) -> None:
         self.request_id = request_id
+        self.leader_only = leader_only
         self.counter = itertools.count(1)
         self.committed = False
         self.unconfirmed_reads = False
@@ -31,10 +32,12 @@ _current: ContextVar[_Call | None] = ContextVar("request_id", default=None)
 
 
 @contextmanager
-def scope(request_id: str | None) -> Iterator[None]:
-    """Tag the writes proposed inside the block (a malformed ID tags nothing)."""
+def scope(request_id: str | None, leader_only: bool = True) -> Iterator[None]:
+    """A call being served: tag the writes proposed inside the block (a malformed ID tags
+    nothing). ``leader_only``: the call may only be answered by the leader (never from a
+    follower's copy of the state, should the leadership move while it runs)."""
     valid = request_id if request_id and _VALID.fullmatch(request_id) else None
-    token = _current.set(_Call(valid))
+    token = _current.set(_Call(valid, leader_only))
     try:
         yield
     finally:
@@ -54,6 +57,15 @@ def committed() -> None:
     call = _current.get()
     if call is not None:
         call.committed = True
+
+
+def in_call() -> bool:
+    return _current.get() is not None
+
+
+def in_leader_only_call() -> bool:
+    call = _current.get()
+    return call is not None and call.leader_only
 
 
 def read_in_call() -> bool:

@@ -341,6 +341,16 @@ class RaftStore:
             time.sleep(0.005)
         return True
 
+    def applied_own_term(self) -> bool:
+        """Whether this leader has applied its term's first entry, and so everything committed
+        before it became leader (a read of its state then misses no acknowledged write, if it
+        still leads: ``confirm_leadership`` proves that)."""
+        obj = self._syncobj
+        if obj is None:
+            return False
+        noop = obj._SyncObj__noopIDx
+        return noop is not None and obj._SyncObj__raftLastApplied >= noop
+
     def confirm_leadership(self, timeout: float = READ_TIMEOUT) -> None:
         """Return once this member has confirmed, after the call, that a majority still follows
         it and it has applied everything committed before (see ``store.reads``); then a read of

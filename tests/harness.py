@@ -31,6 +31,16 @@ def private_loopback() -> str:
     return f"127.{100 + os.getpid() % 150}.{n // 250}.{n % 250 + 2}"
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    """SIGTERM a process the test started, SIGKILL it if it does not end within ``timeout``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, step: float = 0.02, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:

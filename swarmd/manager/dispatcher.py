@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import grpc
 
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 CREATE, UPDATE, REMOVE, RESET = "create", "update", "remove", "reset"
-TABLES = ("cluster", "nodes", "networks")
 DEFAULT_QUEUE = 10_000
 
 

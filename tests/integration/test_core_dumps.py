@@ -21,7 +21,7 @@ import pytest
 
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
-from tests.harness import SWARMD, Daemon, wait_for
+from tests.harness import Daemon, SWARMD, stop_process, wait_for
 
 NOBODY = 65534
 SETPRIV = shutil.which("setpriv") or "setpriv"
@@ -69,12 +69,7 @@ def test_daemon_marks_itself_non_dumpable(unprivileged_dir: Path) -> None:
         assert os.stat(f"/proc/{proc.pid}/status").st_uid == 0  # ...yet its /proc files are root's
         assert core_limit(proc.pid) == "0 0"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 def test_manager_has_no_core_file_limit(manager: Daemon) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import SWARMCTL, SWARMD, wait_for
+from tests.harness import SWARMCTL, SWARMD, stop_process, wait_for
 from tests.netns.test_netaddr_netns import NetNS, make_netns, sw3  # noqa: F401 - fixtures
 
 pytestmark = [
@@ -53,10 +53,5 @@ def test_init_on_a_two_interface_host(sw3: NetNS, tmp_path: Path) -> None:  # no
         assert "  Node Address: 10.99.0.2\n" in info and "   10.99.0.2:2377\n" in info
         assert ctl(sock, "leave", "--force").returncode == 0
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
         log.close()

@@ -84,13 +84,21 @@ class Daemon:
         self.runtime = NodeRuntime(self.state_dir, args.hostname or socket.gethostname(), self._register)
         self._local_interceptor = AuthzInterceptor(local_identity)
 
-    def _register(self, server: Any) -> None:
+    def _register_control(self, server: Any) -> None:
+        """The control socket's services. Not the dispatcher: nodes call it, never a local
+        user, and its handlers are coroutines of the remote API's loop."""
         from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
         from swarmd.manager.control import CAServicer, ControlServicer, RaftMembershipServicer
 
         pb_grpc.add_ControlServicer_to_server(ControlServicer(self.runtime), server)
         pb_grpc.add_CAServicer_to_server(CAServicer(self.runtime), server)
         pb_grpc.add_RaftMembershipServicer_to_server(RaftMembershipServicer(self.runtime), server)
+
+    def _register(self, server: Any) -> None:
+        """The remote API's services (the Raft transport adds its own)."""
+        from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
+
+        self._register_control(server)
         pb_grpc.add_DispatcherServicer_to_server(self.runtime.dispatcher, server)
 
     def _lock_state_dir(self) -> None:
@@ -128,7 +136,7 @@ class Daemon:
         systemd.notify("STATUS=starting")
         self._lock_state_dir()
         self.runtime.resume()
-        self._control = start_control_server(self.socket_path, self._local_interceptor, self._register)
+        self._control = start_control_server(self.socket_path, self._local_interceptor, self._register_control)
         status = self._status()
         log.info("swarmd %s ready: %s", __version__, status)
         systemd.notify(f"READY=1\nSTATUS={status}")

@@ -33,6 +33,8 @@ def setup(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     set_level(level)
+    # grpc.aio logs a line per call at DEBUG ("Loaded running loop"): noise, even when debugging.
+    logging.getLogger("grpc._cython.cygrpc").setLevel(logging.INFO)
     # pysyncobj logs every failed tick at ERROR with a traceback; keep it, it is rare and real.
 
 

@@ -9,13 +9,16 @@ its bytes were wrong.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
+
+from swarmd.handlers import checked, rebuild
 
 from swarmd.logs import LogLimiter
 
@@ -63,35 +66,45 @@ class MalformedRequestInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         def refuse(context: grpc.ServicerContext, bad: _Unparsed) -> None:
             self._warn(f"refused a malformed {method} request from {context.peer()}: {bad.why}")
 
-        def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
-            def checked(request: Any, context: grpc.ServicerContext) -> Any:
-                if isinstance(request, _Unparsed):
-                    refuse(context, request)
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refusal(method, request.why))
-                return behavior(request, context)
-            return checked
+        def check(request: Any, context: grpc.ServicerContext) -> tuple[grpc.StatusCode, str] | None:
+            if isinstance(request, _Unparsed):
+                refuse(context, request)
+                return grpc.StatusCode.INVALID_ARGUMENT, _refusal(method, request.why)
+            return None
 
         def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
-            def checked(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            def bad_message(context: grpc.ServicerContext, request: _Unparsed) -> MalformedRequest:
+                refuse(context, request)
+                context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+                context.set_details(_refusal(method, request.why))
+                return MalformedRequest(request.why)
+
+            if inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior):
+                def wrap_async(requests: AsyncIterator[Any], context: grpc.ServicerContext) -> Any:
+                    async def parsed() -> AsyncIterator[Any]:
+                        async for request in requests:
+                            if isinstance(request, _Unparsed):
+                                raise bad_message(context, request)
+                            yield request
+                    return behavior(parsed(), context)
+                if inspect.iscoroutinefunction(behavior):
+                    async def coroutine(requests: AsyncIterator[Any], context: grpc.ServicerContext) -> Any:
+                        return await wrap_async(requests, context)
+                    return coroutine
+
+                async def agen(requests: AsyncIterator[Any], context: grpc.ServicerContext) -> AsyncIterator[Any]:
+                    async for item in wrap_async(requests, context):
+                        yield item
+                return agen
+
+            def plain(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
                 def parsed() -> Iterator[Any]:
                     for request in requests:
                         if isinstance(request, _Unparsed):
-                            refuse(context, request)
-                            context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
-                            context.set_details(_refusal(method, request.why))
-                            raise MalformedRequest(request.why)
+                            raise bad_message(context, request)
                         yield request
                 return behavior(parsed(), context)
-            return checked
+            return plain
 
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                unary(handler.unary_unary), deserialize, handler.response_serializer)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                unary(handler.unary_stream), deserialize, handler.response_serializer)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                streaming(handler.stream_unary), deserialize, handler.response_serializer)
-        return grpc.stream_stream_rpc_method_handler(
-            streaming(handler.stream_stream), deserialize, handler.response_serializer)
+        return rebuild(handler, lambda behavior, streams: streaming(behavior) if streams else checked(behavior, check),
+                       deserializer=deserialize)

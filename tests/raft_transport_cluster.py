@@ -13,7 +13,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -25,7 +24,8 @@ from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 from swarmd.ca import ids, pki
 from swarmd.store.machine import StateMachine, encode_op
 from swarmd.store.raft import RaftStore, StoreError
-from swarmd.store.transport import SERVER_OPTIONS, PeerNetwork
+from swarmd.server import start_remote_server
+from swarmd.store.transport import PeerNetwork
 from tests.harness import wait_for as harness_wait_for
 
 CLUSTER = {"id": "c" * 25, "default_addr_pool": [], "subnet_size": 24,
@@ -86,16 +86,16 @@ class Member:
     def serve(self) -> Member:
         self.network = PeerNetwork(self.node_id, self.addresses.get,
                                    lambda: self.ca.channel_credentials(self.cert, self.key))
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="test-grpc"),
-                             options=SERVER_OPTIONS)
-        pb_grpc.add_RaftServicer_to_server(self.network.servicer(), server)
+        network = self.network
         creds = grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca.cert,
                                             require_client_auth=True)
-        port = server.add_secure_port("127.0.0.1:0", creds)
-        assert port > 0
-        server.start()
-        self.server = server
-        self.addresses[self.node_id] = f"127.0.0.1:{port}"
+        ports: list[int] = []
+        # The daemon's own remote API server (grpc.aio, Raft streams as coroutines on its loop).
+        self.server = start_remote_server("127.0.0.1:0", creds, [],
+                                          lambda server: pb_grpc.add_RaftServicer_to_server(network.servicer(), server),
+                                          on_bound=ports.append)
+        assert ports and ports[0] > 0
+        self.addresses[self.node_id] = f"127.0.0.1:{ports[0]}"
         return self
 
     def start(self, peers: Iterable[str]) -> Member:
@@ -119,7 +119,7 @@ class Member:
             self.network.close()
             self.network = None
         if self.server is not None:
-            self.server.stop(None).wait(5)
+            self.server.stop(0)
             self.server = None
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import grpc
 
+from swarmd.handlers import checked, rebuild
+
 log = logging.getLogger(__name__)
 
 LOCAL = "local"
@@ -76,26 +78,13 @@ class AuthzInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         method = details.method
         on_call = self._on_call
 
-        def guard(behavior: Callable[..., Any]) -> Callable[..., Any]:
-            def checked(request: Any, context: grpc.ServicerContext) -> Any:
-                role = self._identify(context)
-                if on_call is not None:
-                    on_call(context.peer(), role is not None)
-                if role not in allowed:
-                    log.warning("refused %s for %s", method, role or "an unidentified peer")
-                    context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                  f"Permission denied: unauthorized peer role: {role or 'none'}")
-                return behavior(request, context)
-            return checked
+        def check(request: Any, context: grpc.ServicerContext) -> tuple[grpc.StatusCode, str] | None:
+            role = self._identify(context)
+            if on_call is not None:
+                on_call(context.peer(), role is not None)
+            if role not in allowed:
+                log.warning("refused %s for %s", method, role or "an unidentified peer")
+                return grpc.StatusCode.PERMISSION_DENIED, f"Permission denied: unauthorized peer role: {role or 'none'}"
+            return None
 
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                guard(handler.unary_unary), handler.request_deserializer, handler.response_serializer)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                guard(handler.unary_stream), handler.request_deserializer, handler.response_serializer)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                guard(handler.stream_unary), handler.request_deserializer, handler.response_serializer)
-        return grpc.stream_stream_rpc_method_handler(
-            guard(handler.stream_stream), handler.request_deserializer, handler.response_serializer)
+        return rebuild(handler, lambda behavior, _: checked(behavior, check))

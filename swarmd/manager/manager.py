@@ -341,6 +341,24 @@ class Manager:
         current = self.machine.read(lambda state: dict(state["nodes"].get(node_id) or {}))
         return {k: v for k, v in fields.items() if current.get(k) != v} if current else {}
 
+    def set_node_statuses(self, changes: dict[str, dict[str, Any]]) -> dict[str, str]:
+        """Write several nodes' status changes at once (they share Raft entries: after an
+        election thousands of nodes report within seconds). Returns why each failed write
+        failed, by node ID."""
+        now = now_rfc3339()
+        ids = list(changes)
+        try:
+            outcomes = self.store.propose_many([encode_op("set_node_status", id=i, now=now, **changes[i]) for i in ids])
+        except StoreError as e:
+            return {i: str(e) for i in ids}
+        failed = {}
+        for node_id, outcome in zip(ids, outcomes):
+            if isinstance(outcome, Exception):
+                failed[node_id] = str(outcome)
+            elif not outcome.get("ok"):
+                failed[node_id] = str(outcome.get("message"))
+        return failed
+
     def set_node_status(self, node_id: str, **fields: Any) -> bool:
         """Write a node's status only when it changed (DESIGN §6: no heartbeat writes); True if
         a write was made."""

@@ -24,7 +24,7 @@ def cluster_roots(cluster: dict[str, Any]) -> tuple[str, ...]:
     return (current, str(rotating["cert"])) if rotating else (current,)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1 << 15)  # a fleet of 10,000 nodes, twice during a rotation
 def issuer_of(cert_pem: bytes, roots: tuple[str, ...]) -> tuple[str, str] | None:
     """(CertIssuerSubject, CertIssuerPublicKey) of the root in ``roots`` that signed the leaf
     (during a rotation the new key signs, and the new root carries it); None if none did.

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 RoleOf = Callable[[str], "str | None"]
 # (cluster_id, {"worker": token, "manager": token}, role_of)
 TrustSource = Callable[[], tuple[str, dict[str, str], RoleOf]]
+# Certificates kept parsed and verified: every node calls every few seconds, so the cache must
+# hold a whole fleet (10,000 nodes, with two certificates each during a root rotation).
+CERT_CACHE = 1 << 15
 
 
 @functools.lru_cache(maxsize=16)
@@ -34,7 +37,7 @@ def _join_ca(secret: str) -> join.JoinCA:
     return join.join_ca(secret)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=CERT_CACHE)
 def _parse(pem: bytes) -> x509.Certificate | None:
     try:
         return x509.load_pem_x509_certificate(pem)
@@ -42,7 +45,7 @@ def _parse(pem: bytes) -> x509.Certificate | None:
         return None
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=CERT_CACHE)
 def _root_identity(pem: bytes, roots_pem: bytes) -> pki.Identity | None:
     """The identity in a leaf one of the roots signed directly (cached: nodes call every few
     seconds). During a root rotation the roots are the old and the new one."""

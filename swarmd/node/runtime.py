@@ -346,7 +346,7 @@ class NodeRuntime:
         guard = self._guard = HandshakeGuard()
         listen_ip = netaddr.host_of(local.listen_addr)
         self._remote = start_remote_server(local.listen_addr, security.server_credentials(guard.on_connection),
-                                           AuthzInterceptor(self.remote_role, on_call=guard.on_call), register,
+                                           [AuthzInterceptor(self.remote_role, on_call=guard.on_call)], register,
                                            on_bound=lambda port: guard.bind(listen_ip, port))
         log.debug("remote API on %s after %.3fs", local.listen_addr, time.monotonic() - started)
         try:
@@ -373,7 +373,7 @@ class NodeRuntime:
 
     def _stop_manager(self) -> None:
         if self._remote is not None:
-            self._remote.stop(1.0).wait(2.0)
+            self._remote.stop(1.0)
             self._remote = None
         if self._guard is not None:
             self._guard.close()

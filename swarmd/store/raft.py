@@ -553,22 +553,37 @@ class RaftStore:
         limit, for the one write that carries a whole state (force-new-cluster); pysyncobj
         ships a large entry to followers in small chunks.
         """
-        if max_bytes is not None and len(op) > max_bytes:
-            raise OpTooLarge(f"the change takes {len(op)} bytes, more than the {max_bytes} byte limit of one write")
+        outcome = self.propose_many([op], timeout, max_bytes)[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def propose_many(self, ops: list[bytes], timeout: float = 5.0,
+                     max_bytes: int | None = MAX_OP_BYTES) -> list[Result | StoreError]:
+        """Replicate several independent ops at once (they share entries, up to the batch
+        limits) and return each one's result or error, in order."""
+        for op in ops:
+            if max_bytes is not None and len(op) > max_bytes:
+                raise OpTooLarge(f"the change takes {len(op)} bytes, more than the {max_bytes} byte limit of one write")
         self._check_disk()
         obj = self._obj()
-        proposal = _Proposal(op)
-        self._proposals.append(proposal)
-        obj._SyncObj__pipeNotifier.notify()  # the tick thread hands it to Raft (_submit_proposals)
-        if not proposal.done.wait(timeout):
-            if obj._getLeader() is None:
-                raise StoreError("no leader", no_leader=True)
-            raise StoreError("timed out waiting for the write to commit")
-        error = proposal.error
-        if error != FAIL_REASON.SUCCESS:
-            raise StoreError(_FAIL_TEXT.get(error, f"write failed ({error})"),
-                             no_leader=error in (FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER))
-        return proposal.result
+        proposals = [_Proposal(op) for op in ops]
+        self._proposals.extend(proposals)
+        obj._SyncObj__pipeNotifier.notify()  # the tick thread hands them to Raft (_submit_proposals)
+        deadline = time.monotonic() + timeout
+        outcomes: list[Result | StoreError] = []
+        for proposal in proposals:
+            if not proposal.done.wait(max(0.0, deadline - time.monotonic())):
+                outcomes.append(StoreError("no leader", no_leader=True) if obj._getLeader() is None
+                                else StoreError("timed out waiting for the write to commit"))
+                continue
+            error = proposal.error
+            if error != FAIL_REASON.SUCCESS:
+                outcomes.append(StoreError(_FAIL_TEXT.get(error, f"write failed ({error})"),
+                                           no_leader=error in (FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER)))
+            else:
+                outcomes.append(proposal.result)
+        return outcomes
 
     def _submit_proposals(self) -> None:
         """On the tick thread: every waiting proposal into as few entries as the limits allow."""

@@ -34,6 +34,7 @@ of pysyncobj's (``_SCHEMA``) are dropped whole with a log line.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import fcntl
 import logging
@@ -41,7 +42,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -84,17 +85,6 @@ _CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_send_message_length", MAX_FRAME + _GRPC_SLACK),
     ("grpc.use_local_subchannel_pool", 1),
 ]
-
-#: Options the server carrying the Raft service should have: accept the dialers' keepalive pings
-#: and frames up to ``MAX_FRAME``. (Heartbeat frames keep the ping policy satisfied even without
-#: the first two, as both ends send data at least every ``HEARTBEAT_INTERVAL``.)
-SERVER_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
-    ("grpc.http2.max_ping_strikes", 0),
-    ("grpc.max_receive_message_length", MAX_FRAME + _GRPC_SLACK),
-    ("grpc.max_send_message_length", MAX_FRAME + _GRPC_SLACK),
-]
-
 
 # -- codec ---------------------------------------------------------------------------------------
 
@@ -241,6 +231,9 @@ def _short(value: Any) -> str:
 
 # -- one stream ----------------------------------------------------------------------------------
 
+_NOTHING_YET = pb.RaftFrame(payload=b"\0")  # a marker from frames(block=False), never sent
+
+
 class _Link:
     """One live stream to a peer, either direction. Thread-safe."""
 
@@ -255,6 +248,9 @@ class _Link:
         self.last_sent = time.monotonic()
         self.bad_frames = 0
         self.bad_in_a_row = 0
+        # An accepted stream's writer is a coroutine on the remote API's loop: a thread that
+        # queues a payload wakes it through the loop (the one explicit hand-off).
+        self._waker: Callable[[], None] | None = None
 
     @property
     def closed(self) -> bool:
@@ -271,9 +267,37 @@ class _Link:
             return False
         self.last_sent = time.monotonic()
         self._out.put(payload)
+        waker = self._waker
+        if waker is not None:
+            waker()
         return True
 
-    def frames(self, accepted_mark: bool) -> Iterator[pb.RaftFrame]:
+    async def async_frames(self) -> AsyncIterator[pb.RaftFrame]:
+        """``frames`` for a coroutine: waits on the loop, not in a thread."""
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+
+        def wake() -> None:
+            try:
+                loop.call_soon_threadsafe(ready.set)
+            except RuntimeError:  # the loop is closed: the server stopped, the stream is gone
+                pass
+        self._waker = wake
+        try:
+            frames = self.frames(accepted_mark=True, block=False)
+            while True:
+                frame = next(frames, None)
+                if frame is None:
+                    return
+                if frame is _NOTHING_YET:
+                    await ready.wait()
+                    ready.clear()
+                    continue
+                yield frame
+        finally:
+            self._waker = None
+
+    def frames(self, accepted_mark: bool, block: bool = True) -> Iterator[pb.RaftFrame]:
         """The outbound frames, for gRPC's writer; ends when the link closes.
 
         Messages queued while the previous frame was being written travel together in one
@@ -283,7 +307,14 @@ class _Link:
         pending: bytes | None = None  # taken from the queue but too big for the last frame
         while True:
             if pending is None:
-                payload = self._out.get()
+                if block:
+                    payload = self._out.get()
+                else:
+                    try:
+                        payload = self._out.get_nowait()
+                    except queue.Empty:
+                        yield _NOTHING_YET  # the caller waits for a wake-up and asks again
+                        continue
                 if payload is None:
                     return
             else:
@@ -320,6 +351,9 @@ class _Link:
                 return
             self._closed.set()
         self._out.put(None)
+        waker = self._waker
+        if waker is not None:
+            waker()
         self._on_close(self, reason)
 
 
@@ -671,8 +705,9 @@ class _RaftServicer(pb_grpc.RaftServicer):
     def __init__(self, network: PeerNetwork) -> None:
         self._net = network
 
-    def Stream(self, request_iterator: Any, context: Any) -> Iterator[pb.RaftFrame]:  # noqa: N802
-        return self._net._accept(request_iterator, context)
+    async def Stream(self, request_iterator: Any, context: Any) -> AsyncIterator[pb.RaftFrame]:  # noqa: N802
+        async for frame in self._net._accept(request_iterator, context):
+            yield frame
 
 
 def _caller_id(context: Any) -> tuple[str | None, str | None]:
@@ -710,7 +745,6 @@ class PeerNetwork:
         self._members: set[str] = set()
         self._links: dict[str, _Link] = {}
         self._dialers: dict[str, _Dialer] = {}
-        self._readers: set[threading.Thread] = set()
         self._closed = False
 
     # -- public ------------------------------------------------------------------------------------
@@ -753,13 +787,12 @@ class PeerNetwork:
             self._dialers.clear()
             self._members.clear()
             links = list(self._links.values())
-            readers = list(self._readers)
         for dialer in dialers:
             dialer.stop()
         for link in links:
             link.close("stopping")
         deadline = time.monotonic() + JOIN_TIMEOUT
-        for thread in [d.thread for d in dialers] + readers:
+        for thread in [d.thread for d in dialers]:
             if thread is not threading.current_thread() and thread.ident is not None:
                 thread.join(max(0.0, deadline - time.monotonic()))
                 if thread.is_alive():
@@ -832,14 +865,16 @@ class PeerNetwork:
         if sink is not None:
             sink.post_messages(link, messages)
 
-    def _accept(self, request_iterator: Any, context: Any) -> Iterator[pb.RaftFrame]:
+    async def _accept(self, request_iterator: Any, context: Any) -> AsyncIterator[pb.RaftFrame]:
+        """A peer's stream, on the remote API's loop: a reader task hands its frames to the
+        store, and the link's queue feeds the writer."""
         peer, role = _caller_id(context)
         if not peer:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "raft: no verified peer certificate")
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "raft: no verified peer certificate")
         assert peer is not None
         if role is not None and role != pki.MANAGER_ROLE:
             log.warning("raft: refused a stream from %s (role %s)", peer, role)
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"raft: {role} certificates may not join raft")
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"raft: {role} certificates may not join raft")
         # A manager that is joining starts its store right after the leader added it: give the
         # store a moment instead of sending the leader into its reconnect backoff.
         deadline = time.monotonic() + ATTACH_WAIT
@@ -847,46 +882,49 @@ class PeerNetwork:
             with self._lock:
                 attached = self._sink is not None and not self._closed
                 member = peer in self._members
-            if attached or time.monotonic() >= deadline or not context.is_active():
+            if attached or time.monotonic() >= deadline or context.done():
                 break
-            time.sleep(0.005)
+            await asyncio.sleep(0.005)
         if not attached:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "raft: the store of this manager is not running")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "raft: the store of this manager is not running")
         if not member:
             log.info("raft: refused a stream from %s: not a raft member", peer)
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"raft: {peer} is not a member of the raft cluster")
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"raft: {peer} is not a member of the raft cluster")
         if peer <= self.self_id:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"raft: {self.self_id} dials {peer}, not the other way round")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"raft: {self.self_id} dials {peer}, not the other way round")
         link = _Link(peer, self._link_closed)
-        if not context.add_callback(lambda: link.close("stream ended")):
-            link.close("stream ended")
         if not self._register(link):
             link.close("not registered")
-            context.abort(grpc.StatusCode.UNAVAILABLE, "raft: this manager is stopping or changed membership")
-        reader = threading.Thread(target=self._read, args=(link, request_iterator),
-                                  name=f"raft-recv-{peer[:12]}", daemon=True)
-        with self._lock:
-            self._readers.add(reader)
-        reader.start()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "raft: this manager is stopping or changed membership")
+        reader = asyncio.get_running_loop().create_task(self._read(link, request_iterator))
         log.info("raft: accepted a stream from %s", peer)
-        return link.frames(accepted_mark=True)
+        reason = "stream ended"
+        try:
+            async for frame in link.async_frames():
+                yield frame
+        except asyncio.CancelledError:
+            reason = "the peer went away"
+            raise
+        finally:
+            reader.cancel()
+            link.close(reason)
 
-    def _read(self, link: _Link, request_iterator: Any) -> None:
+    async def _read(self, link: _Link, request_iterator: Any) -> None:
         reason = "the peer ended it"
         try:
-            for frame in request_iterator:
+            async for frame in request_iterator:
                 if link.closed:
                     break
                 self._receive(link, frame.payload)
+        except asyncio.CancelledError:
+            reason = "stream ended"
         except grpc.RpcError as e:
             reason = f"rpc error: {e}"
         except Exception as e:  # noqa: BLE001 - gRPC raises plain exceptions on cancellation
             reason = f"{type(e).__name__}: {e}"
         finally:
             link.close(reason)
-            with self._lock:
-                self._readers.discard(threading.current_thread())
 
 
 def transport_class(network: PeerNetwork) -> Callable[[Any, Any, Any], Transport]:
@@ -899,4 +937,4 @@ def transport_class(network: PeerNetwork) -> Callable[[Any, Any, Any], Transport
 
 
 __all__ = ["PeerNetwork", "LoneTransport", "transport_class", "encode", "decode", "CodecError",
-           "MAX_FRAME", "SERVER_OPTIONS"]
+           "MAX_FRAME"]

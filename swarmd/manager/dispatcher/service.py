@@ -1,0 +1,313 @@
+"""The Dispatcher API and liveness (DESIGN §6, §11).
+
+Each node (workers and managers alike) holds one ``Session`` stream to the leader and sends a
+unary ``Heartbeat`` every period. Both are coroutines on the remote API's event loop: a
+session is a waiting coroutine, not a thread, so one manager carries thousands. Heartbeats only
+touch memory; the store is written when a node's state *changes* (``status``): Ready on a
+session or heartbeat after silence, Down after three missed periods or at once on a graceful
+leave. Other managers refuse sessions with the leader's address, so nodes move to it.
+
+What sessions are told comes from one view (``view``), kept by one thread from the store's
+events; that thread wakes, through the loop, only the sessions whose message changed. A node's
+TLS state comes from the certificate its connection was verified with (``Manager.tls_fields``),
+never from the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from swarmd.api.swarm.v1 import swarm_pb2 as pb
+from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
+from swarmd import errors
+from swarmd.ca import pki
+from swarmd.errors import SwarmError
+from swarmd.manager import fields
+from swarmd.manager.dispatcher.status import StatusWriter
+from swarmd.manager.dispatcher.view import ALL, View, ViewKeeper
+from swarmd.manager.leadership import LeaderLoop
+from swarmd.server import abort_on_error
+
+if TYPE_CHECKING:
+    from swarmd.node.runtime import NodeRuntime
+
+log = logging.getLogger("swarmd.manager.dispatcher")
+
+GRACE_MULTIPLIER = 3
+REAP_PERIOD = 0.25
+PRUNE_PERIOD = 30.0
+SESSION_RECHECK = 30.0   # a session looks again this often even if nobody woke it
+
+
+def peer_ip(context: Any) -> str:
+    """The caller's IP from gRPC's peer string (ipv4:1.2.3.4:5 / ipv6:[::1]:5)."""
+    peer = str(context.peer())
+    kind, _, rest = peer.partition(":")
+    host = rest.rsplit(":", 1)[0]
+    return host.strip("[]") if kind in ("ipv4", "ipv6") else ""
+
+
+@functools.lru_cache(maxsize=1 << 15)
+def _node_id_of(cert_pem: bytes) -> str:
+    """A verified node certificate's node ID (cached: every node calls every few seconds)."""
+    return pki.identity_from_cert(cert_pem).node_id
+
+
+class _Stream:
+    """One open session, as its coroutine waits: ``wake`` is set on the loop only."""
+
+    __slots__ = ("wake",)
+
+    def __init__(self) -> None:
+        self.wake = asyncio.Event()
+
+
+class Dispatcher(pb_grpc.DispatcherServicer):
+    def __init__(self, runtime: NodeRuntime) -> None:
+        self.rt = runtime
+        self._streams: dict[str, _Stream] = {}          # node ID -> its session (loop only)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._view: View | None = None
+        self._dirty = threading.Event()
+        self._last_seen: dict[str, float] = {}
+        # Per node: the status it last reported (state, message, addr, tls), for the store.
+        self._reported: dict[str, dict[str, Any]] = {}
+        self._reported_lock = threading.Lock()
+        self._status = StatusWriter(lambda: self.rt.manager)
+        self._pruned_at = 0.0
+        self._leader_since: float | None = None
+        self._stop = threading.Event()
+        threading.Thread(target=self._view_loop, name="dispatcher-view", daemon=True).start()
+
+    def liveness(self, manager: Any) -> Liveness:
+        """The leader-only component that marks silent nodes Down (for the LeaderSupervisor)."""
+        return Liveness(self, manager)
+
+    def leadership_gained(self) -> None:
+        """A new leader gives every node a full grace period to find it, and forgets what nodes
+        told an earlier term of its own (it may be stale)."""
+        self._leader_since = time.monotonic()
+        self._last_seen.clear()
+        with self._reported_lock:
+            self._reported.clear()
+        self._status.clear()
+        self.notify()
+
+    def leadership_lost(self) -> None:
+        self._leader_since = None
+        self._status.clear()
+        self.notify()
+        self._wake(ALL)  # their streams end: the nodes move to the new leader
+
+    def close(self) -> None:
+        self._stop.set()
+        self._dirty.set()
+        self._status.close()
+        self._wake(ALL)
+
+    def notify(self) -> None:
+        """The store or the leadership changed (called on the apply thread): the view thread
+        takes the change in."""
+        self._dirty.set()
+
+    # -- the shared view -------------------------------------------------------------------------------
+    def _view_loop(self) -> None:
+        keeper: ViewKeeper | None = None
+        keeper_of: Any = None
+        while not self._stop.is_set():
+            self._dirty.wait()
+            self._dirty.clear()
+            manager = self.rt.manager
+            if keeper is None or keeper_of is not manager:
+                if keeper is not None:
+                    keeper.close()
+                keeper, keeper_of = (None, None) if manager is None else (
+                    ViewKeeper(manager.machine, manager.store.leader_id), manager)
+                if keeper is None:
+                    self._view = None
+                    continue
+            try:
+                wake = keeper.update()
+            except Exception:  # noqa: BLE001 - keep the last view; read everything next time
+                log.exception("could not update the session view")
+                keeper.close()
+                keeper = None
+                continue
+            self._view = keeper.view
+            if wake:
+                self._wake(wake)
+        if keeper is not None:
+            keeper.close()
+
+    def _wake(self, node_ids: Iterable[str]) -> None:
+        """Wake those nodes' sessions (``ALL``: every one), from any thread."""
+        loop = self._loop
+        if loop is None:
+            return
+        ids = ALL if node_ids is ALL else frozenset(node_ids)
+        try:
+            loop.call_soon_threadsafe(self._wake_on_loop, ids)
+        except RuntimeError:  # the loop is closed: so are its sessions
+            pass
+
+    def _wake_on_loop(self, node_ids: frozenset[str]) -> None:
+        if node_ids is ALL:
+            streams: Iterable[_Stream] = list(self._streams.values())
+        else:
+            streams = [s for s in (self._streams.get(i) for i in node_ids) if s is not None]
+        for stream in streams:
+            stream.wake.set()
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _leader_manager(self) -> Any:
+        manager = self.rt.require_manager()
+        if not manager.is_leader():
+            raise errors.not_leader(manager.leader_addr())
+        return manager
+
+    @staticmethod
+    def _caller(context: Any) -> tuple[str, bytes]:
+        """(node ID, certificate) of the verified caller."""
+        certs = context.auth_context().get("x509_pem_cert")
+        if not certs:
+            raise SwarmError("no client certificate", grpc.StatusCode.UNAUTHENTICATED)
+        return _node_id_of(certs[0]), certs[0]
+
+    def _report(self, manager: Any, node_id: str, cert: bytes, claimed_trust_root: str | None,
+                budgeted: bool = True, **status: Any) -> None:
+        """Record what a node reported and queue what differs from the store.
+
+        The TLS state is recomputed from the connection's certificate on every report, so a
+        write skipped now (or lost) is made at a later heartbeat."""
+        with self._reported_lock:
+            reported = self._reported.setdefault(node_id, {})
+            reported.update(status)
+            known_root = (reported.get("tls") or {}).get("trust_root", "")
+        claim = known_root if claimed_trust_root is None else claimed_trust_root
+        tls = manager.tls_fields(node_id, cert, claim)
+        with self._reported_lock:
+            if "tls" in tls:
+                reported["tls"] = tls["tls"]
+            wanted = {**reported, **tls}
+        changes = manager.node_status_changes(node_id, wanted)
+        if changes:
+            self._status.queue(node_id, changes, budgeted)
+
+    # -- RPCs ----------------------------------------------------------------------------------------
+    @abort_on_error
+    async def Session(self, request: pb.SessionRequest, context: Any) -> AsyncIterator[pb.SessionMessage]:
+        manager = self._leader_manager()
+        node_id, cert = self._caller(context)
+        self._last_seen[node_id] = time.monotonic()
+        description = {k: getattr(request.description, k) for k in
+                       ("hostname", "os", "architecture", "nano_cpus", "memory_bytes", "engine_version")
+                       if getattr(request.description, k)}
+        fields.check_description(description)  # refused as at admission (the store keeps the first)
+        addr = fields.advertised_host(request.advertise_addr) or peer_ip(context)
+        claimed = request.tls_info.trust_root if request.HasField("tls_info") else None
+        self._report(manager, node_id, cert, claimed, state="ready", message="", addr=addr)
+        log.info("session opened by %s from %s", node_id, peer_ip(context))
+        self._loop = asyncio.get_running_loop()
+        stream = _Stream()
+        # As swarmkit: a node's new session replaces its older one, so one node certificate
+        # holds one stream, however many it opens.
+        replaced = self._streams.get(node_id)
+        self._streams[node_id] = stream
+        if replaced is not None:
+            replaced.wake.set()
+        if self._view is None:
+            self.notify()
+        try:
+            last: pb.SessionMessage | None = None
+            while not self._stop.is_set() and manager.is_leader() and self._streams.get(node_id) is stream:
+                stream.wake.clear()
+                view = self._view
+                if view is not None:
+                    message = view.message(node_id)
+                    if message != last:
+                        yield message
+                        last = message
+                        if message.removed:
+                            return
+                try:
+                    async with asyncio.timeout(SESSION_RECHECK):
+                        await stream.wake.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            if self._streams.get(node_id) is stream:
+                del self._streams[node_id]
+
+    @abort_on_error
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
+        manager = self._leader_manager()
+        node_id, cert = self._caller(context)
+        claimed = request.tls_info.trust_root if request.HasField("tls_info") else None
+        if request.leaving:
+            self._last_seen.pop(node_id, None)
+            self._report(manager, node_id, cert, claimed, state="down", message="node is leaving")
+            return pb.HeartbeatResponse(period_ns=manager.heartbeat_ns())
+        self._last_seen[node_id] = time.monotonic()
+        # Self-healing: whatever made the store say otherwise (a lost or deferred write, a Down
+        # that raced this heartbeat), a node that heartbeats is Ready.
+        self._report(manager, node_id, cert, claimed, state="ready", message="")
+        return pb.HeartbeatResponse(period_ns=manager.heartbeat_ns())
+
+    # -- liveness ------------------------------------------------------------------------------------
+    def reap(self, manager: Any) -> None:
+        """Mark Down the Ready nodes that missed ``GRACE_MULTIPLIER`` heartbeats (leader only)."""
+        now = time.monotonic()
+        since = self._leader_since if self._leader_since is not None else now
+        if now - self._pruned_at > PRUNE_PERIOD:
+            self._prune(manager, now)
+        grace = GRACE_MULTIPLIER * manager.heartbeat_ns() / 1e9
+        ready = manager.machine.read(lambda state: [n["id"] for n in state["nodes"].values()
+                                                    if n.get("state") == "ready"])
+        for node_id in ready:
+            seen = self._last_seen.get(node_id, since)
+            if now - seen > grace:
+                self._last_seen.pop(node_id, None)
+                log.info("node %s missed %d heartbeats: down", node_id, GRACE_MULTIPLIER)
+                self._status.queue(node_id, {"state": "down", "message": "heartbeat failure"}, budgeted=False)
+
+    def _prune(self, manager: Any, now: float) -> None:
+        """Forget the reports of nodes the store no longer holds (removed nodes)."""
+        self._pruned_at = now
+        known = manager.machine.read(lambda state: set(state["nodes"]))
+        with self._reported_lock:
+            gone = [node_id for node_id in self._reported if node_id not in known]
+            for node_id in gone:
+                del self._reported[node_id]
+        for node_id in gone:
+            self._status.forget(node_id)
+
+
+class Liveness(LeaderLoop):
+    """Leader-only (``LeaderSupervisor``): looks for silent nodes every ``REAP_PERIOD``."""
+
+    name = "liveness"
+
+    def __init__(self, dispatcher: Dispatcher, manager: Any) -> None:
+        super().__init__()
+        self._dispatcher = dispatcher
+        self._manager = manager
+
+    def start(self) -> None:
+        self._dispatcher.leadership_gained()
+        super().start()
+
+    def stop(self) -> None:
+        super().stop()
+        self._dispatcher.leadership_lost()
+
+    def step(self) -> float | None:
+        self._dispatcher.reap(self._manager)
+        return REAP_PERIOD

@@ -8,7 +8,7 @@ generator: a wrapper must be of the same kind as what it wraps, or gRPC would ru
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -16,23 +16,31 @@ import grpc
 Refusal = tuple[grpc.StatusCode, str]
 
 
-def rebuild(handler: Any, wrap: Callable[[Callable[..., Any], bool], Callable[..., Any]],
-            deserializer: Any = None) -> Any:
-    """``handler`` with its behaviour replaced by ``wrap(behaviour, request_streaming)``."""
+Wrap = Callable[[Callable[..., Any], bool, bool], Callable[..., Any]]
+
+
+def rebuild(handler: Any, wrap: Wrap, deserializer: Any = None) -> Any:
+    """``handler`` with its behaviour replaced by ``wrap(behaviour, request_streaming,
+    response_streaming)``."""
     parse = deserializer or handler.request_deserializer
     serialize = handler.response_serializer
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, False), parse, serialize)
+        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, False, False), parse, serialize)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, False), parse, serialize)
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, False, True), parse, serialize)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, True), parse, serialize)
-    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True), parse, serialize)
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, True, False), parse, serialize)
+    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True, True), parse, serialize)
 
 
-def checked(behavior: Callable[..., Any], check: Callable[[Any, Any], Refusal | None]) -> Callable[..., Any]:
+def checked(behavior: Callable[..., Any], check: Callable[[Any, Any], Refusal | None],
+            streams_responses: bool) -> Callable[..., Any]:
     """``behavior`` run only when ``check(request, context)`` refuses nothing, of the same kind
-    (function, coroutine, generator or async generator) so that gRPC runs it the same way."""
+    (function, coroutine, generator or async generator) so that gRPC runs it the same way.
+
+    A plain streaming behaviour is wrapped as a generator: grpc.aio calls a streaming handler
+    on its loop and only iterates it on a pool thread, and a plain handler's abort waits for
+    the loop, so the check must run in the iteration."""
     if inspect.iscoroutinefunction(behavior):
         async def coroutine(request: Any, context: Any) -> Any:
             refusal = check(request, context)
@@ -49,12 +57,19 @@ def checked(behavior: Callable[..., Any], check: Callable[[Any, Any], Refusal | 
                 yield item
         return agen
 
+    if streams_responses:
+        def generator(request: Any, context: Any) -> Iterator[Any]:
+            refusal = check(request, context)
+            if refusal is not None:
+                context.abort(*refusal)
+                return  # (under grpc.aio the abort returned)
+            yield from behavior(request, context)
+        return generator
+
     def plain(request: Any, context: Any) -> Any:
         refusal = check(request, context)
         if refusal is not None:
             context.abort(*refusal)
-            # Under grpc.aio the abort returned: end here. gRPC sees the call aborted before it
-            # looks at what a handler returned, unary or streaming.
-            return iter(())
+            return None  # (under grpc.aio the abort returned: gRPC sees the call aborted)
         return behavior(request, context)
     return plain

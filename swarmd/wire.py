@@ -106,5 +106,5 @@ class MalformedRequestInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 return behavior(parsed(), context)
             return plain
 
-        return rebuild(handler, lambda behavior, streams: streaming(behavior) if streams else checked(behavior, check),
-                       deserializer=deserialize)
+        return rebuild(handler, lambda behavior, requests, responses: (
+            streaming(behavior) if requests else checked(behavior, check, responses)), deserializer=deserialize)

@@ -87,4 +87,4 @@ class AuthzInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 return grpc.StatusCode.PERMISSION_DENIED, f"Permission denied: unauthorized peer role: {role or 'none'}"
             return None
 
-        return rebuild(handler, lambda behavior, _: checked(behavior, check))
+        return rebuild(handler, lambda behavior, _, streams: checked(behavior, check, streams))

@@ -67,6 +67,12 @@ def _read_key(path: Path | None) -> bytes:
         raise CLIError(f"could not read --tlskey {path}: {e}") from None
 
 
+# Answers may be large (a list of 10,000 nodes is over 10 MiB); as Docker does for list
+# responses, the CLI takes them whole. What it sends stays under gRPC's 4 MiB default.
+MAX_ANSWER_BYTES = 256 << 20
+_OPTIONS = [("grpc.max_receive_message_length", MAX_ANSWER_BYTES)]
+
+
 class Client:
     def __init__(self, target: Target) -> None:
         self.target = target
@@ -77,7 +83,7 @@ class Client:
             return self._channel
         t = self.target
         if t.is_unix:
-            self._channel = grpc.insecure_channel(f"unix:{t.host[len('unix://'):]}")
+            self._channel = grpc.insecure_channel(f"unix:{t.host[len('unix://'):]}", options=_OPTIONS)
         else:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=_read(t.tlscacert, "--tlscacert"),
@@ -85,7 +91,7 @@ class Client:
                 certificate_chain=_read(t.tlscert, "--tlscert"))
             # Managers' certificates carry the SAN swarm-manager, not the host name.
             self._channel = grpc.secure_channel(t.host[len("tcp://"):], creds,
-                                                options=[("grpc.ssl_target_name_override", "swarm-manager")])
+                                                options=[("grpc.ssl_target_name_override", "swarm-manager"), *_OPTIONS])
         return self._channel
 
     @property

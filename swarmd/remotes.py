@@ -42,7 +42,9 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.max_receive_message_length", 4 << 20),
+    # A verified manager's answers may be large (a forwarded list of 10,000 nodes is over
+    # 10 MiB); what we send it stays within what its remote API accepts.
+    ("grpc.max_receive_message_length", 256 << 20),
     ("grpc.max_send_message_length", 4 << 20),
 ]
 

@@ -35,6 +35,9 @@ from swarmd.wire import MalformedRequestInterceptor
 log = logging.getLogger("swarmd.api")
 
 MAX_MESSAGE_BYTES = 4 << 20
+# What the daemon answers may be larger than what it accepts: a list of 10,000 nodes is over
+# 10 MiB (Docker lifts the limit for list answers too). Requests stay capped at the limits below.
+MAX_ANSWER_BYTES = 256 << 20
 # Threads for the remote API's plain handlers (CA signing, forwarded control calls, Raft
 # membership); sessions, heartbeats and Raft streams are coroutines and take none.
 REMOTE_POOL = 32
@@ -63,7 +66,7 @@ _REMOTE_OPTIONS = [("grpc.server_handshake_timeout_ms", REMOTE_HANDSHAKE_TIMEOUT
 def _new_server(interceptor: grpc.ServerInterceptor, workers: int, max_message: int = MAX_MESSAGE_BYTES,
                 extra_options: list[tuple[str, int]] | None = None) -> grpc.Server:
     options = [*_COMMON_OPTIONS, ("grpc.max_receive_message_length", max_message),
-               ("grpc.max_send_message_length", max_message), *(extra_options or [])]
+               ("grpc.max_send_message_length", MAX_ANSWER_BYTES), *(extra_options or [])]
     # The authorisation interceptor first: only an authorised caller gets as far as parsing.
     return grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
                        interceptors=[interceptor, MalformedRequestInterceptor()], options=options)
@@ -114,7 +117,7 @@ class RemoteServer:
     async def _start(self, listen: str, credentials: grpc.ServerCredentials, interceptors: list[Any],
                      register: Any, on_bound: Callable[[int], None] | None) -> grpc.aio.Server:
         options = [*_COMMON_OPTIONS, ("grpc.max_receive_message_length", REMOTE_MAX_MESSAGE),
-                   ("grpc.max_send_message_length", REMOTE_MAX_MESSAGE), *_REMOTE_OPTIONS]
+                   ("grpc.max_send_message_length", MAX_ANSWER_BYTES), *_REMOTE_OPTIONS]
         server = grpc.aio.server(migration_thread_pool=self._pool, interceptors=interceptors, options=options)
         register(server)
         try:

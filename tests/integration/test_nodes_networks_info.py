@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
-from tests.harness import Daemon
+from tests.harness import Daemon, join
 
 
 def test_info_inactive_and_active(daemon: Daemon) -> None:
@@ -153,3 +154,20 @@ def test_removing_ingress_asks_first(manager: Daemon) -> None:
     r = manager.ctl("network", "create", "--ingress", "ingress2")
     assert r.returncode == 1 and "ingress network" in r.stderr and "is already present" in r.stderr
     assert manager.ok("network", "rm", "-f", "ingress") == "ingress\n"
+
+
+def test_lists_larger_than_grpcs_default_message_limit(daemons: Callable[..., Daemon]) -> None:
+    """A list answer over 4 MiB (gRPC's default, reached by 10,000 nodes) is served whole, on
+    the leader and forwarded from another manager."""
+    m1, m2 = daemons("m1"), daemons("m2")
+    m1.init()
+    join(m2, m1, "manager")
+    big = "x" * (100 << 10)
+    names = [f"big{i}" for i in range(4)]
+    for name in names:  # 4 x 1.2 MiB of labels: each write under the 1.5 MiB limit of one op
+        m1.ok("network", "create", *[a for j in range(12) for a in ("--label", f"l{j}={big}")], name)
+    for d in (m1, m2):
+        listed = [json.loads(line)["Name"] for line in d.ok("network", "ls", "--format", "json").splitlines()]
+        assert set(names) <= set(listed)
+        labels = json.loads(d.ok("network", "inspect", *names))
+        assert [len(n["Labels"]) for n in labels] == [12] * 4

@@ -81,7 +81,7 @@ class Dispatcher(pb_grpc.DispatcherServicer):
         # Per node: the status it last reported (state, message, addr, tls), for the store.
         self._reported: dict[str, dict[str, Any]] = {}
         self._reported_lock = threading.Lock()
-        self._status = StatusWriter(lambda: self.rt.manager)
+        self._status = StatusWriter(lambda: self.rt.manager).start()
         self._pruned_at = 0.0
         self._leader_since: float | None = None
         self._stop = threading.Event()

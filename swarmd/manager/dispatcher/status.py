@@ -42,7 +42,10 @@ class StatusWriter:
         self._stop = threading.Event()
         self._warnings = LogLimiter(10, 60.0, log.warning)
         self._thread = threading.Thread(target=self._run, name="status-writer", daemon=True)
+
+    def start(self) -> StatusWriter:
         self._thread.start()
+        return self
 
     def queue(self, node_id: str, changes: dict[str, Any], budgeted: bool = True) -> bool:
         """Queue ``changes`` (fields that differ from the store) for ``node_id``; False when

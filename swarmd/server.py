@@ -111,7 +111,11 @@ class RemoteServer:
         return self._loop
 
     def call(self, coro: Any, timeout: float = STOP_TIMEOUT) -> Any:
-        """Run ``coro`` on the server's loop and wait for it (from another thread)."""
+        """Run ``coro`` on the server's loop and wait for it (from another thread: waiting on
+        the loop's own thread could only time out)."""
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("RemoteServer.call from its own event loop")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     async def _start(self, listen: str, credentials: grpc.ServerCredentials, interceptors: list[Any],

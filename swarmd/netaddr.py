@@ -8,16 +8,13 @@ IP handling follows Go's ``net.IP`` rather than Python's ``ipaddress`` conventio
 IPv4-mapped IPv6 counts as IPv4 (``To4``), zones are rejected, results are printed the way
 ``IP.String()`` prints them, and auto-detection uses ``IsGlobalUnicast`` (RFC 1918 counts
 as global). Every resolver takes an optional interface list so it is pure in tests;
-``None`` reads the live system through rtnetlink.
+``None`` reads the live system (``list_interfaces``). Nothing here needs a third-party package.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
-import socket
-import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from swarmd.gostr import quote as _go_quote
@@ -361,98 +358,16 @@ def normalize_listen_flag(value: str, default: str = DEFAULT_LISTEN_ADDR) -> str
 
 # --------------------------------------------------------------------------- live interfaces
 
-_NLMSG_ERROR, _NLMSG_DONE = 2, 3
-_RTM_NEWLINK, _RTM_GETLINK, _RTM_NEWADDR, _RTM_GETADDR = 16, 18, 20, 22
-_NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
-_IFLA_IFNAME, _IFLA_LINKINFO, _IFLA_INFO_KIND = 3, 18, 1
-_IFA_ADDRESS, _IFA_LOCAL = 1, 2
-_IFF_UP, _IFF_LOOPBACK = 0x1, 0x8
-_NLA_TYPE_MASK = 0x3FFF
-_NETLINK_TIMEOUT = 5.0
-
-
-def _attrs(buf: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-    """Walk rtattrs (4-byte aligned TLVs)."""
-    off = start
-    while off + 4 <= end:
-        length, kind = struct.unpack_from("=HH", buf, off)
-        if length < 4 or off + length > end:
-            return
-        yield kind & _NLA_TYPE_MASK, buf[off + 4:off + length]
-        off += (length + 3) & ~3
-
-
-def _netlink_dump(msg_type: int, body: bytes) -> Iterator[tuple[int, bytes]]:
-    """One rtnetlink dump in the caller's network namespace (sysfs would show the mounter's)."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
-        sock.settimeout(_NETLINK_TIMEOUT)
-        sock.bind((0, 0))
-        seq = 1
-        header = struct.pack("=IHHII", 16 + len(body), msg_type, _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0)
-        sock.send(header + body)
-        while True:
-            data = sock.recv(1 << 16)
-            if not data:
-                return
-            off = 0
-            while off + 16 <= len(data):
-                length, kind, _flags, mseq, _pid = struct.unpack_from("=IHHII", data, off)
-                if length < 16 or off + length > len(data):
-                    break
-                if mseq == seq:
-                    if kind == _NLMSG_DONE:
-                        return
-                    if kind == _NLMSG_ERROR:
-                        (code,) = struct.unpack_from("=i", data, off + 16)
-                        if code:
-                            raise OSError(-code, os.strerror(-code))
-                        return
-                    yield kind, data[off + 16:off + length]
-                off += (length + 3) & ~3
-
 
 def list_interfaces() -> list[Interface]:
     """The system's links and addresses in netlink dump order, as Go's net and netlink packages see them.
 
-    Read through rtnetlink (not sysfs, not getifaddrs) because under ``nsenter --net`` sysfs
-    still shows the host's links, and getifaddrs files labelled IPv4 aliases (``eth0:1``)
-    under the label while Docker counts them on the link.
+    ``swarmd.ifaces`` reads them with pyroute2; it is imported here, on first use, so that
+    importing this module (the CLI does, for ``--listen-addr``) loads no pyroute2.
     """
-    try:
-        links: list[tuple[int, str, int, bool]] = []
-        for kind, msg in _netlink_dump(_RTM_GETLINK, struct.pack("=BxHiII", socket.AF_UNSPEC, 0, 0, 0, 0)):
-            if kind != _RTM_NEWLINK or len(msg) < 16:
-                continue
-            _fam, _type, index, flags, _change = struct.unpack_from("=BxHiII", msg, 0)
-            name, has_kind = "", False
-            for atype, payload in _attrs(msg, 16, len(msg)):
-                if atype == _IFLA_IFNAME:
-                    name = payload.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                elif atype == _IFLA_LINKINFO:
-                    has_kind = any(t == _IFLA_INFO_KIND for t, _ in _attrs(payload, 0, len(payload)))
-            links.append((index, name, flags, has_kind))
-        v4: dict[int, list[str]] = {}
-        v6: dict[int, list[str]] = {}
-        for kind, msg in _netlink_dump(_RTM_GETADDR, struct.pack("=BBBBI", socket.AF_UNSPEC, 0, 0, 0, 0)):
-            if kind != _RTM_NEWADDR or len(msg) < 8:
-                continue
-            family, _plen, _flags, _scope, index = struct.unpack_from("=BBBBI", msg, 0)
-            found: dict[int, bytes] = {}
-            for atype, payload in _attrs(msg, 8, len(msg)):
-                if atype in (_IFA_ADDRESS, _IFA_LOCAL) and atype not in found:
-                    found[atype] = payload
-            raw = found.get(_IFA_LOCAL, found.get(_IFA_ADDRESS))  # Go/netlink prefer IFA_LOCAL
-            if family == socket.AF_INET and raw is not None and len(raw) >= 4:
-                v4.setdefault(index, []).append(_ip_str(ipaddress.IPv4Address(raw[:4])))
-            elif family == socket.AF_INET6 and raw is not None and len(raw) >= 16:
-                v6.setdefault(index, []).append(str(ipaddress.IPv6Address(raw[:16])))
-    except OSError as err:
-        raise AddrError(f"could not list network interfaces: {err}") from err
-    return [
-        Interface(name=name, up=bool(flags & _IFF_UP), loopback=bool(flags & _IFF_LOOPBACK),
-                  is_device=not has_kind, addrs=tuple(v4.get(index, []) + v6.get(index, [])))
-        for index, name, flags, has_kind in links
-    ]
+    from swarmd import ifaces
+
+    return ifaces.list_interfaces()
 
 
 def _system(interfaces: Sequence[Interface] | None) -> Sequence[Interface]:

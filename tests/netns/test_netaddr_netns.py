@@ -314,3 +314,23 @@ def test_single_interface_namespace(make_netns: Callable[[], NetNS]) -> None:
     assert ok(res[1]) == ["127.0.0.1", "2377"]
     assert ok(res[2]) == "127.0.0.1"
     assert err(res[3]) == "interface p0 has no usable IPv4 or IPv6 address"
+
+
+def test_links_and_addresses_match_iproute2_in_the_namespace(sw3: NetNS) -> None:
+    """pyroute2's view inside the namespace is iproute2's: labelled alias and IPv6 on their link, in order."""
+    from tests.unit.test_ifaces import iproute2_view
+
+    sw3.ip("addr", "add", "10.99.0.3/24", "dev", "eth0", "label", "eth0:1")
+    sw3.ip("addr", "add", "fd77::2/64", "dev", "eth1", "nodad")
+    assert ok(sw3.one("list_interfaces")) == iproute2_view("-n", sw3.name)
+
+
+def test_a_link_name_that_is_not_utf8(make_netns: Callable[[], NetNS]) -> None:
+    """The kernel takes any bytes in a link name; such a link is listed and resolves by its name."""
+    ns = make_netns()
+    name = b"w\xffx".decode("utf-8", "surrogateescape")
+    ns.ip("link", "add", name, "type", "veth", "peer", "name", "p0")
+    ns.ip("addr", "add", "10.99.0.2/24", "dev", name)
+    interfaces, adv = ns.call(("list_interfaces",), ("resolve_advertise_addr", name, "2377"))
+    assert next(i for i in ok(interfaces) if i["name"] == name)["addrs"] == ["10.99.0.2"]
+    assert ok(adv) == ["10.99.0.2", "2377"]

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from swarmctl import tlsfiles
 from swarmctl.errors import CLIError
 from swarmd import paths
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
@@ -45,28 +46,6 @@ def normalise_host(host: str) -> str:
     raise CLIError(f"invalid -H value {host!r}: use unix:///path/to/swarmd.sock or tcp://HOST:2377")
 
 
-def _read(path: Path | None, flag: str) -> bytes:
-    if path is None:
-        raise CLIError(f"-H tcp://… needs --tlscacert, --tlscert and --tlskey (missing {flag})")
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise CLIError(f"could not read {flag} {path}: {e.strerror}") from None
-
-
-def _read_key(path: Path | None) -> bytes:
-    """A node's key file carries PEM headers (and is sealed with autolock): hand TLS the bare key."""
-    from swarmd.ca import keyfile
-
-    data = _read(path, "--tlskey")
-    try:
-        return keyfile.decode(data, None).key_pem
-    except keyfile.LockedError:
-        raise CLIError(f"the key in {path} is encrypted (autolock); use a key file without a passphrase") from None
-    except keyfile.KeyFileError as e:
-        raise CLIError(f"could not read --tlskey {path}: {e}") from None
-
-
 class Client:
     def __init__(self, target: Target) -> None:
         self.target = target
@@ -80,9 +59,9 @@ class Client:
             self._channel = grpc.insecure_channel(f"unix:{t.host[len('unix://'):]}")
         else:
             creds = grpc.ssl_channel_credentials(
-                root_certificates=_read(t.tlscacert, "--tlscacert"),
-                private_key=_read_key(t.tlskey),
-                certificate_chain=_read(t.tlscert, "--tlscert"))
+                root_certificates=tlsfiles.read(t.tlscacert, "--tlscacert"),
+                private_key=tlsfiles.read_key(t.tlskey),
+                certificate_chain=tlsfiles.read(t.tlscert, "--tlscert"))
             # Managers' certificates carry the SAN swarm-manager, not the host name.
             self._channel = grpc.secure_channel(t.host[len("tcp://"):], creds,
                                                 options=[("grpc.ssl_target_name_override", "swarm-manager")])

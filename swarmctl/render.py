@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Any
 
+from swarmctl import PROG
 from swarmctl.natsort import sort_naturally
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.timeutil import human_duration
 
-PROG = "swarmctl"
 
 
 # -- swarm -----------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The connection to a daemon: the local control socket, or a manager's 2377 with a certificate.
 
 Every gRPC failure becomes one ``CLIError`` with Docker's rendering, so no traceback reaches
-the user.
+the user. grpc is imported at the first call, not with the CLI: ``--help``, ``--version`` and
+flag errors never load it.
 """
 
 from __future__ import annotations
@@ -9,14 +10,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import grpc
+from typing import TYPE_CHECKING, Any
 
 from swarmctl import tlsfiles
 from swarmctl.errors import CLIError
 from swarmd import paths
-from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    import grpc
+
+    from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 
 CALL_TIMEOUT = 60.0
 ENV_HOST = "SWARMCTL_HOST"
@@ -52,6 +55,8 @@ class Client:
         self._channel: grpc.Channel | None = None
 
     def _connect(self) -> grpc.Channel:
+        import grpc
+
         if self._channel is not None:
             return self._channel
         t = self.target
@@ -69,16 +74,22 @@ class Client:
 
     @property
     def control(self) -> pb_grpc.ControlStub:
+        from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
+
         return pb_grpc.ControlStub(self._connect())
 
     def call(self, method: str, request: Any, timeout: float = CALL_TIMEOUT) -> Any:
         """Call Control.<method>; translate failures into Docker's error lines."""
+        import grpc
+
         try:
             return getattr(self.control, method)(request, timeout=timeout, wait_for_ready=False)
         except grpc.RpcError as e:
             raise self._translate(e) from None
 
     def _translate(self, e: grpc.RpcError) -> CLIError:
+        import grpc
+
         code = e.code() if hasattr(e, "code") else None
         details = e.details() if hasattr(e, "details") else str(e)
         if code == grpc.StatusCode.UNAVAILABLE:  # the daemon never answers UNAVAILABLE itself

@@ -8,13 +8,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swarmctl import PROG
 from swarmctl.natsort import sort_naturally
-from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.timeutil import human_duration
 
+if TYPE_CHECKING:  # rendering only reads messages: the types annotate, nothing is imported
+    from swarmd.api.swarm.v1 import swarm_pb2 as pb
 
 
 # -- swarm -----------------------------------------------------------------------------------

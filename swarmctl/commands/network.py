@@ -12,7 +12,7 @@ from swarmctl import ipamflags, params, render
 from swarmctl.commands.common import (DockerGroup, client, fetch_each, format_option, object_ref, out,
                                       read_stdin_line)
 from swarmctl.errors import CLIError
-from swarmd.api.swarm.v1 import swarm_pb2 as pb
+from swarmctl.wire import pb
 
 
 @click.group(cls=DockerGroup, short_help="Manage swarm networks")

@@ -9,7 +9,7 @@ import click
 from swarmctl import render
 from swarmctl.commands.common import DockerGroup, client, fetch_each, format_option, object_ref, out
 from swarmctl.errors import CLIError
-from swarmd.api.swarm.v1 import swarm_pb2 as pb
+from swarmctl.wire import pb
 
 
 @click.group(cls=DockerGroup, short_help="Manage Swarm nodes")

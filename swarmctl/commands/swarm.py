@@ -13,8 +13,8 @@ import click
 from swarmctl import PROG, params, render
 from swarmctl.commands.common import command, client, out, read_stdin_line
 from swarmctl.errors import CLIError
+from swarmctl.wire import pb
 from swarmd import gostr
-from swarmd.api.swarm.v1 import swarm_pb2 as pb
 
 JOIN_TOKEN_ENV = "SWARM_JOIN_TOKEN"
 

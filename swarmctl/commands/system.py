@@ -12,8 +12,8 @@ import click
 from swarmctl import render
 from swarmctl.commands.common import command, client, out
 from swarmctl.errors import CLIError
+from swarmctl.wire import pb
 from swarmd import API_VERSION, __version__
-from swarmd.api.swarm.v1 import swarm_pb2 as pb
 
 
 @command(short_help="Display system-wide information")

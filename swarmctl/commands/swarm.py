@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from swarmctl import PROG, params, render
-from swarmctl.commands.common import command, client, out, read_stdin_line
+from swarmctl.commands.common import client, command, out, read_stdin_line
 from swarmctl.errors import CLIError
 from swarmctl.wire import pb
 from swarmd import gostr

@@ -10,7 +10,7 @@ import sys
 import click
 
 from swarmctl import render
-from swarmctl.commands.common import command, client, out
+from swarmctl.commands.common import client, command, out
 from swarmctl.errors import CLIError
 from swarmctl.wire import pb
 from swarmd import API_VERSION, __version__

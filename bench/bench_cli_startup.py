@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/bench_cli_startup.py               # 10 runs per row, table
     .venv/bin/python bench/bench_cli_startup.py --runs 20 --json
-    .venv/bin/python bench/bench_cli_startup.py --python /other/tree/.venv/bin/python
+    .venv/bin/python bench/bench_cli_startup.py --compare /other/tree/.venv/bin/python
 
 Rows (wall time of a fresh process each run, one warm-up run first, then medians):
 - ``python -c pass``: the interpreter's floor;
@@ -14,8 +14,10 @@ Rows (wall time of a fresh process each run, one warm-up run first, then medians
 - ``-X importtime``: the interpreter's own count of the cumulative import time of
   ``swarmctl.main`` (no process start-up in it), and which heavy libraries it loaded.
 
-Only the standard library is used here, so any tree's interpreter can be measured. Nothing
-is started but short-lived CLI processes; no daemon runs.
+Only the standard library is used here, so any tree's interpreter can be measured. Every
+process runs in an empty temp dir (``python -c`` would otherwise import the ``swarmctl`` of the
+current directory, not the measured tree's). Nothing is started but short-lived CLI processes;
+no daemon runs.
 """
 
 from __future__ import annotations
@@ -31,19 +33,21 @@ import time
 from pathlib import Path
 
 HEAVY = ("grpc", "google.protobuf", "cryptography")
+IMPORTTIME = "-X importtime swarmctl.main"
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
+def timed(argv: list[str], env: dict[str, str], cwd: str) -> float:
     t0 = time.perf_counter()
-    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=False)
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd, check=False)
     return time.perf_counter() - t0
 
 
-def importtime(python: str, env: dict[str, str]) -> tuple[float, list[str]]:
+def importtime(python: str, env: dict[str, str], cwd: str) -> tuple[float, list[str]]:
     """Cumulative import time of swarmctl.main in seconds, and the heavy libraries loaded."""
     proc = subprocess.run([python, "-X", "importtime", "-c", "import swarmctl.main"],
-                          capture_output=True, text=True, env=env, check=True)
-    total, loaded = None, set()
+                          capture_output=True, text=True, env=env, cwd=cwd, check=True)
+    total: float | None = None
+    loaded: set[str] = set()
     for line in proc.stderr.splitlines():
         if not line.startswith("import time:") or "|" not in line:
             continue
@@ -51,10 +55,24 @@ def importtime(python: str, env: dict[str, str]) -> tuple[float, list[str]]:
         name = name.strip()
         if name == "swarmctl.main":
             total = int(cumulative) / 1e6
-        loaded.update(h for h in HEAVY if name == h)
+        if name in HEAVY:
+            loaded.add(name)
     if total is None:
         raise SystemExit(f"no swarmctl.main line in -X importtime output:\n{proc.stderr[-2000:]}")
     return total, sorted(loaded)
+
+
+def rows_for(python: str, absent: str) -> dict[str, list[str]]:
+    swarmctl = str(Path(python).parent / "swarmctl")
+    if not os.access(swarmctl, os.X_OK):
+        raise SystemExit(f"{swarmctl} not found: pass the project's virtualenv interpreter")
+    return {
+        "python -c pass": [python, "-c", "pass"],
+        "import swarmctl.main": [python, "-c", "import swarmctl.main"],
+        "swarmctl --help": [swarmctl, "--help"],
+        "swarmctl --version": [swarmctl, "--version"],
+        "swarmctl version (no daemon)": [swarmctl, "-H", absent, "version"],
+    }
 
 
 def main() -> None:
@@ -62,47 +80,47 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10, help="runs per row (default 10)")
     ap.add_argument("--python", default=sys.executable,
                     help="interpreter of the tree to measure; swarmctl is taken from its bin/")
+    ap.add_argument("--compare", metavar="PYTHON",
+                    help="a second tree's interpreter (e.g. a checkout before a change), measured in "
+                         "alternation with the first so that load hits both alike")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
     args = ap.parse_args()
 
-    python = args.python
-    swarmctl = str(Path(python).parent / "swarmctl")
-    if not os.access(swarmctl, os.X_OK):
-        raise SystemExit(f"{swarmctl} not found: pass the project's virtualenv interpreter")
+    pythons = [args.python] + ([args.compare] if args.compare else [])
     env = {k: v for k, v in os.environ.items() if k != "SWARMCTL_HOST"}
+    samples: dict[str, dict[str, list[float]]] = {}
+    loaded: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="swarmctl-startup-") as tmp:
-        absent = f"unix://{tmp}/absent.sock"
-        rows = {
-            "python -c pass": [python, "-c", "pass"],
-            "import swarmctl.main": [python, "-c", "import swarmctl.main"],
-            "swarmctl --help": [swarmctl, "--help"],
-            "swarmctl --version": [swarmctl, "--version"],
-            "swarmctl version (no daemon)": [swarmctl, "-H", absent, "version"],
-        }
-        samples: dict[str, list[float]] = {name: [] for name in rows}
-        samples["-X importtime swarmctl.main"] = []
-        loaded: list[str] = []
-        for name, argv in rows.items():
-            timed(argv, env)  # warm-up: page cache, .pyc files
+        rows = {python: rows_for(python, f"unix://{tmp}/absent.sock") for python in pythons}
+        for python in pythons:
+            samples[python] = {name: [] for name in [*rows[python], IMPORTTIME]}
+            for argv in rows[python].values():
+                timed(argv, env, tmp)  # warm-up: page cache, .pyc files
         for i in range(args.runs):
             print(f"run {i + 1}/{args.runs}", file=sys.stderr, flush=True)
-            for name, argv in rows.items():  # interleaved, so a burst of load hits every row
-                samples[name].append(timed(argv, env))
-            seconds, loaded = importtime(python, env)
-            samples["-X importtime swarmctl.main"].append(seconds)
+            for python in pythons:  # alternated, so a burst of load hits every tree and row
+                for name, argv in rows[python].items():
+                    samples[python][name].append(timed(argv, env, tmp))
+                seconds, loaded[python] = importtime(python, env, tmp)
+                samples[python][IMPORTTIME].append(seconds)
 
-    medians = {name: statistics.median(values) for name, values in samples.items()}
+    medians = {p: {name: statistics.median(v) for name, v in rows_.items()} for p, rows_ in samples.items()}
     if args.json:
-        json.dump({"python": python, "runs": args.runs, "loadavg": os.getloadavg(),
-                   "heavy_modules_loaded_by_import": loaded, "median_s": medians, "samples_s": samples},
-                  sys.stdout, indent=2)
+        json.dump({"runs": args.runs, "loadavg": os.getloadavg(), "trees": {
+            p: {"heavy_modules_loaded_by_import": loaded[p], "median_s": medians[p], "samples_s": samples[p]}
+            for p in pythons}}, sys.stdout, indent=2)
         print()
         return
-    print(f"{python}  ({args.runs} runs, load average {os.getloadavg()[0]:.2f})")
-    print(f"{'':32} {'median':>9} {'min':>9} {'max':>9}")
-    for name, values in samples.items():
-        print(f"{name:32} {medians[name] * 1e3:7.1f}ms {min(values) * 1e3:7.1f}ms {max(values) * 1e3:7.1f}ms")
-    print(f"heavy libraries loaded by 'import swarmctl.main': {', '.join(loaded) or 'none'}")
+    print(f"{args.runs} runs, load average {os.getloadavg()[0]:.2f}; medians (min-max)")
+    for i, python in enumerate(pythons):
+        print(f"  [{i + 1}] {python}")
+    print(f"{'':30}" + "".join(f"{f'[{i + 1}]':>22}" for i in range(len(pythons))))
+    for name in samples[pythons[0]]:
+        cells = [samples[p][name] for p in pythons]
+        print(f"{name:30}" + "".join(f"{statistics.median(v) * 1e3:7.1f} ms ({min(v) * 1e3:4.0f}-{max(v) * 1e3:4.0f})"
+                                     .rjust(22) for v in cells))
+    for i, python in enumerate(pythons):
+        print(f"[{i + 1}] heavy libraries loaded by 'import swarmctl.main': {', '.join(loaded[python]) or 'none'}")
 
 
 if __name__ == "__main__":

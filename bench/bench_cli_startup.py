@@ -5,14 +5,15 @@
     .venv/bin/python bench/bench_cli_startup.py --runs 20 --json
     .venv/bin/python bench/bench_cli_startup.py --compare /other/tree/.venv/bin/python
 
-Rows (wall time of a fresh process each run, one warm-up run first, then medians):
+Rows (a fresh process each run, one warm-up run first, then medians of its wall time and of its
+CPU time, user + system; on a busy host the CPU time is the steadier of the two):
 - ``python -c pass``: the interpreter's floor;
 - ``import swarmctl.main``: the CLI's imports alone;
 - ``swarmctl --help`` and ``swarmctl --version``: no daemon, no connection;
 - ``swarmctl version`` against a socket that does not exist: the client half is printed, then
   the connection fails (exit 1); this row pays for gRPC;
 - ``-X importtime``: the interpreter's own count of the cumulative import time of
-  ``swarmctl.main`` (no process start-up in it), and which heavy libraries it loaded.
+  ``swarmctl.main`` (no process start-up in it, wall time), and which heavy libraries it loaded.
 
 Only the standard library is used here, so any tree's interpreter can be measured. Every
 process runs in an empty temp dir (``python -c`` would otherwise import the ``swarmctl`` of the
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -36,10 +38,14 @@ HEAVY = ("grpc", "google.protobuf", "cryptography")
 IMPORTTIME = "-X importtime swarmctl.main"
 
 
-def timed(argv: list[str], env: dict[str, str], cwd: str) -> float:
+def timed(argv: list[str], env: dict[str, str], cwd: str) -> tuple[float, float]:
+    """Wall time and CPU time (user + system) of one run of ``argv``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd, check=False)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def importtime(python: str, env: dict[str, str], cwd: str) -> tuple[float, list[str]]:
@@ -89,36 +95,45 @@ def main() -> None:
     pythons = [args.python] + ([args.compare] if args.compare else [])
     env = {k: v for k, v in os.environ.items() if k != "SWARMCTL_HOST"}
     samples: dict[str, dict[str, list[float]]] = {}
+    cpu: dict[str, dict[str, list[float]]] = {}
     loaded: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="swarmctl-startup-") as tmp:
         rows = {python: rows_for(python, f"unix://{tmp}/absent.sock") for python in pythons}
         for python in pythons:
             samples[python] = {name: [] for name in [*rows[python], IMPORTTIME]}
+            cpu[python] = {name: [] for name in rows[python]}
             for argv in rows[python].values():
                 timed(argv, env, tmp)  # warm-up: page cache, .pyc files
         for i in range(args.runs):
             print(f"run {i + 1}/{args.runs}", file=sys.stderr, flush=True)
             for python in pythons:  # alternated, so a burst of load hits every tree and row
                 for name, argv in rows[python].items():
-                    samples[python][name].append(timed(argv, env, tmp))
+                    wall, used = timed(argv, env, tmp)
+                    samples[python][name].append(wall)
+                    cpu[python][name].append(used)
                 seconds, loaded[python] = importtime(python, env, tmp)
                 samples[python][IMPORTTIME].append(seconds)
 
     medians = {p: {name: statistics.median(v) for name, v in rows_.items()} for p, rows_ in samples.items()}
     if args.json:
         json.dump({"runs": args.runs, "loadavg": os.getloadavg(), "trees": {
-            p: {"heavy_modules_loaded_by_import": loaded[p], "median_s": medians[p], "samples_s": samples[p]}
+            p: {"heavy_modules_loaded_by_import": loaded[p], "median_s": medians[p], "samples_s": samples[p],
+                "cpu_median_s": {name: statistics.median(v) for name, v in cpu[p].items()}, "cpu_samples_s": cpu[p]}
             for p in pythons}}, sys.stdout, indent=2)
         print()
         return
-    print(f"{args.runs} runs, load average {os.getloadavg()[0]:.2f}; medians (min-max)")
+    print(f"{args.runs} runs, load average {os.getloadavg()[0]:.2f}; medians of wall time (min-max) "
+          "and of CPU time (user + system)")
     for i, python in enumerate(pythons):
         print(f"  [{i + 1}] {python}")
-    print(f"{'':30}" + "".join(f"{f'[{i + 1}]':>22}" for i in range(len(pythons))))
+    print(f"{'':30}" + "".join(f"{f'[{i + 1}] wall':>22}{'cpu':>10}" for i in range(len(pythons))))
     for name in samples[pythons[0]]:
-        cells = [samples[p][name] for p in pythons]
-        print(f"{name:30}" + "".join(f"{statistics.median(v) * 1e3:7.1f} ms ({min(v) * 1e3:4.0f}-{max(v) * 1e3:4.0f})"
-                                     .rjust(22) for v in cells))
+        line = f"{name:30}"
+        for p in pythons:
+            v = samples[p][name]
+            line += f"{statistics.median(v) * 1e3:7.1f} ms ({min(v) * 1e3:4.0f}-{max(v) * 1e3:4.0f})".rjust(22)
+            line += (f"{statistics.median(cpu[p][name]) * 1e3:7.1f} ms" if name in cpu[p] else "").rjust(10)
+        print(line)
     for i, python in enumerate(pythons):
         print(f"[{i + 1}] heavy libraries loaded by 'import swarmctl.main': {', '.join(loaded[python]) or 'none'}")
 

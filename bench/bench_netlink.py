@@ -56,15 +56,17 @@ def rss_kib():
         return int(f.read().split("VmRSS:")[1].split()[0])
 
 if source == "after":
-    from swarmd import netaddr
+    from swarmd import ifaces, netaddr
+    list_interfaces = ifaces.list_interfaces
 else:
     spec = importlib.util.spec_from_file_location("netaddr_before", source)
     netaddr = importlib.util.module_from_spec(spec)
     sys.modules["netaddr_before"] = netaddr
     spec.loader.exec_module(netaddr)
+    list_interfaces = netaddr.list_interfaces
 
 def plan():
-    interfaces = netaddr.list_interfaces()
+    interfaces = list_interfaces()
     ip, port = netaddr.resolve_listen_addr("127.0.0.1:2377", interfaces)
     adv, _ = netaddr.resolve_advertise_addr("lo", port, interfaces)
     netaddr.resolve_data_path_addr("", interfaces)

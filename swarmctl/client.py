@@ -1,7 +1,8 @@
 """The connection to a daemon: the local control socket, or a manager's 2377 with a certificate.
 
 Every gRPC failure becomes one ``CLIError`` with Docker's rendering, so no traceback reaches
-the user.
+the user. grpc is imported at the first call, not with the CLI: ``--help``, ``--version`` and
+flag errors never load it.
 """
 
 from __future__ import annotations
@@ -9,13 +10,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import grpc
-
+from swarmctl import tlsfiles
 from swarmctl.errors import CLIError
 from swarmd import paths
-from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    import grpc
+
+    from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 
 CALL_TIMEOUT = 60.0
 ENV_HOST = "SWARMCTL_HOST"
@@ -45,28 +49,6 @@ def normalise_host(host: str) -> str:
     raise CLIError(f"invalid -H value {host!r}: use unix:///path/to/swarmd.sock or tcp://HOST:2377")
 
 
-def _read(path: Path | None, flag: str) -> bytes:
-    if path is None:
-        raise CLIError(f"-H tcp://… needs --tlscacert, --tlscert and --tlskey (missing {flag})")
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise CLIError(f"could not read {flag} {path}: {e.strerror}") from None
-
-
-def _read_key(path: Path | None) -> bytes:
-    """A node's key file carries PEM headers (and is sealed with autolock): hand TLS the bare key."""
-    from swarmd.ca import keyfile
-
-    data = _read(path, "--tlskey")
-    try:
-        return keyfile.decode(data, None).key_pem
-    except keyfile.LockedError:
-        raise CLIError(f"the key in {path} is encrypted (autolock); use a key file without a passphrase") from None
-    except keyfile.KeyFileError as e:
-        raise CLIError(f"could not read --tlskey {path}: {e}") from None
-
-
 # Answers may be large (a list of 10,000 nodes is over 10 MiB); as Docker does for list
 # responses, the CLI takes them whole. What it sends stays under gRPC's 4 MiB default.
 MAX_ANSWER_BYTES = 256 << 20
@@ -79,6 +61,8 @@ class Client:
         self._channel: grpc.Channel | None = None
 
     def _connect(self) -> grpc.Channel:
+        import grpc
+
         if self._channel is not None:
             return self._channel
         t = self.target
@@ -86,9 +70,9 @@ class Client:
             self._channel = grpc.insecure_channel(f"unix:{t.host[len('unix://'):]}", options=_OPTIONS)
         else:
             creds = grpc.ssl_channel_credentials(
-                root_certificates=_read(t.tlscacert, "--tlscacert"),
-                private_key=_read_key(t.tlskey),
-                certificate_chain=_read(t.tlscert, "--tlscert"))
+                root_certificates=tlsfiles.read(t.tlscacert, "--tlscacert"),
+                private_key=tlsfiles.read_key(t.tlskey),
+                certificate_chain=tlsfiles.read(t.tlscert, "--tlscert"))
             # Managers' certificates carry the SAN swarm-manager, not the host name.
             self._channel = grpc.secure_channel(t.host[len("tcp://"):], creds,
                                                 options=[("grpc.ssl_target_name_override", "swarm-manager"), *_OPTIONS])
@@ -96,16 +80,22 @@ class Client:
 
     @property
     def control(self) -> pb_grpc.ControlStub:
+        from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
+
         return pb_grpc.ControlStub(self._connect())
 
     def call(self, method: str, request: Any, timeout: float = CALL_TIMEOUT) -> Any:
         """Call Control.<method>; translate failures into Docker's error lines."""
+        import grpc
+
         try:
             return getattr(self.control, method)(request, timeout=timeout, wait_for_ready=False)
         except grpc.RpcError as e:
             raise self._translate(e) from None
 
     def _translate(self, e: grpc.RpcError) -> CLIError:
+        import grpc
+
         code = e.code() if hasattr(e, "code") else None
         details = e.details() if hasattr(e, "details") else str(e)
         if code == grpc.StatusCode.UNAVAILABLE:  # the daemon never answers UNAVAILABLE itself

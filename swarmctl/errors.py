@@ -1,8 +1,19 @@
-"""swarmctl's one error type and its exit codes (one place maps failures to exit statuses)."""
+"""swarmctl's failures and their exit codes: the one place that turns an exception into the
+stderr text and exit status Docker's client would give.
+
+Commands raise ``CLIError`` (printed as is); flag types raise ``FlagValueError`` while click
+parses; click's own usage errors are reworded the way Docker's cobra words them.
+"""
 
 from __future__ import annotations
 
+import sys
 from enum import IntEnum
+from typing import NoReturn
+
+import click
+
+from swarmctl import PROG
 
 
 class ExitStatus(IntEnum):
@@ -19,3 +30,61 @@ class CLIError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+class FlagValueError(click.BadParameter):
+    """``invalid argument "V" for "--flag" flag: why`` (Docker exits 125 for these)."""
+
+    def __init__(self, text: str, param: click.Parameter | None) -> None:
+        super().__init__(text, param=param)
+        self.text = text
+
+
+# What ``exit_with`` knows; anything else is a bug and keeps its traceback.
+HANDLED = (click.ClickException, click.exceptions.Abort, CLIError, KeyboardInterrupt, BrokenPipeError)
+
+
+def outcome(e: BaseException) -> tuple[str | None, ExitStatus]:
+    """The stderr text (None: print nothing) and the exit status of a failure."""
+    if isinstance(e, click.UsageError):
+        return _usage_error(e)
+    if isinstance(e, CLIError):
+        return e.message, e.status
+    if isinstance(e, click.exceptions.Abort):
+        return "", ExitStatus.INTERRUPTED
+    if isinstance(e, KeyboardInterrupt):
+        return None, ExitStatus.INTERRUPTED
+    if isinstance(e, BrokenPipeError):
+        return None, ExitStatus.ERROR
+    if isinstance(e, click.ClickException):
+        return e.format_message(), ExitStatus.ERROR
+    raise e
+
+
+def exit_with(e: BaseException) -> NoReturn:
+    message, status = outcome(e)
+    if message is not None:
+        sys.stderr.write(message.rstrip("\n") + "\n")
+    sys.exit(int(status))
+
+
+def _usage_error(e: click.UsageError) -> tuple[str, ExitStatus]:
+    """Cobra's wording: the command's Docker usage line (``docker_usage``) and its
+    argument-count rule (``nargs``), both set on the command classes of ``commands.common``."""
+    ctx = e.ctx
+    cmd = ctx.command if ctx is not None else None
+    path = ctx.command_path if ctx is not None else PROG
+    usage = f"Usage:  {path} {getattr(cmd, 'docker_usage', '[OPTIONS] COMMAND')}"
+    more = f"Run '{path} --help' for more information"
+    if isinstance(e, FlagValueError):
+        return f"{e.text}\n\n{usage}\n\n{more}", ExitStatus.USAGE
+    if isinstance(e, click.NoSuchOption):
+        return f"unknown flag: {e.option_name}\nSee '{path} --help'.", ExitStatus.USAGE
+    if isinstance(e, click.BadOptionUsage | click.BadParameter) and not isinstance(e, click.MissingParameter):
+        return f"{e.format_message()}\nSee '{path} --help'.", ExitStatus.USAGE
+    nargs = getattr(cmd, "nargs", None)
+    if isinstance(cmd, click.Group) or nargs is None:
+        return f"{PROG}: {e.format_message()}\n\n{usage}\n\n{more}", ExitStatus.ERROR
+    rule = {"none": "accepts no arguments", "one": "requires 1 argument",
+            "min1": "requires at least 1 argument"}[nargs]
+    return f"{PROG}: '{path}' {rule}\n\n{usage}\n\n{more}", ExitStatus.ERROR

@@ -11,16 +11,9 @@ from typing import Any
 import click
 
 from swarmctl import gocsv
+from swarmctl.errors import FlagValueError as FlagValueError
 from swarmd import gostr, netaddr
 from swarmd.timeutil import format_go_duration, parse_go_duration
-
-
-class FlagValueError(click.BadParameter):
-    """``invalid argument "V" for "--flag" flag: why`` (Docker exits 125 for these)."""
-
-    def __init__(self, text: str, param: click.Parameter | None) -> None:
-        super().__init__(text, param=param)
-        self.text = text
 
 
 def _flag_name(param: click.Parameter | None) -> str:

@@ -4,17 +4,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from swarmctl import PROG
 from swarmctl.natsort import sort_naturally
-from swarmd.api.swarm.v1 import swarm_pb2 as pb
-from swarmd.ca.tokens import root_digest_hex
 from swarmd.timeutil import human_duration
 
-PROG = "swarmctl"
+if TYPE_CHECKING:  # rendering only reads messages: the types annotate, nothing is imported
+    from swarmd.api.swarm.v1 import swarm_pb2 as pb
 
 
 # -- swarm -----------------------------------------------------------------------------------
@@ -51,6 +52,12 @@ def unlock_key(key: str, rotated: bool, quiet: bool) -> str:
 
 # -- root rotation ----------------------------------------------------------------------------
 
+def root_digest(trust_root: str) -> str:
+    """``sha256:<hex>`` of the root CA's PEM bytes: Docker's client digests the desired root
+    itself (``digest.FromBytes``), the same digest a join token carries."""
+    return "sha256:" + hashlib.sha256(trust_root.encode()).hexdigest()
+
+
 def _bar(current: int, total: int) -> str:
     """Docker's progress bar: 50 columns of '=' then '>'."""
     filled = 50 * current // total if total else 50
@@ -70,7 +77,7 @@ class RootRotationProgress:
         finished = not cluster.root_rotation_in_progress and cluster.tls_info.trust_root == desired.trust_root
         tls_done = sum(1 for n in nodes if n.tls_info.cert_issuer_public_key == desired.cert_issuer_public_key)
         ca_done = sum(1 for n in nodes if finished and n.tls_info.trust_root == desired.trust_root)
-        return cls("sha256:" + root_digest_hex(desired.trust_root.encode()), len(nodes),
+        return cls(root_digest(desired.trust_root), len(nodes),
                    tls_done, ca_done, finished and ca_done == tls_done == len(nodes))
 
     def text(self) -> str:

@@ -1,8 +1,8 @@
 """This host's network links and their addresses, read from the kernel with pyroute2.
 
-Apart from ``netaddr`` so that the CLI, which only parses flags there, never loads pyroute2
-(about 0.1 s of imports); ``netaddr.list_interfaces`` imports this module on first use, so the
-daemon pays for it at its first init or join, not at start-up. Read over rtnetlink (not sysfs,
+Apart from ``netaddr`` (pure: the resolvers take what this returns) so that the CLI, which only
+parses flags there, never loads pyroute2 (about 0.1 s of imports); the daemon loads pyroute2 at its
+first lookup (its first init or join), not at start-up. Read over rtnetlink (not sysfs,
 not getifaddrs) because under ``nsenter --net`` sysfs still shows the host's links, and
 getifaddrs files labelled IPv4 aliases (``eth0:1``) under the label while Docker counts them on
 the link. pyroute2 has no type hints: everything it returns is checked and converted here.
@@ -11,6 +11,7 @@ the link. pyroute2 has no type hints: everything it returns is checked and conve
 from __future__ import annotations
 
 import _socket
+import functools
 import ipaddress
 import os
 import socket
@@ -23,7 +24,8 @@ __all__ = ["list_interfaces"]
 _IFF_UP, _IFF_LOOPBACK = 0x1, 0x8
 
 
-def _import_pyroute2() -> tuple[Any, Any]:
+@functools.cache
+def _pyroute2() -> tuple[Any, Any]:
     """pyroute2's IPRoute and NetlinkError.
 
     pyroute2 binds ``socket.inet_ntop`` when it is imported, and importing pysyncobj replaces
@@ -38,7 +40,6 @@ def _import_pyroute2() -> tuple[Any, Any]:
     return IPRoute, NetlinkError
 
 
-_IPRoute, _NetlinkError = _import_pyroute2()
 
 
 class _Undecodable(Exception):
@@ -94,7 +95,8 @@ def _addr(msg: Any) -> _Addr | None:
 
 def _dump() -> tuple[list[_Link], list[_Addr]]:
     """One link dump and one address dump, in this process's network namespace."""
-    with _IPRoute(groups=0) as ipr:  # no event groups: nothing but the dumps' answers arrives
+    iproute, _ = _pyroute2()
+    with iproute(groups=0) as ipr:  # no event groups: nothing but the dumps' answers arrives
         links = [_link(msg) for msg in ipr.get_links()]
         addrs = [a for a in (_addr(msg) for msg in ipr.get_addr()) if a is not None]
     return links, addrs
@@ -103,9 +105,10 @@ def _dump() -> tuple[list[_Link], list[_Addr]]:
 def list_interfaces() -> list[Interface]:
     """The system's links and addresses in netlink dump order, as Go's net and netlink packages
     see them: per link, its IPv4 addresses then its IPv6 ones, each in kernel order."""
+    _, netlink_error = _pyroute2()  # imported on the first lookup, not with this module
     try:
         links, addrs = _dump()
-    except _NetlinkError as err:
+    except netlink_error as err:
         error = OSError(err.code, os.strerror(err.code))
         raise AddrError(f"could not list network interfaces: {error}") from err
     except (OSError, _Undecodable) as err:

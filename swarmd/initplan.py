@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-from swarmd import __version__, errors, netaddr
+from swarmd import __version__, errors, ifaces, netaddr
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.manager import ipam
 
@@ -106,7 +106,7 @@ def plan_init(req: pb.InitRequest) -> InitPlan:
     """Docker's validation order (swarm-behaviour.md §3.2), all before anything is created."""
     listen = req.listen_addr or DEFAULT_LISTEN_ADDR
     try:
-        interfaces = netaddr.list_interfaces()
+        interfaces = ifaces.list_interfaces()
         listen_ip, listen_port = netaddr.resolve_listen_addr(listen, interfaces)
         check_listen_port(listen_port)
         adv_host, adv_port = netaddr.resolve_advertise_addr(req.advertise_addr, listen_port, interfaces)

@@ -7,8 +7,9 @@ quirk and every error text matches real Docker (swarm-behaviour.md §5, transcri
 IP handling follows Go's ``net.IP`` rather than Python's ``ipaddress`` conventions:
 IPv4-mapped IPv6 counts as IPv4 (``To4``), zones are rejected, results are printed the way
 ``IP.String()`` prints them, and auto-detection uses ``IsGlobalUnicast`` (RFC 1918 counts
-as global). Every resolver takes an optional interface list so it is pure in tests;
-``None`` reads the live system (``list_interfaces``). Nothing here needs a third-party package.
+as global). Every resolver takes the interface list (``swarmd.ifaces.list_interfaces`` reads the
+live system), so this module is pure: it imports nothing outside the standard library and the
+project's leaf modules, and the CLI may import it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ __all__ = [
     "Interface",
     "ListenFlagError",
     "join_host_port",
-    "list_interfaces",
     "local_addr",
     "normalize_listen_flag",
     "parse_tcp_addr",
@@ -356,24 +356,6 @@ def normalize_listen_flag(value: str, default: str = DEFAULT_LISTEN_ADDR) -> str
     return parsed.removeprefix("tcp://")
 
 
-# --------------------------------------------------------------------------- live interfaces
-
-
-def list_interfaces() -> list[Interface]:
-    """The system's links and addresses in netlink dump order, as Go's net and netlink packages see them.
-
-    ``swarmd.ifaces`` reads them with pyroute2; it is imported here, on first use, so that
-    importing this module (the CLI does, for ``--listen-addr``) loads no pyroute2.
-    """
-    from swarmd import ifaces
-
-    return ifaces.list_interfaces()
-
-
-def _system(interfaces: Sequence[Interface] | None) -> Sequence[Interface]:
-    return list_interfaces() if interfaces is None else interfaces
-
-
 # --------------------------------------------------------------------------- resolvers
 
 
@@ -414,14 +396,14 @@ def _resolve_input_ip(text: str, allow_unspecified: bool, interfaces: Sequence[I
     raise _BadNetworkIdentifier(text)
 
 
-def resolve_listen_addr(addr: str, interfaces: Sequence[Interface] | None = None) -> tuple[str, str]:
+def resolve_listen_addr(addr: str, interfaces: Sequence[Interface]) -> tuple[str, str]:
     """moby ``resolveListenAddr``: ``host:port`` → (ip, port); 0.0.0.0 / :: allowed, port kept verbatim."""
     try:
         host, port = split_host_port(addr)
     except ValueError:
         raise AddrError(f"could not parse listen address {addr}") from None
     try:
-        ip = _resolve_input_ip(host, True, _system(interfaces))
+        ip = _resolve_input_ip(host, True, interfaces)
     except _BadNetworkIdentifier:
         raise AddrError(ERR_BAD_LISTEN_ADDR) from None
     return _ip_str(ip), port
@@ -430,7 +412,7 @@ def resolve_listen_addr(addr: str, interfaces: Sequence[Interface] | None = None
 def resolve_advertise_addr(
     advertise: str,
     listen_port: str,
-    interfaces: Sequence[Interface] | None = None,
+    interfaces: Sequence[Interface],
     *,
     default_advertise: str = "",
     managed_subnets: Sequence[str] = (),
@@ -447,25 +429,25 @@ def resolve_advertise_addr(
         except ValueError:
             host, port = advertise, listen_port
         try:
-            ip = _resolve_input_ip(host, False, _system(interfaces))
+            ip = _resolve_input_ip(host, False, interfaces)
         except _BadNetworkIdentifier:
             raise AddrError(ERR_BAD_ADVERTISE_ADDR) from None
         return _ip_str(ip), port
     if default_advertise:
         try:
-            ip = _resolve_input_ip(default_advertise, False, _system(interfaces))
+            ip = _resolve_input_ip(default_advertise, False, interfaces)
         except _BadNetworkIdentifier:
             raise AddrError(ERR_BAD_DEFAULT_ADVERTISE_ADDR) from None
         return _ip_str(ip), listen_port
     return resolve_system_addr(interfaces, managed_subnets=managed_subnets), listen_port
 
 
-def resolve_data_path_addr(addr: str, interfaces: Sequence[Interface] | None = None) -> str:
+def resolve_data_path_addr(addr: str, interfaces: Sequence[Interface]) -> str:
     """moby ``resolveDataPathAddr``: interface or non-zero IP, no port; "" stays "" (unset)."""
     if not addr:
         return ""
     try:
-        ip = _resolve_input_ip(addr, False, _system(interfaces))
+        ip = _resolve_input_ip(addr, False, interfaces)
     except _BadNetworkIdentifier:
         raise AddrError(ERR_BAD_DATA_PATH_ADDR) from None
     return _ip_str(ip)
@@ -525,7 +507,7 @@ def _choose(links: Sequence[Interface], managed: Sequence[_Net]) -> _IP | None:
 
 
 def resolve_system_addr(
-    interfaces: Sequence[Interface] | None = None, *, managed_subnets: Sequence[str] = ()
+    interfaces: Sequence[Interface], *, managed_subnets: Sequence[str] = ()
 ) -> str:
     """moby ``resolveSystemAddr`` (Linux): the one global unicast address of the UP device links.
 
@@ -534,14 +516,13 @@ def resolve_system_addr(
     non-loopback links, skipping any link with an address in ``managed_subnets`` (the
     Docker-managed subnets). Errors carry the CLI's ``--advertise-addr`` hint.
     """
-    ifaces = _system(interfaces)
-    devices = [i for i in ifaces if i.is_device and i.up]
+    devices = [i for i in interfaces if i.is_device and i.up]
     chosen = _choose(devices, ())
     if chosen is None:
         if any(_global_unicast(i) for i in devices):
             raise AutoDetectError(ERR_NO_IP)
         managed = [ipaddress.ip_network(s, strict=False) for s in managed_subnets]
-        chosen = _choose([i for i in ifaces if i.up and not i.loopback], managed)
+        chosen = _choose([i for i in interfaces if i.up and not i.loopback], managed)
         if chosen is None:
             raise AutoDetectError(ERR_NO_IP)
     return _ip_str(chosen)
@@ -550,7 +531,7 @@ def resolve_system_addr(
 def local_addr(
     listen_ip: str,
     advertise_ip: str,
-    interfaces: Sequence[Interface] | None = None,
+    interfaces: Sequence[Interface],
     *,
     managed_subnets: Sequence[str] = (),
 ) -> str:
@@ -563,17 +544,13 @@ def local_addr(
     lip = _parse_ip(listen_ip)
     if lip is None or not _is_unspecified(lip):
         return listen_ip
-    try:
-        ifaces = _system(interfaces)
-    except AddrError:  # Docker's listSystemIPs ignores listing errors; detection then fails below
-        ifaces = []
     aip = _parse_ip(advertise_ip)
     if aip is not None:
-        for intf in ifaces:
+        for intf in interfaces:
             for text in intf.addrs:
                 if _parse_ip(text.split("%", 1)[0]) == aip:
                     return _ip_str(aip)
     try:
-        return resolve_system_addr(ifaces, managed_subnets=managed_subnets)
+        return resolve_system_addr(interfaces, managed_subnets=managed_subnets)
     except AddrError:
         raise AddrError(ERR_MUST_SPECIFY_LISTEN_ADDR) from None

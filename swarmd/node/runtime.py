@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from swarmd import __version__, errors, netaddr
+from swarmd import __version__, errors, ifaces, netaddr
 from swarmd.agent import Agent
 from swarmd.node.autolock import KeySealer
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
@@ -640,7 +640,7 @@ class NodeRuntime:
             availability = check_availability(req.availability)
             listen = req.listen_addr or DEFAULT_LISTEN_ADDR
             try:
-                interfaces = netaddr.list_interfaces()
+                interfaces = ifaces.list_interfaces()
                 listen_ip, listen_port = netaddr.resolve_listen_addr(listen, interfaces)
                 data_path = netaddr.resolve_data_path_addr(req.data_path_addr, interfaces)
             except netaddr.AddrError as e:

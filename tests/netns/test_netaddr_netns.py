@@ -40,13 +40,16 @@ PY_TIMEOUT = 60
 # Runs inside the namespace: applies each [function, args] and reports value or error text.
 DRIVER = r"""
 import dataclasses, json, sys
-from swarmd import netaddr
+from swarmd import ifaces, netaddr
 out = []
 for name, args in json.loads(sys.argv[1]):
     try:
-        value = getattr(netaddr, name)(*args)
         if name == "list_interfaces":
-            value = [dataclasses.asdict(i) for i in value]
+            value = [dataclasses.asdict(i) for i in ifaces.list_interfaces()]
+        elif name == "join_host_port":
+            value = netaddr.join_host_port(*args)
+        else:  # a resolver, on the namespace's live links
+            value = getattr(netaddr, name)(*args, interfaces=ifaces.list_interfaces())
         out.append({"ok": value})
     except netaddr.AddrError as e:
         out.append({"err": str(e), "type": type(e).__name__})

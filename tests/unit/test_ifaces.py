@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from swarmd import netaddr
+from swarmd import ifaces, netaddr
 
 PY_TIMEOUT = 60
 
@@ -28,7 +28,7 @@ def iproute2_view(*ip_prefix: str) -> list[dict[str, Any]]:
 
 
 def ours() -> list[dict[str, Any]]:
-    return [{**dataclasses.asdict(i), "addrs": list(i.addrs)} for i in netaddr.list_interfaces()]
+    return [{**dataclasses.asdict(i), "addrs": list(i.addrs)} for i in ifaces.list_interfaces()]
 
 
 def _python(code: str) -> subprocess.CompletedProcess[str]:
@@ -45,12 +45,12 @@ def test_links_and_addresses_match_iproute2() -> None:
     assert ours() == iproute2_view()
 
 
-def test_importing_netaddr_loads_no_pyroute2_until_a_lookup() -> None:
+def test_importing_netaddr_or_ifaces_loads_no_pyroute2_until_a_lookup() -> None:
     res = _python("import sys\n"
-                  "from swarmd import netaddr\n"
+                  "from swarmd import ifaces, netaddr\n"
                   "netaddr.normalize_listen_flag('eth0:4567')\n"
                   "print('pyroute2' in sys.modules)\n"
-                  "netaddr.list_interfaces()\n"
+                  "ifaces.list_interfaces()\n"
                   "print('pyroute2' in sys.modules)\n")
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["False", "True"]
@@ -60,8 +60,8 @@ def test_addresses_survive_pysyncobj_replacing_socket_inet_ntop() -> None:
     """The daemon imports pysyncobj (which swaps in a Windows-only inet_ntop) before its first lookup."""
     res = _python("import socket, pysyncobj\n"
                   "replaced = socket.inet_ntop\n"
-                  "from swarmd import netaddr\n"
-                  "(lo,) = [i for i in netaddr.list_interfaces() if i.name == 'lo']\n"
+                  "from swarmd import ifaces\n"
+                  "(lo,) = [i for i in ifaces.list_interfaces() if i.name == 'lo']\n"
                   "print(lo.addrs[0], socket.inet_ntop is replaced)\n")
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["127.0.0.1", "True"]  # and pysyncobj's replacement is left in place
@@ -70,9 +70,9 @@ def test_addresses_survive_pysyncobj_replacing_socket_inet_ntop() -> None:
 def test_an_address_pyroute2_cannot_decode_is_an_error_not_a_missing_address() -> None:
     """pyroute2 imported after pysyncobj by someone else leaves addresses undecoded: that must fail."""
     res = _python("import pysyncobj, pyroute2\n"
-                  "from swarmd import netaddr\n"
+                  "from swarmd import ifaces, netaddr\n"
                   "try:\n"
-                  "    netaddr.list_interfaces()\n"
+                  "    ifaces.list_interfaces()\n"
                   "except netaddr.AddrError as e:\n"
                   "    print(e)\n")
     assert res.returncode == 0, res.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from swarmd import ifaces
 from swarmd import netaddr as na
 from swarmd.netaddr import AddrError, AutoDetectError, Interface, ListenFlagError
 
@@ -473,7 +474,7 @@ def test_join_host_port(host: str, port: str, expected: str) -> None:
 
 def test_list_interfaces_smoke() -> None:
     """The live reader works here and reports the loopback link as Docker's netlink would."""
-    interfaces = na.list_interfaces()
+    interfaces = ifaces.list_interfaces()
     loops = [i for i in interfaces if i.name == "lo"]
     assert len(loops) == 1
     assert loops[0].loopback and loops[0].is_device

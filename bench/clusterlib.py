@@ -180,7 +180,9 @@ class CpuMeter:
 # ---------------------------------------------------------------------------------------------
 
 def control_stub(sock: Path) -> tuple[grpc.Channel, pb_grpc.ControlStub]:
-    channel = grpc.insecure_channel(f"unix:{sock}")
+    """A channel to a daemon's control socket that takes answers of any size the CLI takes (a
+    list of 10,000 nodes is over gRPC's 4 MiB default)."""
+    channel = grpc.insecure_channel(f"unix:{sock}", options=[("grpc.max_receive_message_length", 256 << 20)])
     return channel, pb_grpc.ControlStub(channel)
 
 

@@ -3,33 +3,51 @@
 
     .venv/bin/python bench/load_sessions.py                       # 1,000 nodes, 5 s heartbeats
     .venv/bin/python bench/load_sessions.py --nodes 300 --json
+    .venv/bin/python bench/load_sessions.py --nodes 10000 --batch 100 --json   # 4 worker processes
     .venv/bin/python bench/load_sessions.py --profile /tmp/mgr.txt  # plus a py-spy profile of the window
 
 1. Admission: ``--nodes`` real joins (``load_joins.admit_nodes``: token-bound TLS, CSR) give
    every simulated node its own certificate and node ID.
-2. Sessions: from this process, one mutual-TLS channel per node (its own certificate, the same
-   channel options as ``swarmd.agent``) holding ``Dispatcher.Session`` open and consuming its
-   messages, plus unary ``Heartbeat`` calls every period. All of it runs on one asyncio loop
-   (``grpc.aio``): no thread per node and no per-channel polling thread. Heartbeats come from
-   one scheduler coroutine: node i's slot is i/N of the period, so the load is spread evenly.
+2. Sessions: ``--procs`` worker processes (default one per 2,500 nodes), started with the
+   ``spawn`` method (this process has used gRPC for admission: forking it is unsafe) and given
+   only plain data (PEMs, node IDs, the advertise address, the period). Node i belongs to worker
+   i mod K. Each worker holds, for each of its nodes, one mutual-TLS channel (its own
+   certificate, the same channel options as ``swarmd.agent``) with ``Dispatcher.Session`` open
+   and its messages consumed, plus unary ``Heartbeat`` calls every period, all on its own
+   asyncio loop (``grpc.aio``): no thread per node and no per-channel polling thread.
+   Heartbeats come from one scheduler coroutine per worker on a clock shared by all of them:
+   node i's slot is i/N of the period, whichever worker owns it, so the load is spread evenly.
    Each simulated node behaves as ``swarmd.agent`` does: it heartbeats only while its session
    has delivered its first message, gives the session up when a heartbeat fails, and
    reconnects with a fresh channel (at once after an established session, else with a 0.1 s
-   backoff doubling up to 2 s). Sessions are opened paced by the manager by default (``--batch``
-   at a time, the next batch once each delivered its first message), or on a fixed schedule
-   with ``--ramp`` (``--ramp 0``: all at once, as after a manager restart).
+   backoff doubling up to 2 s). Sessions are opened paced by the manager by default: each
+   worker opens its share of ``--batch`` at a time (the shares add up to ``--batch``) and its
+   next share once each delivered its first message. With ``--ramp`` they follow a fixed
+   schedule on the shared clock (``--ramp 0``: all at once, as after a manager restart).
 3. Steady state: once every node is Ready, settle, then read the manager's CPU (utime+stime of
-   /proc/<pid>/stat, all threads) and this process's CPU over ``--window`` seconds, then its
-   RSS and thread count; keep the sessions at least ``--hold`` seconds, then count Ready/Down
-   in ``swarmctl node ls`` and the "missed heartbeats: down" lines in the manager's log (a node
-   marked Down and back to Ready in between would not show in the final ``node ls``).
+   /proc/<pid>/stat, all threads) and the bench's CPU (the workers plus this process) over
+   ``--window`` seconds, then its RSS and thread count; keep the sessions at least ``--hold``
+   seconds, then count Ready/Down in ``swarmctl node ls`` and the "missed heartbeats: down"
+   lines in the manager's log (a node marked Down and back to Ready in between would not show
+   in the final ``node ls``).
+
+This process coordinates the phases over one pipe per worker; every exchange is a request to
+all workers and one answer from each, so nothing is written to a pipe nobody reads: start,
+established/live counts (for the progress log and the open timeout), the window's start and
+end (latency and send lag are recorded only in between), and the final statistics (the raw
+latency lists, merged here for exact percentiles). Every worker is stopped and joined on every
+way out (``Fleet.close``); a worker whose parent is gone sees its pipe close and stops too.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import math
+import multiprocessing
+import multiprocessing.connection as mpc
 import os
 import platform
 import signal
@@ -37,8 +55,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import grpc
@@ -64,12 +85,38 @@ BENCH_JOIN_LIMITS = "token:20000:1000,source:20000:1000"
 AGENT_OPTIONS = [("grpc.ssl_target_name_override", "swarm-manager"),  # as swarmd.agent
                  ("grpc.keepalive_time_ms", 2000), ("grpc.keepalive_timeout_ms", 2000),
                  ("grpc.keepalive_permit_without_calls", 1)]
+NODES_PER_PROC = 2500   # default --procs: one worker per this many nodes
+WORKER_START_TIMEOUT = 120.0   # spawn + imports of every worker, on a busy host
+ANSWER_TIMEOUT = 30.0   # a worker's answer to one request
+STOP_GRACE = 30.0       # a worker closing its channels before SIGTERM
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """What a worker needs of one admitted node: plain data, pickled to the spawned process."""
+    index: int
+    node_id: str
+    root_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+    advertise_addr: str
+
+
+@dataclass
+class WorkerConfig:
+    """One worker's share of the run, passed to it at spawn."""
+    worker: int
+    addr: str
+    period: float
+    keepalive: bool
+    total: int               # nodes over all workers: node i's slot is i/total of the period
+    batch: int               # this worker's share of --batch
+    nodes: list[NodeSpec]
 
 
 @dataclass
 class Node:
-    index: int
-    join: JoinResult
+    spec: NodeSpec
     description: pb.NodeDescription
     channel: grpc.aio.Channel | None = None
     stub: Any = None
@@ -78,6 +125,10 @@ class Node:
     established: float | None = None   # loop time of the first session message ever
     messages: int = 0
     sessions: int = 0                  # session streams opened (1 unless one ended)
+
+    @property
+    def index(self) -> int:
+        return self.spec.index
 
 
 @dataclass
@@ -93,10 +144,14 @@ class Stats:
 
 
 class SessionLoad:
-    def __init__(self, addr: str, nodes: list[Node], period: float, keepalive: bool) -> None:
+    """One worker's nodes on one asyncio loop. Shared instants (``t0``, the heartbeat base) are
+    ``time.monotonic()`` values, the same clock in every process of the bench."""
+
+    def __init__(self, addr: str, nodes: list[Node], period: float, keepalive: bool, total: int) -> None:
         self.addr = addr
         self.nodes = nodes
         self.period = period
+        self.total = total
         self.options = AGENT_OPTIONS if keepalive else AGENT_OPTIONS[:1]
         self.stats = Stats()
         self.stopping = False
@@ -110,8 +165,9 @@ class SessionLoad:
         back off 0.1 s doubling up to 2 s."""
         loop = asyncio.get_running_loop()
         await asyncio.sleep(max(0.0, start_at - loop.time()))
-        creds = grpc.ssl_channel_credentials(node.join.root_pem, node.join.key_pem, node.join.cert_pem)
-        req = pb.SessionRequest(description=node.description, advertise_addr=node.join.advertise_addr)
+        spec = node.spec
+        creds = grpc.ssl_channel_credentials(spec.root_pem, spec.key_pem, spec.cert_pem)
+        req = pb.SessionRequest(description=node.description, advertise_addr=spec.advertise_addr)
         backoff = 0.1
         while not self.stopping:
             node.sessions += 1
@@ -167,15 +223,14 @@ class SessionLoad:
             if call is not None and not self.stopping:
                 call.cancel()  # the agent gives the session up and looks for a manager again
 
-    async def scheduler(self) -> None:
-        """One coroutine for every heartbeat: node i fires at base + (i/N + k) * period."""
+    async def scheduler(self, base: float) -> None:
+        """One coroutine for this worker's heartbeats: node i fires at base + (i/N + k) * period,
+        N counted over all workers, so the workers' slots interleave evenly."""
         loop = asyncio.get_running_loop()
-        n = len(self.nodes)
-        base = loop.time()
         k = 0
         while not self.stopping:
-            for i, node in enumerate(self.nodes):
-                due = base + (k + i / n) * self.period
+            for node in self.nodes:
+                due = base + (k + node.index / self.total) * self.period
                 pause = due - loop.time()
                 if pause > 0:
                     await asyncio.sleep(pause)
@@ -189,19 +244,19 @@ class SessionLoad:
             k += 1
 
     # -- lifecycle ---------------------------------------------------------------------------------
-    def start(self, ramp: float | None, batch: int) -> None:
-        """Open the sessions: spread evenly over ``ramp`` seconds, or (``ramp`` None) paced by the
-        manager: ``batch`` at a time, the next batch once every session of this one delivered its
-        first message (the manager writes the node Ready before that first message)."""
+    def start(self, ramp: float | None, batch: int, t0: float) -> None:
+        """Open the sessions: node i at t0 + ramp * i/N, or (``ramp`` None) paced by the manager:
+        ``batch`` at a time, the next batch once every session of this one delivered its first
+        message (the manager writes the node Ready before that first message). ``t0`` is a
+        ``time.monotonic()`` instant shared by the workers; it is also the heartbeats' base."""
         loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        n = len(self.nodes)
+        t0 += loop.time() - time.monotonic()  # the same clock in CPython's loop; exact either way
         if ramp is not None:
             for node in self.nodes:
-                self.tasks.append(asyncio.create_task(self.session(node, t0 + ramp * node.index / n)))
+                self.tasks.append(asyncio.create_task(self.session(node, t0 + ramp * node.index / self.total)))
         else:
             self.tasks.append(asyncio.create_task(self._open_paced(batch)))
-        self.tasks.append(asyncio.create_task(self.scheduler()))
+        self.tasks.append(asyncio.create_task(self.scheduler(t0)))
 
     async def _open_paced(self, batch: int) -> None:
         for first in range(0, len(self.nodes), batch):
@@ -214,6 +269,14 @@ class SessionLoad:
     def established(self) -> int:
         return sum(1 for n in self.nodes if n.established is not None)
 
+    def live(self) -> int:
+        return sum(1 for n in self.nodes if n.live)
+
+    def summary(self) -> dict[str, Any]:
+        """Everything the parent merges: the raw lists, so that its percentiles are exact."""
+        return {**asdict(self.stats), "live": self.live(), "sessions": sum(n.sessions for n in self.nodes),
+                "messages": sum(n.messages for n in self.nodes)}
+
     async def close(self) -> None:
         self.stopping = True
         for t in self.tasks + list(self.inflight):
@@ -221,6 +284,214 @@ class SessionLoad:
         await asyncio.gather(*self.tasks, *self.inflight, return_exceptions=True)
         await asyncio.gather(*(n.channel.close() for n in self.nodes if n.channel is not None),
                              return_exceptions=True)  # closing twice is harmless
+
+
+# -- a worker process ------------------------------------------------------------------------------
+
+def worker_main(conn: Connection, cfg: WorkerConfig) -> None:
+    """Entry point of a spawned worker: its slice of the nodes on its own loop, driven by the
+    parent's requests until "stop" or until the parent's end of the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the workers
+    asyncio.run(serve(conn, cfg))
+
+
+def describe(i: int) -> pb.NodeDescription:
+    return pb.NodeDescription(hostname=f"sess-{i:05d}", os="linux", architecture="x86_64",
+                              nano_cpus=2 * 10**9, memory_bytes=2 << 30, engine_version="bench")
+
+
+async def serve(conn: Connection, cfg: WorkerConfig) -> None:
+    """Answer the parent's requests, one answer each, in order. The pipe is read from the loop
+    (add_reader), so the sessions run on while the worker waits for the next request."""
+    loop = asyncio.get_running_loop()
+    load = SessionLoad(cfg.addr, [Node(s, describe(s.index)) for s in cfg.nodes], cfg.period,
+                       cfg.keepalive, cfg.total)
+    inbox: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue()
+
+    def readable() -> None:
+        try:
+            while conn.poll():
+                inbox.put_nowait(conn.recv())
+        except (EOFError, OSError):  # the parent is gone
+            loop.remove_reader(conn.fileno())
+            inbox.put_nowait(None)
+
+    loop.add_reader(conn.fileno(), readable)
+    try:
+        while (msg := await inbox.get()) is not None and msg[0] != "stop":
+            try:
+                conn.send(answer(load, cfg, msg))
+            except OSError:  # the parent is gone
+                break
+    finally:
+        loop.remove_reader(conn.fileno())
+        await load.close()
+
+
+def answer(load: SessionLoad, cfg: WorkerConfig, msg: tuple[Any, ...]) -> tuple[Any, ...]:
+    kind = msg[0]
+    if kind == "hello":
+        return ("hello", os.getpid())
+    if kind == "start":
+        load.start(msg[1], cfg.batch, msg[2])
+        return ("started",)
+    if kind == "counts":
+        return ("counts", load.established(), load.live())
+    if kind == "window":
+        load.stats.in_window = msg[1]
+        return ("window", msg[1])
+    if kind == "stats":
+        return ("stats", load.summary())
+    return ("unknown request", kind)
+
+
+# -- the parent's side -----------------------------------------------------------------------------
+
+@dataclass
+class Worker:
+    proc: BaseProcess
+    conn: Connection
+    nodes: int
+
+
+class Fleet:
+    """The worker processes and their pipes. A context manager: on leaving it, however that
+    happens, every worker is stopped and joined."""
+
+    def __init__(self) -> None:
+        self.workers: list[Worker] = []
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self.workers if w.proc.pid is not None]
+
+    def spawn(self, configs: list[WorkerConfig]) -> None:
+        """Start the workers with the spawn method; SIGINT is ignored meanwhile, so that they
+        inherit SIG_IGN from their first instruction on (Python keeps an ignored SIGINT)."""
+        ctx = multiprocessing.get_context("spawn")
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for cfg in configs:
+                here, there = ctx.Pipe()
+                proc = ctx.Process(target=worker_main, args=(there, cfg), name=f"load-sessions-{cfg.worker}",
+                                   daemon=True)
+                self.workers.append(Worker(proc, here, len(cfg.nodes)))
+                proc.start()
+                there.close()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def ask(self, msg: tuple[Any, ...], timeout: float = ANSWER_TIMEOUT) -> list[tuple[Any, ...]]:
+        """``msg`` to every worker, then one answer from each, in worker order. A worker that
+        exited or stays silent past ``timeout`` is a BenchError."""
+        for k, w in enumerate(self.workers):
+            try:
+                w.conn.send(msg)
+            except OSError:
+                raise BenchError(f"bench worker {k} is gone ({self.exit_text(w)})") from None
+        answers: dict[int, tuple[Any, ...]] = {}
+        pending = {w.conn: k for k, w in enumerate(self.workers)}
+        deadline = time.monotonic() + timeout
+        while pending:
+            ready = mpc.wait(list(pending), max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise BenchError(f"bench workers {sorted(pending.values())} did not answer {msg[0]!r} "
+                                 f"within {timeout:.0f}s")
+            for conn in ready:
+                assert isinstance(conn, Connection)
+                k = pending.pop(conn)
+                try:
+                    answers[k] = conn.recv()
+                except (EOFError, OSError):
+                    raise BenchError(f"bench worker {k} exited ({self.exit_text(self.workers[k])})") from None
+        return [answers[k] for k in range(len(self.workers))]
+
+    @staticmethod
+    def exit_text(w: Worker) -> str:
+        w.proc.join(1.0)
+        return f"exit code {w.proc.exitcode}" if w.proc.exitcode is not None else "still running"
+
+    def counts(self) -> tuple[int, int]:
+        """(sessions ever established, sessions live) over all workers."""
+        got = self.ask(("counts",))
+        return sum(a[1] for a in got), sum(a[2] for a in got)
+
+    def close(self) -> None:
+        """Ask every worker to stop (close its channels), join it, then SIGTERM and SIGKILL
+        whatever is left. A second Ctrl-C meanwhile is ignored: this is bounded."""
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for w in self.workers:
+                with contextlib.suppress(OSError, ValueError):
+                    w.conn.send(("stop",))
+            deadline = time.monotonic() + STOP_GRACE
+            for w in self.workers:
+                if w.proc.pid is not None:
+                    w.proc.join(max(0.0, deadline - time.monotonic()))
+            for k, w in enumerate(self.workers):
+                if w.proc.pid is None:
+                    continue
+                for stop in (w.proc.terminate, w.proc.kill):
+                    if w.proc.is_alive():
+                        log(f"bench worker {k} (pid {w.proc.pid}) did not stop: {stop.__name__}")
+                        stop()
+                        w.proc.join(5.0)
+                w.conn.close()
+            self.workers = [w for w in self.workers if w.proc.pid is not None and w.proc.is_alive()]
+            if self.workers:
+                log(f"bench workers still running: {self.pids}")
+            stop_resource_tracker()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def stop_resource_tracker() -> None:
+    """The spawn method starts multiprocessing's resource tracker, a process that exits only
+    once this one's end of its pipe closes; close it here and reap it, so that nothing of the
+    bench outlives it (its ``_stop`` is private, hence looked up)."""
+    from multiprocessing import resource_tracker
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+    if stop is not None:
+        with contextlib.suppress(OSError):
+            stop()
+
+
+def workers_text(k: int) -> str:
+    return f"{k} worker{'s' if k != 1 else ''}"
+
+
+def default_procs(nodes: int) -> int:
+    return max(1, math.ceil(nodes / NODES_PER_PROC))
+
+
+def worker_configs(args: argparse.Namespace, addr: str, joins: list[JoinResult], period: float,
+                   procs: int) -> list[WorkerConfig]:
+    """Node i to worker i mod K (each worker's slots then spread over the whole period), and
+    --batch split into shares that add up to it (at least 1 each)."""
+    specs = [NodeSpec(i, j.node_id, j.root_pem, j.cert_pem, j.key_pem, j.advertise_addr) for i, j in enumerate(joins)]
+    return [WorkerConfig(worker=k, addr=addr, period=period, keepalive=not args.no_keepalive, total=len(specs),
+                         batch=max(1, args.batch // procs + (k < args.batch % procs)), nodes=specs[k::procs])
+            for k in range(procs)]
+
+
+def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The workers' statistics as one: counters added, reasons counted together, lists joined."""
+    out: dict[str, Any] = {"ended": {}, "hb_errors": {}, "hb_latency": [], "hb_lag": []}
+    for p in parts:
+        for key in ("ended", "hb_errors"):
+            for msg, n in p[key].items():
+                out[key][msg] = out[key].get(msg, 0) + n
+        for key in ("hb_latency", "hb_lag"):
+            out[key].extend(p[key])
+        for key in ("hb_sent", "hb_ok", "window_sent", "live", "sessions", "messages"):
+            out[key] = out.get(key, 0) + p[key]
+    return out
 
 
 def writes_text(w: dict[str, float] | None) -> str:
@@ -294,109 +565,155 @@ def count_down_marks(manager: Daemon) -> int:
     return text.count("heartbeats: down")
 
 
-async def run(args: argparse.Namespace, manager: Daemon, joins: list[JoinResult],
-              report: dict[str, Any]) -> None:
-    loop = asyncio.get_running_loop()
-    nodes = [Node(i, j, pb.NodeDescription(hostname=f"sess-{i:05d}", os="linux", architecture="x86_64",
-                                           nano_cpus=2 * 10**9, memory_bytes=2 << 30, engine_version="bench"))
-             for i, j in enumerate(joins)]
+def run(args: argparse.Namespace, manager: Daemon, joins: list[JoinResult], report: dict[str, Any]) -> None:
+    """The session phases, from worker processes; every worker is stopped before this returns."""
     period = joins[0].heartbeat_ns / 1e9
+    procs = min(args.procs or default_procs(len(joins)), len(joins))
     report["heartbeat period s"] = period
-    load = SessionLoad(manager.listen, nodes, period, keepalive=not args.no_keepalive)
-    t_open = loop.time()
-    load.start(args.ramp, args.batch)
-    try:
-        # 1. every session established
-        deadline = t_open + (args.ramp or 0.0) + args.open_timeout
-        last_log = 0.0
-        while load.established() < len(nodes):
-            if loop.time() > deadline:
-                log(f"  only {load.established()}/{len(nodes)} sessions ever established after "
-                    f"{deadline - t_open:.0f}s; measuring anyway")
-                break
-            if loop.time() - last_log > 5:
-                last_log = loop.time()
-                log(f"  sessions established: {load.established()}/{len(nodes)} "
-                    f"(live {sum(1 for n in nodes if n.live)})")
-            await asyncio.sleep(0.1)
-        t_all = loop.time()
-        if load.established() == len(nodes):
-            report["all sessions established after s"] = t_all - t_open
-            log(f"  all {len(nodes)} sessions established after {t_all - t_open:.1f}s")
-        else:
-            report["all sessions established after s"] = float("nan")
+    report["bench_procs"] = procs
+    with Fleet() as fleet:
+        fleet.spawn(worker_configs(args, manager.listen, joins, period, procs))
+        fleet.ask(("hello",), timeout=WORKER_START_TIMEOUT)
+        log(f"  {procs} bench worker process{'es' if procs > 1 else ''} up (pids {fleet.pids})")
+        try:
+            phases(args, manager, fleet, len(joins), report)
+        except BenchError:
+            with contextlib.suppress(BenchError):  # what the workers saw, for the failure log
+                collect(args, fleet, report)
+            raise
+        collect(args, fleet, report)
 
-        # 2. every node Ready in the store (the session's first write); if some never get there,
-        #    go on and measure anyway: the verdict below shows them.
-        ready_deadline = t_all + args.ready_timeout
-        while True:
-            states = await asyncio.to_thread(node_states, manager)
-            if states.get("ready", 0) >= len(nodes) + 1:
-                report["all nodes Ready after s"] = loop.time() - t_open
-                log(f"  all nodes Ready after {loop.time() - t_open:.1f}s; settling {args.settle:.0f}s")
-                break
-            if loop.time() > ready_deadline:
-                report["all nodes Ready after s"] = float("nan")
-                report["states when giving up on all Ready"] = states
-                log(f"  not all Ready {args.ready_timeout:.0f}s after the last session: {states}; measuring anyway")
-                break
-            await asyncio.sleep(1.0)
 
-        # 3. steady state: settle, then the CPU window
-        await asyncio.sleep(args.settle)
-        prof = None
-        if args.profile:
-            prof = start_profile(manager.pid, args.window, Path(args.profile), rate=args.profile_rate,
-                                 gil=args.profile_gil)
-        meter = CpuMeter({"manager": manager.pid, "bench process": "self"})
-        load.stats.in_window = True
-        await asyncio.sleep(args.window)
-        load.stats.in_window = False
-        cpu = meter.read()
-        st = proc_status(manager.pid)
-        report["cpu"] = cpu
-        report["manager VmRSS MiB"] = st["VmRSS"] / 1024
-        report["manager VmHWM MiB"] = st["VmHWM"] / 1024
-        report["manager threads"] = st["Threads"]
-        log(f"  window: manager {cpu['manager']:.0f}% / bench {cpu['bench process']:.0f}% of one core")
-        if prof is not None:
-            await asyncio.to_thread(finish_profile, prof, 30.0)
+def check_manager(manager: Daemon) -> None:
+    """A manager that exited ends the run at once (the sessions would only retry against nothing)."""
+    assert manager.proc is not None
+    if manager.proc.poll() is not None:
+        raise BenchError(f"the manager exited with {manager.proc.returncode}:\n{manager.log_tail()}")
 
-        # 3b. what one store write costs while the sessions are open (every committed write
-        #     wakes the session streams): a few sequential writes on the control socket.
-        if args.writes:
-            report["writes under load"] = await asyncio.to_thread(probe_writes, manager, args.writes)
 
-        # 4. hold, then the verdict from the real CLI and the log
-        remaining = args.hold - (loop.time() - t_all)
-        if remaining > 0:
-            await asyncio.sleep(remaining)
-        report["sessions held s"] = loop.time() - t_all
-        t_ls, out, err, rc = await asyncio.to_thread(manager.ctl, "node", "ls", "--format", "json", check=False)
-        if rc != 0:
-            log(f"  swarmctl node ls failed ({rc}): {err.strip()}")
-        rows = [json.loads(line) for line in out.splitlines() if line.strip()]
-        report["swarmctl node ls s"] = t_ls
-        report["node ls rows"] = len(rows)
-        report["node ls Ready"] = sum(1 for r in rows if r["Status"] == "Ready")
-        report["node ls Down"] = sum(1 for r in rows if r["Status"] == "Down")
-        report["node ls other"] = len(rows) - report["node ls Ready"] - report["node ls Down"]
-        report["down marks in manager log"] = count_down_marks(manager)
-    finally:
-        s = load.stats
-        report["live sessions at the end"] = sum(1 for n in nodes if n.live)
-        report["session streams opened"] = sum(n.sessions for n in nodes)
-        report["session messages received"] = sum(n.messages for n in nodes)
-        report["session stream ends"] = dict(s.ended)
-        report["heartbeats sent / ok"] = f"{s.hb_sent} / {s.hb_ok}"
-        report["heartbeat errors"] = dict(s.hb_errors)
-        report["window heartbeats sent"] = s.window_sent
-        report["window heartbeat rate /s"] = s.window_sent / args.window
-        report["heartbeat latency ms p50/p99/max"] = [percentile(s.hb_latency, 50), percentile(s.hb_latency, 99),
-                                                      max(s.hb_latency, default=float("nan"))]
-        report["heartbeat lag past slot ms p50/p99/max"] = [percentile(s.hb_lag, 50), percentile(s.hb_lag, 99),
-                                                            max(s.hb_lag, default=float("nan"))]
-        await load.close()
+def wait_established(args: argparse.Namespace, manager: Daemon, fleet: Fleet, n: int, t_open: float) -> int:
+    """Until every session delivered its first message (or the open timeout); progress every 5 s."""
+    deadline = t_open + (args.ramp or 0.0) + args.open_timeout
+    last_log = 0.0
+    while True:
+        check_manager(manager)
+        established, live = fleet.counts()
+        now = time.monotonic()
+        if established >= n:
+            break
+        if now > deadline:
+            log(f"  only {established}/{n} sessions ever established after {deadline - t_open:.0f}s; measuring anyway")
+            break
+        if now - last_log > 5:
+            last_log = now
+            log(f"  sessions established: {established}/{n} (live {live})")
+        time.sleep(0.1)
+    return established
+
+
+def phases(args: argparse.Namespace, manager: Daemon, fleet: Fleet, n: int, report: dict[str, Any]) -> None:
+    # 1. every session established
+    t_open = time.monotonic()
+    fleet.ask(("start", args.ramp, t_open))
+    established = wait_established(args, manager, fleet, n, t_open)
+    t_all = time.monotonic()
+    if established >= n:
+        report["all sessions established after s"] = t_all - t_open
+        log(f"  all {n} sessions established after {t_all - t_open:.1f}s")
+    else:
+        report["all sessions established after s"] = float("nan")
+
+    # 2. every node Ready in the store (the session's first write); if some never get there,
+    #    go on and measure anyway: the verdict below shows them.
+    ready_deadline = t_all + args.ready_timeout
+    while True:
+        check_manager(manager)
+        states = node_states(manager)
+        if states.get("ready", 0) >= n + 1:
+            report["all nodes Ready after s"] = time.monotonic() - t_open
+            log(f"  all nodes Ready after {time.monotonic() - t_open:.1f}s; settling {args.settle:.0f}s")
+            break
+        if time.monotonic() > ready_deadline:
+            report["all nodes Ready after s"] = float("nan")
+            report["states when giving up on all Ready"] = states
+            log(f"  not all Ready {args.ready_timeout:.0f}s after the last session: {states}; measuring anyway")
+            break
+        time.sleep(1.0)
+
+    # 3. steady state: settle, then the CPU window (the bench's CPU: every worker plus this process)
+    time.sleep(args.settle)
+    prof = None
+    if args.profile:
+        prof = start_profile(manager.pid, args.window, Path(args.profile), rate=args.profile_rate,
+                             gil=args.profile_gil)
+    workers = {f"bench worker {k}": pid for k, pid in enumerate(fleet.pids)}
+    meter = CpuMeter({"manager": manager.pid, "bench parent": "self", **workers})
+    fleet.ask(("window", True))
+    load_at_start = os.getloadavg()[0]
+    time.sleep(args.window)
+    fleet.ask(("window", False))
+    check_manager(manager)
+    cpu = meter.read()
+    report["loadavg at window start / end"] = [load_at_start, os.getloadavg()[0]]
+    cpu["bench process"] = cpu["bench parent"] + sum(cpu[k] for k in workers)
+    st = proc_status(manager.pid)
+    report["cpu"] = cpu
+    report["manager VmRSS MiB"] = st["VmRSS"] / 1024
+    report["manager VmHWM MiB"] = st["VmHWM"] / 1024
+    report["manager threads"] = st["Threads"]
+    busiest = max(cpu[k] for k in workers)
+    log(f"  window: manager {cpu['manager']:.0f}% / bench {cpu['bench process']:.0f}% of one core "
+        f"({workers_text(len(workers))} + parent; busiest worker {busiest:.0f}%)")
+    if prof is not None:
+        finish_profile(prof, 30.0)
+
+    # 3b. what one store write costs while the sessions are open (every committed write
+    #     wakes the session streams): a few sequential writes on the control socket.
+    if args.writes:
+        report["writes under load"] = probe_writes(manager, args.writes)
+
+    # 4. hold, then the verdict from the real CLI and the log
+    remaining = args.hold - (time.monotonic() - t_all)
+    if remaining > 0:
+        time.sleep(remaining)
+    report["sessions held s"] = time.monotonic() - t_all
+    check_manager(manager)
+    t_ls, out, err, rc = manager.ctl("node", "ls", "--format", "json", check=False)
+    if rc != 0:
+        log(f"  swarmctl node ls failed ({rc}): {err.strip()}")
+    rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+    report["swarmctl node ls s"] = t_ls
+    report["node ls rows"] = len(rows)
+    report["node ls Ready"] = sum(1 for r in rows if r["Status"] == "Ready")
+    report["node ls Down"] = sum(1 for r in rows if r["Status"] == "Down")
+    report["node ls other"] = len(rows) - report["node ls Ready"] - report["node ls Down"]
+    report["down marks in manager log"] = count_down_marks(manager)
+
+
+def collect(args: argparse.Namespace, fleet: Fleet, report: dict[str, Any]) -> None:
+    """The workers' statistics, merged, into the report; each worker's own CPU and send lag too
+    (a worker starved of CPU shows there)."""
+    parts = [a[1] for a in fleet.ask(("stats",))]
+    cpu = report.get("cpu", {})
+    report["bench workers"] = [
+        {"pid": pid, "nodes": w.nodes, "cpu %": cpu.get(f"bench worker {k}", float("nan")),
+         "window heartbeats": p["window_sent"], "lag ms p99/max": [percentile(p["hb_lag"], 99),
+                                                                   max(p["hb_lag"], default=float("nan"))]}
+        for k, (pid, w, p) in enumerate(zip(fleet.pids, fleet.workers, parts))]
+    s = merge_stats(parts)
+    report["live sessions at the end"] = s["live"]
+    report["session streams opened"] = s["sessions"]
+    report["session messages received"] = s["messages"]
+    report["session stream ends"] = s["ended"]
+    report["heartbeats sent / ok"] = f"{s['hb_sent']} / {s['hb_ok']}"
+    report["heartbeat errors"] = s["hb_errors"]
+    report["window heartbeats sent"] = s["window_sent"]
+    report["window heartbeat rate /s"] = s["window_sent"] / args.window
+    lat, lag = s["hb_latency"], s["hb_lag"]
+    report["heartbeat latency ms p50/p99/max"] = [percentile(lat, 50), percentile(lat, 99),
+                                                  max(lat, default=float("nan"))]
+    report["heartbeat lag past slot ms p50/p99/max"] = [percentile(lag, 50), percentile(lag, 99),
+                                                        max(lag, default=float("nan"))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -408,7 +725,11 @@ def main(argv: list[str] | None = None) -> int:
                          "once: a reconnect storm). Default: paced by the manager, see --batch")
     ap.add_argument("--batch", type=int, default=50,
                     help="without --ramp: open this many sessions, wait until each delivered its first "
-                         "message, then the next batch (default 50)")
+                         "message, then the next batch (default 50; split into one share per worker "
+                         "process, each paced on its own)")
+    ap.add_argument("--procs", type=int, default=0,
+                    help=f"bench worker processes holding the sessions (default: one per {NODES_PER_PROC} "
+                         "nodes, at least 1)")
     ap.add_argument("--open-timeout", type=float, default=180.0,
                     help="give up if not every session is established this long after the ramp (default 180)")
     ap.add_argument("--ready-timeout", type=float, default=60.0,
@@ -434,8 +755,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (manager log)")
     args = ap.parse_args(argv)
-    if args.nodes < 1 or args.window <= 0:
-        ap.error("--nodes must be >= 1 and --window > 0")
+    if args.nodes < 1 or args.window <= 0 or args.procs < 0 or args.batch < 1:
+        ap.error("--nodes and --batch must be >= 1, --procs >= 0 and --window > 0")
     args.hold = max(args.hold, args.settle + args.window)
     check_binaries()
     install_signal_handlers()
@@ -461,7 +782,7 @@ def main(argv: list[str] | None = None) -> int:
         report["manager after admission"] = proc_status(manager.pid)
         log(f"  admitted {args.nodes} in {jr.wall:.1f}s ({jr.rate():.0f}/s); opening sessions {opening(args)}")
         joins = [o.result for o in jr.outcomes if o.result is not None]
-        asyncio.run(run(args, manager, joins, report))
+        run(args, manager, joins, report)
         manager.stop()
         ok = True
     except BenchError as e:
@@ -495,9 +816,13 @@ def main(argv: list[str] | None = None) -> int:
         ("all sessions established / all Ready after", f"{report['all sessions established after s']:.1f} / "
                                                        f"{report['all nodes Ready after s']:.1f} s "
                                                        f"(sessions opened {opening(args)})"),
-        ("CPU window", f"{cpu['wall_s']:.1f} s, starting {args.settle:.0f} s after all Ready (or after the Ready wait gave up)"),
+        ("CPU window", f"{cpu['wall_s']:.1f} s, starting {args.settle:.0f} s after all Ready (or after the Ready wait gave "
+                       "up); loadavg " + " -> ".join(f"{v:.2f}" for v in report["loadavg at window start / end"])),
         ("manager CPU", f"{cpu['manager']:.1f} % of one core"),
-        ("bench process CPU (asyncio loop + gRPC threads)", f"{cpu['bench process']:.1f} % of one core"),
+        ("bench CPU (worker processes + parent, summed)",
+         f"{cpu['bench process']:.1f} % of one core ({workers_text(report['bench_procs'])}: "
+         + " / ".join(f"{v:.0f}" for k, v in cpu.items() if k.startswith("bench worker"))
+         + f" %, parent {cpu['bench parent']:.0f} %)"),
         ("manager VmRSS / VmHWM / threads", f"{report['manager VmRSS MiB']:.0f} / {report['manager VmHWM MiB']:.0f}"
                                             f" MiB / {report['manager threads']}"),
         ("heartbeats in window (rate)", f"{report['window heartbeats sent']} "
@@ -518,7 +843,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = {"nodes": n, "admitted": n, "ready": report["node ls Ready"] - 1,
                    "heartbeat_p50_ms": lat[0], "heartbeat_p99_ms": lat[1], "manager_cpu_pct": cpu["manager"],
                    "manager_rss_mib": report["manager VmRSS MiB"], "manager_threads": report["manager threads"],
-                   "errors": sum(report["heartbeat errors"].values()) + sum(report["session stream ends"].values())}
+                   "errors": sum(report["heartbeat errors"].values()) + sum(report["session stream ends"].values()),
+                   "bench_procs": report["bench_procs"]}
         json.dump({**summary, "meta": meta, "checks": [dict(zip(("metric", "unit", "value", "target", "result"), c))
                                             for c in checks], "report": report}, sys.stdout, indent=2, default=str)
         print()

@@ -11,7 +11,7 @@ from typing import Any
 
 from swarmd import __version__, errors, netaddr
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
-from swarmd.manager import ipam
+from swarmd.manager.allocator import ipam
 
 DEFAULT_LISTEN_ADDR = "0.0.0.0:2377"
 DEFAULT_CERT_EXPIRY_NS = 2160 * 3600 * 10**9

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from swarmd.manager import ipam
+from swarmd.manager.allocator import ipam
 from swarmd.store import watch
 from swarmd.store.watch import Event
 

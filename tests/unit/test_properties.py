@@ -20,7 +20,7 @@ from swarmctl import params
 from swarmd import gostr, netaddr
 from swarmd.ca import tokens
 from swarmd.ca.ids import b36
-from swarmd.manager import ipam
+from swarmd.manager.allocator import ipam
 from swarmd.timeutil import format_go_duration, parse_go_duration
 
 FAST = settings(derandomize=True, deadline=None, max_examples=300, database=None,

@@ -507,7 +507,7 @@ class NodeRuntime:
         manager = self.manager
         if manager is None or self.local is None:
             return None
-        return str(manager.machine.read(lambda s: (s["cluster"] or {}).get("unlock_key", "")))
+        return str(manager.machine.read(lambda s: s["cluster"].get("unlock_key", "") if s["cluster"] else ""))
 
     def _heartbeat_hint(self) -> int:
         manager = self.manager

@@ -23,11 +23,14 @@ from swarmd.ca import ids, keyfile, pki, rotation, tokens
 from swarmd.errors import SwarmError
 from swarmd.initplan import spec_overrides
 from swarmd.manager import admission, convert, nodetls, requestid, rootrotation
+from swarmd.manager.allocator import networks as allocation
 from swarmd.manager.leadership import LeaderSupervisor
 from swarmd.manager.roles import RoleManager
 from swarmd.manager import fields as checks
 from swarmd.store.machine import Result, State, StateMachine, encode_op
 from swarmd.store.objects import Cluster, Network, Node
+from swarmd.store.refusal import OpError
+from swarmd.store.state import Hooks
 from swarmd.store.raft import MAX_OP_BYTES, OpTooLarge, RaftStore, StoreError
 from swarmd.store.transport import PeerNetwork
 from swarmd.timeutil import now_rfc3339
@@ -81,7 +84,8 @@ class Manager:
     def __init__(self, node_id: str, raft_dir: Path, peers: Sequence[str] = (),
                  network: PeerNetwork | None = None, *, data_key: bytes, other_keys: Sequence[bytes] = ()) -> None:
         self.node_id = node_id
-        self.machine = StateMachine()
+        self.machine = StateMachine(Hooks(legacy_network_allocation=allocation.legacy_allocation))
+        self.allocator = allocation.NetworkAllocator()
         self.network = network
         self.roles = RoleManager(self)
         self.root_rotation = rootrotation.RootRotationReconciler(self)
@@ -123,6 +127,11 @@ class Manager:
 
     # -- plumbing ------------------------------------------------------------------------------
     def propose(self, kind: str, **fields: Any) -> Result:
+        """Propose an op; its result once applied, or its refusal as Docker's error."""
+        return self._succeeded(self.propose_result(kind, **fields))
+
+    def propose_result(self, kind: str, **fields: Any) -> Result:
+        """Propose an op and return its result, refused or not (the write committed either way)."""
         limit = None if kind == "restore" else MAX_OP_BYTES
         tag = requestid.next_tag()
         if tag is not None:
@@ -136,6 +145,10 @@ class Manager:
                 raise SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN) from None
             raise SwarmError(f"the write did not commit: {e}", grpc.StatusCode.ABORTED) from None
         requestid.committed()  # a failed result committed too: the entry is in the log
+        return result
+
+    @staticmethod
+    def _succeeded(result: Result) -> Result:
         if not result.get("ok"):
             raise SwarmError(result["message"], _CODES.get(result.get("code", ""), grpc.StatusCode.UNKNOWN))
         return result
@@ -385,12 +398,17 @@ class Manager:
         if req.driver not in ("", "overlay"):
             raise errors.invalid(f'network driver "{req.driver}" is not supported: swarm networks use "overlay"')
         checks.check_network_spec(name, req.ingress, req.attachable, len(req.ipam))
-        ipam = [{"subnet": c.subnet, "gateway": c.gateway} for c in req.ipam]
-        result = self.propose(
-            "create_network", id=ids.new_id(), name=name, ingress=req.ingress, internal=req.internal,
-            attachable=req.attachable, ipam=ipam, labels=dict(req.labels), options=dict(req.options),
-            now=now_rfc3339())
-        return self.get_network(str(result["network_id"]))
+        fields = {"id": ids.new_id(), "name": name, "ingress": req.ingress, "internal": req.internal,
+                  "attachable": req.attachable, "labels": dict(req.labels), "options": dict(req.options)}
+
+        def propose(choice: allocation.Choice) -> Result:
+            return self.propose_result("create_network", **fields, **choice.op_fields(), now=now_rfc3339())
+        requests = [allocation.Request(c.subnet, c.gateway) for c in req.ipam]
+        try:
+            result = self.allocator.create(self.read, propose, name, req.ingress, requests)
+        except OpError as e:
+            raise SwarmError(e.message, _CODES.get(e.code, grpc.StatusCode.UNKNOWN)) from None
+        return self.get_network(str(self._succeeded(result)["network_id"]))
 
     def remove_network(self, ref: str) -> pb.Network:
         network = self.get_network(ref)

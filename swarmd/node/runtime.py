@@ -591,7 +591,7 @@ class NodeRuntime:
             "state": "ready", "addr": local.advertise_host, "message": "",
             "manager": {"addr": plan.advertise_addr},
         }
-        ingress = {"id": ids.new_id(), "name": "ingress", "ingress": True, "now": now}
+        ingress = {"id": ids.new_id(), "name": "ingress", "ingress": True, "now": now, **plan.ingress.op_fields()}
         self.manager.propose("bootstrap", cluster=cluster, node=node, ingress=ingress)
         self._set_local(local)
         self._start_agent(local, [(node_id, plan.advertise_addr)], plan.spec["dispatcher_heartbeat_ns"])

@@ -15,7 +15,7 @@ from typing import Any, TypeVar, cast
 from swarmd.store import networks, watch
 from swarmd.store.objects import Cluster, Node, stamp_defaults
 from swarmd.store.refusal import OpError, Result, failed as _failed, require as _require
-from swarmd.store.state import Draft, State, empty_state, from_json, tables, to_json
+from swarmd.store.state import Draft, Hooks, State, empty_state, from_json, tables, to_json
 from swarmd.store.table import REMOVED, copy_json
 from swarmd.store.watch import Event
 
@@ -51,9 +51,10 @@ class StateMachine:
     the state in place, under the lock, only once it has succeeded: a write costs what it
     changes, and a failed op leaves the state exactly as it was."""
 
-    def __init__(self) -> None:
+    def __init__(self, hooks: Hooks | None = None) -> None:
         self._lock = threading.Lock()
         self._state: State = empty_state()
+        self._hooks = hooks or Hooks()
         self._handlers: dict[str, Handler] = {
             "bootstrap": _bootstrap,
             "rotate_join_token": _rotate_join_token,
@@ -114,7 +115,7 @@ class StateMachine:
                 if done is not None:
                     return dict(done)  # a retried write that had committed: its first result
                 _check_expected(before, cmd.get("expect"))
-                draft = Draft(before)
+                draft = Draft(before, self._hooks)
                 outcome: Result = {"ok": True, "index": draft.index, **handler(draft, cmd)}
                 if draft.restored is None:
                     events = _changes(draft)

@@ -11,6 +11,7 @@ any earlier version (missing tables are empty, missing timestamps and versions f
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, TypedDict, cast
 
@@ -100,13 +101,14 @@ class Draft:
     changed in place, by a handler that changes it) and a draft of every table. Nothing here
     touches the committed state until ``commit``."""
 
-    def __init__(self, before: State) -> None:
+    def __init__(self, before: State, hooks: Hooks | None = None) -> None:
         self.before = before
         self.index = before["index"] + 1
         self.cluster: Cluster | None = before["cluster"]
         self.nodes: TableDraft[Node] = before["nodes"].draft()
         self.networks: TableDraft[Network] = before["networks"].draft()
         self.restored: State | None = None   # a whole new state (restore)
+        self.hooks = hooks or Hooks()
 
     def tables(self) -> dict[str, TableDraft[Any]]:
         return {name: getattr(self, name) for name in TABLES}
@@ -124,3 +126,14 @@ class Draft:
             table.commit(getattr(self, name))
         state["cluster"] = self.cluster
         state["index"] = self.index
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What the machine's owner lends ``apply`` (the store imports nothing of the manager).
+
+    ``legacy_network_allocation``: for a create_network op written before the leader chose
+    subnets and VXLAN IDs (an old journal), the choice the apply of that time made, as
+    ``{"ipam", "vxlan_ids"}``; it must be deterministic, and raise ``OpError`` to refuse."""
+
+    legacy_network_allocation: Callable[[Draft, dict[str, Any]], dict[str, Any]] | None = None

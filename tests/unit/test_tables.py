@@ -1,23 +1,25 @@
-"""The store's tables: drafts as overlays, indexes, events and versions, old snapshots."""
+"""The store's tables: drafts as overlays, indexes, events and versions, old snapshots, and the
+leader's network allocation racing at apply time."""
 
 from __future__ import annotations
 
 import copy
 import ipaddress
+import re
+import subprocess
+import sys
 from typing import Any
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
+from swarmd.manager.allocator.networks import NetworkAllocator, Request
 from swarmd.store import watch
 from swarmd.store.machine import KEY_REUSED, StateMachine, encode_op
+from swarmd.store.refusal import OpError
 from swarmd.store.state import TABLES
 from swarmd.store.table import Index, RangeIndex, Table
-
-INGRESS = {"id": "i" * 25, "name": "ingress", "ingress": True, "now": "t0"}
-
-
-def network_op(network_id: str, name: str, n: int = 1) -> bytes:
-    return encode_op("create_network", id=network_id, name=name, now="t", ipam=[{"subnet": f"10.0.{n}.0/24"}])
+from tests.storelib import INGRESS, create_network, network_op
 
 CLUSTER = {"id": "c" * 25, "default_addr_pool": ["10.0.0.0/8"], "subnet_size": 24, "spec": {},
            "join_tokens": {"worker": "w", "manager": "m"}, "root_ca": {}, "created_at": "t0", "updated_at": "t0"}
@@ -74,9 +76,9 @@ def test_a_failed_op_leaves_the_state_and_its_indexes_exactly_as_they_were() -> 
     m = StateMachine()
     before = m.dump()
     # The cluster and the node are set on the draft; the ingress network then fails.
-    bad = dict(INGRESS, name=5)
+    bad = dict(INGRESS, vxlan_ids=[1])
     result = m.apply(encode_op("bootstrap", cluster=CLUSTER, node=node(0), ingress=bad))
-    assert not result["ok"] and result["message"] == "a network name must be text"
+    assert not result["ok"] and result["message"] == "VXLAN ID 1 is out of range"
     assert m.dump() == before
     assert lookup(m, "nodes", "public_key", "key0") == [] and lookup(m, "networks", "name", "ingress") == []
     assert m.apply(encode_op("bootstrap", cluster=CLUSTER, node=node(0), ingress=INGRESS))["ok"]
@@ -122,7 +124,10 @@ def test_a_removed_network_frees_its_name_subnet_and_vxlan_id() -> None:
     assert lookup(m, "networks", "subnet", (0x0A000000, 0x0AFFFFFF)) == sorted(["a" * 25, "i" * 25])  # 10/8
     assert lookup(m, "networks", "vxlan", 4097) == ["a" * 25]
     for op, text in [(network_op("b" * 25, "a", 2), "network with name a already exists"),
-                     (network_op("b" * 25, "b", 1), "10.0.1.0/24 overlaps 10.0.1.0/24 of network a")]:
+                     (network_op("b" * 25, "b", 1), "10.0.1.0/24 overlaps 10.0.1.0/24 of network a"),
+                     (encode_op("create_network", id="b" * 25, name="b", now="t",
+                                ipam=[{"subnet": "10.0.2.0/24", "gateway": "10.0.2.1"}], vxlan_ids=[4097]),
+                      "VXLAN ID 4097 is already in use")]:
         refused = m.apply(op)
         assert not refused["ok"] and text in refused["message"]
     assert m.apply(encode_op("remove_network", id="a" * 25))["ok"]
@@ -190,11 +195,77 @@ def test_a_snapshot_of_the_previous_format_loads_with_its_indexes() -> None:
     assert set(state) == {"index", "cluster", "requests", *TABLES}
     assert lookup(m, "nodes", "public_key", "key1") == ["n1"]
     assert not m.apply(encode_op("add_node", node=node(5, public_key_sha256="key1")))["ok"]
-    refused = m.apply(encode_op("create_network", id="x" * 25, name="ingress", now="t"))
-    assert refused["message"] == "network with name ingress already exists"
-    assert m.apply(encode_op("create_network", id="w" * 25, name="web", now="t"))["ok"]
+    assert create_network(m, "ingress")["message"] == "network with name ingress already exists"
+    assert create_network(m, "web")["ok"]
     web = next(n for n in m.dump()["networks"].values() if n["name"] == "web")
     assert web["ipam"] == [{"subnet": "10.0.1.0/24", "gateway": "10.0.1.1"}] and web["vxlan_ids"] == [4097]
     again = StateMachine()
     again.load(m.dump())
     assert again.dump() == m.dump()
+
+
+# -- allocation on the leader, checked at apply ----------------------------------------------------
+
+def test_two_creates_that_picked_the_same_free_subnet_do_not_both_commit() -> None:
+    m = machine_with()
+    first = m.apply(network_op("a" * 25, "a", 1))
+    second = m.apply(network_op("b" * 25, "b", 1, rid="r:1"))
+    assert first["ok"] and not second["ok"] and second["conflict"] is True
+    assert "Pool overlaps" in second["message"]
+
+
+def test_a_pick_that_loses_at_apply_is_made_again_and_the_user_sees_no_error() -> None:
+    m = machine_with()
+    other_leader = NetworkAllocator()
+    proposed: list[list[str]] = []
+
+    def propose_after_a_rival(choice: Any) -> dict[str, Any]:
+        """Another leader's create of the same free subnet commits first (once)."""
+        if not proposed:
+            assert create_network(m, "rival")["ok"]
+        proposed.append([c["subnet"] for c in choice.ipam])
+        return m.apply(encode_op("create_network", id="w" * 25, name="web", now="t", **choice.op_fields()))
+
+    result = other_leader.create(m.read, propose_after_a_rival, "web", False, [Request()])
+    assert result["ok"] and proposed == [["10.0.1.0/24"], ["10.0.2.0/24"]]
+
+
+def test_creates_in_flight_on_one_leader_pick_apart() -> None:
+    m = machine_with()
+    allocator = NetworkAllocator()
+    picks: list[str] = []
+
+    def propose(name: str) -> Any:
+        def apply(choice: Any) -> dict[str, Any]:
+            picks.append(choice.ipam[0]["subnet"])
+            if name == "first":  # a second create arrives while the first is being proposed
+                assert allocator.create(m.read, propose("second"), "second", False, [Request()])["ok"]
+            return m.apply(encode_op("create_network", id=name.ljust(25, "x"), name=name, now="t",
+                                     **choice.op_fields()))
+        return apply
+
+    assert allocator.create(m.read, propose("first"), "first", False, [Request()])["ok"]
+    assert picks == ["10.0.1.0/24", "10.0.2.0/24"]
+
+
+def test_a_requested_subnet_that_lost_the_race_is_refused_with_dockers_text() -> None:
+    m = machine_with()
+    done: list[bool] = []
+
+    def propose(choice: Any) -> dict[str, Any]:
+        if not done:
+            done.append(True)
+            assert create_network(m, "rival", ipam=[{"subnet": "10.9.0.0/16"}])["ok"]
+        return m.apply(encode_op("create_network", id="w" * 25, name="web", now="t", **choice.op_fields()))
+
+    text = ("invalid pool request: Pool overlaps with other one on this address space "
+            "(10.9.0.0/24 overlaps 10.9.0.0/16 of network rival)")
+    with pytest.raises(OpError, match=f"^{re.escape(text)}$"):  # the second pick sees the rival's subnet
+        NetworkAllocator().create(m.read, propose, "web", False, [Request("10.9.0.0/24")])
+
+
+def test_the_store_imports_nothing_of_the_manager() -> None:
+    code = ("import sys, swarmd.store.machine, swarmd.store.raft; "
+            "print([m for m in sys.modules if m.startswith('swarmd.manager')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

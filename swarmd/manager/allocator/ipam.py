@@ -1,7 +1,7 @@
 """Overlay IPAM: first-fit subnets from the cluster's address pools and VXLAN IDs from 4096.
 
-Pure functions over the store's current allocations, so every replica computes the same answer
-inside the state machine (DESIGN §7, swarm-behaviour.md §7.2).
+Pure functions over the allocations in use (DESIGN §7, swarm-behaviour.md §7.2): the leader's
+allocator runs them before it proposes a network, and, for ops written before it did, apply.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
+from swarmd.store.networks import VXLAN_ID_END as VXLAN_ID_END, VXLAN_ID_START as VXLAN_ID_START
+from swarmd.store.subnets import overlap_text
+
 DEFAULT_POOL = "10.0.0.0/8"
 DEFAULT_SUBNET_SIZE = 24
-VXLAN_ID_START = 4096
-VXLAN_ID_END = (1 << 24) - 1
 
 IPv4Net = ipaddress.IPv4Network
 
@@ -100,8 +101,7 @@ def check_requested_subnet(subnet: str, used: dict[str, str]) -> str:
     net = parse_cidr(subnet)
     for other, owner in used.items():
         if net.overlaps(ipaddress.IPv4Network(other)):
-            raise IPAMError("invalid pool request: Pool overlaps with other one on this address space "
-                            f"({net} overlaps {other} of network {owner})")
+            raise IPAMError(overlap_text(str(net), other, owner))
     return str(net)
 
 

@@ -44,8 +44,8 @@ def create_network(draft: Draft, cmd: dict[str, Any]) -> Result:
     require(draft.cluster is not None, "FAILED_PRECONDITION", "the cluster does not exist")
     if "vxlan_ids" not in cmd:
         legacy = draft.hooks.legacy_network_allocation
-        require(legacy is not None, "INVALID_ARGUMENT", "create_network without its subnets and VXLAN IDs")
-        assert legacy is not None
+        if legacy is None:
+            raise OpError("INVALID_ARGUMENT", "create_network without its subnets and VXLAN IDs")
         cmd = {**cmd, **legacy(draft, cmd)}
     configs = _check_configs(draft, name, cmd.get("ipam"))
     network: Network = {

@@ -11,8 +11,8 @@ any earlier version (missing tables are empty, missing timestamps and versions f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypedDict, cast
 
 from swarmd.store import subnets

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from swarmd.manager import requestid
 from swarmd.manager.allocator.networks import NetworkAllocator, Request, legacy_allocation
 from swarmd.store.machine import StateMachine, encode_op
 from swarmd.store.refusal import OpError
@@ -24,13 +25,16 @@ INGRESS = {"id": "i" * 25, "name": "ingress", "ingress": True, "now": "t0",
 def create_network(machine: StateMachine, name: str, network_id: str | None = None,
                    ipam: list[dict[str, str]] | None = None, **fields: Any) -> dict[str, Any]:
     """A network created as the leader creates one (the allocator picks, then the op is
-    applied); a refusal before the op as the failed result apply would give."""
+    applied, tagged when inside a ``requestid.scope``); a refusal before the op as the failed
+    result apply would give."""
     def propose(choice: Any) -> dict[str, Any]:
+        picked = choice.op_fields() if choice is not None else {}
         return machine.apply(encode_op("create_network", id=network_id or name.ljust(25, "x"), name=name, now="t",
-                                       **choice.op_fields(), **fields))
+                                       rid=requestid.next_tag(), **picked, **fields))
     requests = [Request(c.get("subnet", ""), c.get("gateway", "")) for c in ipam or []]
     try:
-        return NetworkAllocator().create(machine.read, propose, name, bool(fields.get("ingress")), requests)
+        return NetworkAllocator().create(machine.read, propose, name, bool(fields.get("ingress")), requests,
+                                         requestid.next_write_committed)
     except OpError as e:
         return {"ok": False, "code": e.code, "message": e.message}
 

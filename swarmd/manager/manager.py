@@ -401,11 +401,13 @@ class Manager:
         fields = {"id": ids.new_id(), "name": name, "ingress": req.ingress, "internal": req.internal,
                   "attachable": req.attachable, "labels": dict(req.labels), "options": dict(req.options)}
 
-        def propose(choice: allocation.Choice) -> Result:
-            return self.propose_result("create_network", **fields, **choice.op_fields(), now=now_rfc3339())
+        def propose(choice: allocation.Choice | None) -> Result:
+            picked = choice.op_fields() if choice is not None else {}
+            return self.propose_result("create_network", **fields, **picked, now=now_rfc3339())
         requests = [allocation.Request(c.subnet, c.gateway) for c in req.ipam]
         try:
-            result = self.allocator.create(self.read, propose, name, req.ingress, requests)
+            result = self.allocator.create(self.read, propose, name, req.ingress, requests,
+                                           requestid.next_write_committed)
         except OpError as e:
             raise SwarmError(e.message, _CODES.get(e.code, grpc.StatusCode.UNKNOWN)) from None
         return self.get_network(str(self._succeeded(result)["network_id"]))

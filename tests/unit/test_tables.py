@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from swarmd.manager import requestid
 from swarmd.manager.allocator.networks import NetworkAllocator, Request
 from swarmd.store import watch
 from swarmd.store.machine import KEY_REUSED, StateMachine, encode_op
@@ -262,6 +263,21 @@ def test_a_requested_subnet_that_lost_the_race_is_refused_with_dockers_text() ->
             "(10.9.0.0/24 overlaps 10.9.0.0/16 of network rival)")
     with pytest.raises(OpError, match=f"^{re.escape(text)}$"):  # the second pick sees the rival's subnet
         NetworkAllocator().create(m.read, propose, "web", False, [Request("10.9.0.0/24")])
+
+
+def test_a_retried_create_that_had_committed_answers_its_first_result() -> None:
+    """A forwarded call retried after its answer was lost: the network it created must not make
+    the checks refuse it (name taken, subnet in use)."""
+    m = machine_with()
+    with requestid.scope("call1"):
+        first = create_network(m, "web", ipam=[{"subnet": "10.5.0.0/24"}])
+    with requestid.scope("call1"):
+        again = create_network(m, "web", ipam=[{"subnet": "10.5.0.0/24"}])
+    with requestid.scope("call2"):
+        other = create_network(m, "web", ipam=[{"subnet": "10.5.0.0/24"}])
+    assert first["ok"] and again == first
+    assert other == {"ok": False, "code": "ALREADY_EXISTS", "message": "network with name web already exists"}
+    assert [n["name"] for n in m.dump()["networks"].values()].count("web") == 1
 
 
 def test_the_store_imports_nothing_of_the_manager() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from swarmd.manager.allocator import ipam
 from swarmd.store.networks import Networks, check_new
@@ -22,7 +22,6 @@ from swarmd.store.refusal import OpError, Result
 from swarmd.store.state import Draft, State
 
 ATTEMPTS = 3  # a pick refused as a conflict is made again this many times in all
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -119,30 +118,43 @@ class NetworkAllocator:
         self._in_flight: dict[int, tuple[str, Choice]] = {}
         self._next = 0
 
-    def create(self, read: Callable[[Callable[[State], InUse]], InUse], propose: Callable[[Choice], Result],
-               name: str, ingress: bool, requests: Sequence[Request]) -> Result:
+    def create(self, read: Callable[[Callable[[State], InUse | None]], InUse | None],
+               propose: Callable[[Choice | None], Result], name: str, ingress: bool,
+               requests: Sequence[Request], retried: Callable[[State], bool] = lambda state: False) -> Result:
         """``read`` runs a function on the current state, ``propose`` proposes the op with a
-        choice and returns its result; the result of the last attempt is returned."""
-        def in_use(state: State) -> InUse:
+        choice and returns its result; the result of the last attempt is returned.
+
+        ``retried`` tells, from the state read, whether the next proposal repeats one that
+        committed already (a call retried after its answer was lost): the network it created
+        would fail the checks and the pick, so it is proposed again without either, and apply
+        answers with its first result."""
+        def in_use(state: State) -> InUse | None:
+            if retried(state):
+                return None
             check_new(state["networks"], name, ingress)
             return InUse.of(state["networks"], state["cluster"])
 
         result: Result = {}
         for _ in range(ATTEMPTS):
             current = read(in_use)
-            with self._lock:
-                try:
-                    choice = choose(current.plus(self._in_flight.values()), name, requests)
-                except ipam.IPAMError as e:
-                    raise OpError("INVALID_ARGUMENT", str(e)) from None
-                self._next += 1
-                token = self._next
-                self._in_flight[token] = (name, choice)
-            try:
-                result = propose(choice)
-            finally:
-                with self._lock:
-                    del self._in_flight[token]
+            result = propose(None) if current is None else self._pick_and_propose(current, propose, name, requests)
             if result.get("ok") or not result.get("conflict"):
                 break
         return result
+
+    def _pick_and_propose(self, current: InUse, propose: Callable[[Choice | None], Result], name: str,
+                          requests: Sequence[Request]) -> Result:
+        """Pick beside the picks in flight, keep the pick reserved while its op is proposed."""
+        with self._lock:
+            try:
+                choice = choose(current.plus(self._in_flight.values()), name, requests)
+            except ipam.IPAMError as e:
+                raise OpError("INVALID_ARGUMENT", str(e)) from None
+            self._next += 1
+            token = self._next
+            self._in_flight[token] = (name, choice)
+        try:
+            return propose(choice)
+        finally:
+            with self._lock:
+                del self._in_flight[token]

@@ -42,6 +42,11 @@ class Index(Generic[T]):
         """An empty index of the same kind (for another table)."""
         return type(self)(self.keys)
 
+    def file(self, obj: T) -> tuple[Hashable, ...]:
+        """The keys ``obj`` files under, once each and checked, so that filing them cannot fail
+        later (an unhashable key fails here)."""
+        return tuple(dict.fromkeys(self.keys(obj)))
+
     def put(self, key: str, keys: tuple[Hashable, ...]) -> None:
         self.discard(key)
         if keys:
@@ -62,13 +67,6 @@ class Index(Generic[T]):
     def matches(self, obj: T, query: Hashable) -> bool:
         return query in self.keys(obj)
 
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def distinct(self) -> KeysView[Hashable]:
-        """Every key some object files under."""
-        return self._ids.keys()
-
 
 class RangeIndex(Index[T]):
     """Objects filed under address blocks ``(first, last)``; a lookup gives the IDs whose
@@ -79,6 +77,12 @@ class RangeIndex(Index[T]):
     def __init__(self, keys: Callable[[T], Iterable[Hashable]]) -> None:
         super().__init__(keys)
         self._starts: list[tuple[int, int, str]] = []  # (first, last, ID), sorted
+
+    def file(self, obj: T) -> tuple[Hashable, ...]:
+        keys = super().file(obj)
+        for k in keys:
+            _range(k)
+        return keys
 
     def put(self, key: str, keys: tuple[Hashable, ...]) -> None:
         super().put(key, keys)
@@ -145,7 +149,7 @@ class Table(Mapping[str, T]):
         self._indexes: dict[str, Index[T]] = {name: index.fresh() for name, index in (indexes or {}).items()}
         for key, obj in self._rows.items():
             for index in self._indexes.values():
-                index.put(key, tuple(index.keys(obj)))
+                index.put(key, index.file(obj))
 
     # Mapping, answered by the dict itself (the generic mixins would go through __getitem__).
     def __getitem__(self, key: str) -> T:
@@ -290,6 +294,6 @@ class TableDraft(Mapping[str, T]):
     def prepare(self) -> None:
         """Compute the index keys of every changed object (an object an index cannot file
         fails the op here, before anything is committed)."""
-        self.prepared = {name: {key: tuple(index.keys(obj)) for key, obj in self.changes.items()  # type: ignore[arg-type]
+        self.prepared = {name: {key: index.file(obj) for key, obj in self.changes.items()  # type: ignore[arg-type]
                                 if obj is not REMOVED}
                          for name, index in self._base._indexes.items()}

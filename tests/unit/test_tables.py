@@ -187,6 +187,17 @@ OLD_STATE = {  # as a store of the previous version dumped it: no request table,
 }
 
 
+def test_a_hand_written_state_that_repeats_a_key_loads_and_its_object_goes_away_cleanly() -> None:
+    doc = copy.deepcopy(OLD_STATE)
+    doc["networks"]["i" * 25]["vxlan_ids"] = [4096, 4096]
+    doc["networks"]["i" * 25]["ipam"].append({"subnet": "not a subnet", "gateway": ""})
+    m = StateMachine()
+    m.load(doc)
+    assert lookup(m, "networks", "vxlan", 4096) == ["i" * 25]
+    assert m.apply(encode_op("remove_network", id="i" * 25))["ok"]
+    assert lookup(m, "networks", "vxlan", 4096) == [] and lookup(m, "networks", "subnet", (0, 2**32 - 1)) == []
+
+
 def test_a_snapshot_of_the_previous_format_loads_with_its_indexes() -> None:
     m = StateMachine()
     m.load(copy.deepcopy(OLD_STATE))

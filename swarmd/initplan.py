@@ -11,7 +11,7 @@ from typing import Any
 
 from swarmd import __version__, errors, ifaces, netaddr
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
-from swarmd.manager import ipam
+from swarmd.manager.allocator import ipam, networks
 
 DEFAULT_LISTEN_ADDR = "0.0.0.0:2377"
 DEFAULT_CERT_EXPIRY_NS = 2160 * 3600 * 10**9
@@ -34,6 +34,7 @@ class InitPlan:
     default_addr_pool: list[str]
     subnet_size: int
     spec: dict[str, Any]
+    ingress: networks.Choice     # the ingress network's subnet, gateway and VXLAN ID
 
 
 def host_description(hostname: str) -> dict[str, Any]:
@@ -116,6 +117,7 @@ def plan_init(req: pb.InitRequest) -> InitPlan:
         raise errors.invalid(str(e)) from None
     try:
         pools, size = ipam.validate_pool(list(req.default_addr_pool), req.subnet_size)
+        ingress = networks.first_network(pools, size)
     except ipam.IPAMError as e:
         raise errors.invalid(str(e)) from None
     port = req.data_path_port or DEFAULT_DATA_PATH_PORT
@@ -126,5 +128,6 @@ def plan_init(req: pb.InitRequest) -> InitPlan:
     listen_addr = netaddr.join_host_port(listen_ip, listen_port)
     return InitPlan(listen_addr=listen_addr, advertise_addr=netaddr.join_host_port(adv_host, adv_port),
                     local_addr=local_addr, data_path_addr=data_path, data_path_port=port,
-                    availability=availability, default_addr_pool=pools, subnet_size=size, spec=spec)
+                    availability=availability, default_addr_pool=pools, subnet_size=size, spec=spec,
+                    ingress=ingress)
 

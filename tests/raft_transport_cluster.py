@@ -27,13 +27,13 @@ from swarmd.store.raft import RaftStore, StoreError
 from swarmd.server import start_remote_server
 from swarmd.store.transport import PeerNetwork
 from tests.harness import wait_for as harness_wait_for
+from tests.storelib import INGRESS
 
 CLUSTER = {"id": "c" * 25, "default_addr_pool": [], "subnet_size": 24,
            "join_tokens": {"worker": "w", "manager": "m"}}
 NODE = {"id": "n" * 25, "labels": {}, "availability": "active"}
 
-BOOTSTRAP = encode_op("bootstrap", cluster=CLUSTER, node=NODE,
-                      ingress={"id": "i" * 25, "name": "ingress", "ingress": True, "now": "t0"})
+BOOTSTRAP = encode_op("bootstrap", cluster=CLUSTER, node=NODE, ingress=INGRESS)
 
 
 def rotate(token: str) -> bytes:

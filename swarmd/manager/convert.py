@@ -1,4 +1,4 @@
-"""Store objects (JSON dicts) to wire objects (protobuf). The only place that knows both shapes."""
+"""Store objects (typed JSON dicts) to wire objects (protobuf). The only place that knows both shapes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.ca import pki
+from swarmd.store.objects import Cluster, Network, Node, NodeTLS
 
 VXLAN_OPTION = "com.docker.network.driver.overlay.vxlanid_list"
 
@@ -16,7 +17,7 @@ def tls_info(root_pem: str) -> pb.TLSInfo:
     return pb.TLSInfo(trust_root=root_pem, cert_issuer_subject=subject, cert_issuer_public_key=public_key)
 
 
-def _node_tls(reported: dict[str, str] | None, trust: pb.TLSInfo) -> pb.TLSInfo:
+def _node_tls(reported: NodeTLS | None, trust: pb.TLSInfo) -> pb.TLSInfo:
     """What the node last reported of its TLS; the cluster's until it has reported."""
     if not reported:
         return trust
@@ -25,7 +26,7 @@ def _node_tls(reported: dict[str, str] | None, trust: pb.TLSInfo) -> pb.TLSInfo:
                       cert_issuer_public_key=reported.get("issuer_public_key", ""))
 
 
-def node(obj: dict[str, Any], trust: pb.TLSInfo, leader_id: str | None,
+def node(obj: Node, trust: pb.TLSInfo, leader_id: str | None,
          reachable: Callable[[str], bool]) -> pb.Node:
     msg = pb.Node(
         id=obj["id"],
@@ -56,7 +57,7 @@ def node(obj: dict[str, Any], trust: pb.TLSInfo, leader_id: str | None,
     return msg
 
 
-def network(obj: dict[str, Any]) -> pb.Network:
+def network(obj: Network) -> pb.Network:
     options = dict(obj.get("options", {}))
     options[VXLAN_OPTION] = ",".join(str(v) for v in obj["vxlan_ids"])
     return pb.Network(
@@ -74,8 +75,9 @@ def network(obj: dict[str, Any]) -> pb.Network:
     )
 
 
-def cluster(obj: dict[str, Any]) -> pb.Cluster:
+def cluster(obj: Cluster) -> pb.Cluster:
     spec = obj["spec"]
+    rotation = obj.get("root_rotation")
     return pb.Cluster(
         id=obj["id"],
         version=obj["version"],
@@ -94,8 +96,8 @@ def cluster(obj: dict[str, Any]) -> pb.Cluster:
             autolock_managers=spec["autolock_managers"],
         ),
         tls_info=tls_info(obj["root_ca"]["cert"]),
-        root_rotation_in_progress=bool(obj.get("root_rotation")),
-        desired_tls_info=tls_info(obj["root_rotation"]["cert"] if obj.get("root_rotation") else obj["root_ca"]["cert"]),
+        root_rotation_in_progress=bool(rotation),
+        desired_tls_info=tls_info(rotation["cert"] if rotation else obj["root_ca"]["cert"]),
         default_addr_pool=obj["default_addr_pool"],
         subnet_size=obj["subnet_size"],
         data_path_port=obj["data_path_port"],

@@ -6,13 +6,14 @@ live leader; writes are proposed as JSON ops and their results mapped to Docker'
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -22,10 +23,14 @@ from swarmd.ca import ids, keyfile, pki, rotation, tokens
 from swarmd.errors import SwarmError
 from swarmd.initplan import spec_overrides
 from swarmd.manager import admission, convert, nodetls, requestid, rootrotation
+from swarmd.manager.allocator import networks as allocation
 from swarmd.manager.leadership import LeaderSupervisor
 from swarmd.manager.roles import RoleManager
 from swarmd.manager import fields as checks
 from swarmd.store.machine import Result, State, StateMachine, encode_op
+from swarmd.store.objects import Cluster, Network, Node
+from swarmd.store.refusal import OpError
+from swarmd.store.state import Hooks
 from swarmd.store.raft import MAX_OP_BYTES, OpTooLarge, RaftStore, StoreError
 from swarmd.store.transport import PeerNetwork
 from swarmd.timeutil import now_rfc3339
@@ -50,10 +55,22 @@ DEMOTE_TIMEOUT = 10.0
 HANDOVER_TIMEOUT = 5.0
 
 
-def effective_role(node: dict[str, Any]) -> str:
+def effective_role(node: Mapping[str, Any]) -> str:
     """What a node is now: its desired role, except that a manager whose demotion is under way
     remains a manager until it has been taken out of Raft."""
     return "manager" if node.get("manager") else str(node["role"])
+
+
+def _cluster_of(state: State) -> Cluster:
+    cluster = state["cluster"]
+    if cluster is None:
+        raise SwarmError("the cluster object does not exist yet", grpc.StatusCode.FAILED_PRECONDITION)
+    return cluster
+
+
+def _field(node: Node | None, key: str) -> Any:
+    """One field of a node that may be gone (None then)."""
+    return None if node is None else cast(Mapping[str, Any], node).get(key)
 
 
 class LeadershipMoved(SwarmError):
@@ -67,7 +84,8 @@ class Manager:
     def __init__(self, node_id: str, raft_dir: Path, peers: Sequence[str] = (),
                  network: PeerNetwork | None = None, *, data_key: bytes, other_keys: Sequence[bytes] = ()) -> None:
         self.node_id = node_id
-        self.machine = StateMachine()
+        self.machine = StateMachine(Hooks(legacy_network_allocation=allocation.legacy_allocation))
+        self.allocator = allocation.NetworkAllocator()
         self.network = network
         self.roles = RoleManager(self)
         self.root_rotation = rootrotation.RootRotationReconciler(self)
@@ -109,6 +127,11 @@ class Manager:
 
     # -- plumbing ------------------------------------------------------------------------------
     def propose(self, kind: str, **fields: Any) -> Result:
+        """Propose an op; its result once applied, or its refusal as Docker's error."""
+        return self._succeeded(self.propose_result(kind, **fields))
+
+    def propose_result(self, kind: str, **fields: Any) -> Result:
+        """Propose an op and return its result, refused or not (the write committed either way)."""
         limit = None if kind == "restore" else MAX_OP_BYTES
         tag = requestid.next_tag()
         if tag is not None:
@@ -122,6 +145,10 @@ class Manager:
                 raise SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN) from None
             raise SwarmError(f"the write did not commit: {e}", grpc.StatusCode.ABORTED) from None
         requestid.committed()  # a failed result committed too: the entry is in the log
+        return result
+
+    @staticmethod
+    def _succeeded(result: Result) -> Result:
         if not result.get("ok"):
             raise SwarmError(result["message"], _CODES.get(result.get("code", ""), grpc.StatusCode.UNKNOWN))
         return result
@@ -150,13 +177,9 @@ class Manager:
         except StoreError:
             raise SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN) from None
 
-    def cluster(self) -> dict[str, Any]:
-        def get(state: State) -> dict[str, Any]:
-            cluster = state["cluster"]
-            if cluster is None:
-                raise SwarmError("the cluster object does not exist yet", grpc.StatusCode.FAILED_PRECONDITION)
-            return dict(cluster)
-        return self.read(get)
+    def cluster(self) -> Cluster:
+        """A shallow copy (the store replaces the cluster object on a change, never edits it)."""
+        return self.read(lambda state: copy.copy(_cluster_of(state)))
 
     def _reachable(self, node_id: str) -> bool:
         return node_id == self.node_id or self.store.is_connected(node_id)
@@ -174,7 +197,7 @@ class Manager:
         def addr(state: State) -> str | None:
             node = state["nodes"].get(node_id)
             manager = node.get("manager") if node else None
-            return str(manager["addr"]) if manager else None
+            return manager["addr"] if manager else None
         return self.machine.read(addr)
 
     def role_of(self, node_id: str) -> str | None:
@@ -212,7 +235,7 @@ class Manager:
                          now=now_rfc3339())
         return str(self.cluster()["join_tokens"][role])
 
-    def update_cluster(self, req: pb.UpdateClusterRequest) -> tuple[dict[str, Any], str]:
+    def update_cluster(self, req: pb.UpdateClusterRequest) -> tuple[Cluster, str]:
         """Spec changes and autolock; returns the cluster and its unlock key afterwards."""
         changes = spec_overrides(req)
         autolock = bool(self.cluster()["spec"]["autolock_managers"])
@@ -278,19 +301,19 @@ class Manager:
     def managers(self) -> list[tuple[str, str]]:
         """(node ID, advertise address) of every manager the store knows, sorted."""
         def addrs(state: State) -> list[tuple[str, str]]:
-            return sorted((n["id"], n["manager"]["addr"]) for n in state["nodes"].values() if n.get("manager"))
+            return sorted((n["id"], m["addr"]) for n in state["nodes"].values() if (m := n.get("manager")))
         return self.machine.read(addrs)
 
     # -- nodes ---------------------------------------------------------------------------------
-    def _node_pb(self, state: State, obj: dict[str, Any]) -> pb.Node:
-        trust = convert.tls_info(state["cluster"]["root_ca"]["cert"])
+    def _node_pb(self, state: State, obj: Node) -> pb.Node:
+        trust = convert.tls_info(_cluster_of(state)["root_ca"]["cert"])
         return convert.node(obj, trust, self.store.leader_id(), self._reachable)
 
     def list_nodes(self) -> list[pb.Node]:
         return self.read(lambda state: [self._node_pb(state, n) for n in state["nodes"].values()])
 
-    def _resolve_node(self, state: State, ref: str, allow_self: bool = True) -> dict[str, Any]:
-        nodes: dict[str, dict[str, Any]] = state["nodes"]
+    def _resolve_node(self, state: State, ref: str, allow_self: bool = True) -> Node:
+        nodes = state["nodes"]
         if ref == "self" and allow_self:
             ref = self.node_id
         if ref in nodes:
@@ -368,11 +391,11 @@ class Manager:
         return bool(changes)
 
     # -- networks ------------------------------------------------------------------------------
-    def _resolve_network(self, state: State, ref: str) -> dict[str, Any]:
-        networks: dict[str, dict[str, Any]] = state["networks"]
+    def _resolve_network(self, state: State, ref: str) -> Network:
+        networks = state["networks"]
         if ref in networks:
             return networks[ref]
-        for candidates in ([n for n in networks.values() if n["name"] == ref],
+        for candidates in ([networks[i] for i in networks.lookup("name", ref)],
                            [n for n in networks.values() if ref and n["id"].startswith(ref)]):
             if len(candidates) == 1:
                 return candidates[0]
@@ -393,12 +416,19 @@ class Manager:
         if req.driver not in ("", "overlay"):
             raise errors.invalid(f'network driver "{req.driver}" is not supported: swarm networks use "overlay"')
         checks.check_network_spec(name, req.ingress, req.attachable, len(req.ipam))
-        ipam = [{"subnet": c.subnet, "gateway": c.gateway} for c in req.ipam]
-        result = self.propose(
-            "create_network", id=ids.new_id(), name=name, ingress=req.ingress, internal=req.internal,
-            attachable=req.attachable, ipam=ipam, labels=dict(req.labels), options=dict(req.options),
-            now=now_rfc3339())
-        return self.get_network(str(result["network_id"]))
+        fields = {"id": ids.new_id(), "name": name, "ingress": req.ingress, "internal": req.internal,
+                  "attachable": req.attachable, "labels": dict(req.labels), "options": dict(req.options)}
+
+        def propose(choice: allocation.Choice | None) -> Result:
+            picked = choice.op_fields() if choice is not None else {}
+            return self.propose_result("create_network", **fields, **picked, now=now_rfc3339())
+        requests = [allocation.Request(c.subnet, c.gateway) for c in req.ipam]
+        try:
+            result = self.allocator.create(self.read, propose, name, req.ingress, requests,
+                                           requestid.next_write_committed)
+        except OpError as e:
+            raise SwarmError(e.message, _CODES.get(e.code, grpc.StatusCode.UNKNOWN)) from None
+        return self.get_network(str(self._succeeded(result)["network_id"]))
 
     def remove_network(self, ref: str) -> pb.Network:
         network = self.get_network(ref)
@@ -456,7 +486,7 @@ class Manager:
 
     def raft_join(self, node_id: str, addr: str, check: Callable[[str, str], None]) -> list[tuple[str, str]]:
         """Leader side of a manager joining Raft: reachability check, record, add member."""
-        role = self.machine.read(lambda state: (state["nodes"].get(node_id) or {}).get("role"))
+        role = self.machine.read(lambda state: _field(state["nodes"].get(node_id), "role"))
         if role != "manager":
             raise SwarmError(f"node {node_id} is not a manager", grpc.StatusCode.PERMISSION_DENIED)
         started = time.monotonic()
@@ -540,7 +570,7 @@ class Manager:
                 self.propose("set_node_role", id=node_id, role="worker", now=now_rfc3339())
         if node_id == self.node_id:
             self._wait_handover()
-        elif not self.wait_until(lambda s: not (s["nodes"].get(node_id) or {}).get("manager"), DEMOTE_TIMEOUT):
+        elif not self.wait_until(lambda s: not _field(s["nodes"].get(node_id), "manager"), DEMOTE_TIMEOUT):
             raise SwarmError(f"the demotion of {node_id} is stored but it is still a raft member; it is removed "
                              "as soon as that keeps a quorum", grpc.StatusCode.UNKNOWN)
         return node_id, changed

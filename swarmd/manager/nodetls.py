@@ -10,6 +10,7 @@ cannot put anything else (a megabyte that changes on every call, say) into the s
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 from cryptography import x509
@@ -17,7 +18,7 @@ from cryptography import x509
 from swarmd.ca import pki
 
 
-def cluster_roots(cluster: dict[str, Any]) -> tuple[str, ...]:
+def cluster_roots(cluster: Mapping[str, Any]) -> tuple[str, ...]:
     """The roots a node may hold: the current one, and the new one while a rotation runs."""
     rotating = cluster.get("root_rotation")
     current = str(cluster["root_ca"]["cert"])

@@ -9,11 +9,14 @@ committed returns its first result instead of being applied twice.
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from swarmd.store.state import State
 
 MAX_LENGTH = 64
 _VALID = re.compile(r"[a-z0-9]{1,64}")
@@ -23,7 +26,7 @@ class _Call:
     def __init__(self, request_id: str | None, leader_only: bool) -> None:
         self.request_id = request_id
         self.leader_only = leader_only
-        self.counter = itertools.count(1)
+        self.proposals = 0  # writes proposed so far
         self.committed = False
         self.unconfirmed_reads = False
 
@@ -49,7 +52,20 @@ def next_tag() -> str | None:
     call = _current.get()
     if call is None or call.request_id is None:
         return None
-    return f"{call.request_id}:{next(call.counter)}"
+    call.proposals += 1
+    return f"{call.request_id}:{call.proposals}"
+
+
+def next_write_committed(state: State) -> bool:
+    """Whether the next write of the current call committed on an earlier try of the call (the
+    forwarder lost the answer and asked again): ``state`` holds its first result. A write whose
+    checks read the state must then skip them (they would refuse what it did) and be proposed
+    as it is, to be answered with that result. ``state`` must be read as the call's other reads
+    are (``Manager.read``), so that it holds every write committed before."""
+    call = _current.get()
+    if call is None or call.request_id is None:
+        return False
+    return f"{call.request_id}:{call.proposals + 1}" in state["requests"]
 
 
 def committed() -> None:

@@ -10,6 +10,7 @@ waited for: its old certificate is no longer trusted, and it rejoins with the ne
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 BATCH = 30  # swarmkit's IssuanceStateRotateMaxBatchSize
 
 
-def signing_material(cluster: dict[str, Any]) -> tuple[bytes, bytes, bytes]:
+def signing_material(cluster: Mapping[str, Any]) -> tuple[bytes, bytes, bytes]:
     """(CA certificate, CA key, chain to append) that new node certificates are issued with."""
     current = cluster.get("root_rotation")
     if current:
@@ -38,14 +39,14 @@ def signing_material(cluster: dict[str, Any]) -> tuple[bytes, bytes, bytes]:
     return cluster["root_ca"]["cert"].encode(), cluster["root_ca"]["key"].encode(), b""
 
 
-def trusted_roots(cluster: dict[str, Any]) -> bytes:
+def trusted_roots(cluster: Mapping[str, Any]) -> bytes:
     """The roots a manager accepts node certificates from: the new one too while rotating."""
     current = cluster.get("root_rotation")
     roots = str(cluster["root_ca"]["cert"])
     return (roots + current["cert"] if current else roots).encode()
 
 
-def desired_root(cluster: dict[str, Any]) -> str:
+def desired_root(cluster: Mapping[str, Any]) -> str:
     current = cluster.get("root_rotation")
     return str(current["cert"] if current else cluster["root_ca"]["cert"])
 
@@ -73,7 +74,7 @@ def start(manager: Manager, req: pb.UpdateClusterRequest) -> None:
     log.info("root CA rotation started to %s", rotation.root_digest(new_cert))
 
 
-def converged(node: dict[str, Any], desired_spki: str) -> bool:
+def converged(node: Mapping[str, Any], desired_spki: str) -> bool:
     return bool((node.get("tls") or {}).get("issuer_public_key") == desired_spki)
 
 
@@ -95,7 +96,7 @@ class RootRotationReconciler(LeaderLoop):
 
 def reconcile(manager: Manager) -> bool:
     """One step of a rotation in progress; True while one is. Cheap when there is none."""
-    def read(state: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    def read(state: Mapping[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         cluster = state["cluster"]
         if not cluster or not cluster.get("root_rotation"):
             return None, []

@@ -507,7 +507,7 @@ class NodeRuntime:
         manager = self.manager
         if manager is None or self.local is None:
             return None
-        return str(manager.machine.read(lambda s: (s["cluster"] or {}).get("unlock_key", "")))
+        return str(manager.machine.read(lambda s: s["cluster"].get("unlock_key", "") if s["cluster"] else ""))
 
     def _heartbeat_hint(self) -> int:
         manager = self.manager
@@ -591,7 +591,7 @@ class NodeRuntime:
             "state": "ready", "addr": local.advertise_host, "message": "",
             "manager": {"addr": plan.advertise_addr},
         }
-        ingress = {"id": ids.new_id(), "name": "ingress", "ingress": True, "now": now}
+        ingress = {"id": ids.new_id(), "name": "ingress", "ingress": True, "now": now, **plan.ingress.op_fields()}
         self.manager.propose("bootstrap", cluster=cluster, node=node, ingress=ingress)
         self._set_local(local)
         self._start_agent(local, [(node_id, plan.advertise_addr)], plan.spec["dispatcher_heartbeat_ns"])

@@ -7,55 +7,27 @@ exception inside a pysyncobj apply stalls the node forever. Invalid ops become f
 
 from __future__ import annotations
 
-import copy
 import json
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from swarmd.manager import ipam
-from swarmd.store import watch
+from swarmd.store import networks, watch
+from swarmd.store.objects import Cluster, Node, stamp_defaults
+from swarmd.store.refusal import OpError, Result, failed as _failed, require as _require
+from swarmd.store.state import Draft, Hooks, State, empty_state, from_json, tables, to_json
+from swarmd.store.table import REMOVED, copy_json
 from swarmd.store.watch import Event
+
+__all__ = ["OpError", "Result", "State", "StateMachine", "encode_op", "encode_batch", "empty_state"]
 
 OP_VERSION = 1
 KEY_REUSED = ("rpc error: code = AlreadyExists desc = a node already joined the swarm with this certificate "
               "signing request's key; every node must make its own key")
-
-State = dict[str, Any]
-Result = dict[str, Any]
-T = TypeVar("T")
-
-
-class OpError(Exception):
-    """Raised inside a handler to turn the op into a failed result."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 OUT_OF_SEQUENCE = "rpc error: code = Unknown desc = update out of sequence"  # swarmkit's ErrSequenceConflict
 
-
-class _Table(dict[str, Any]):
-    """A draft's table: records which keys the op set or deleted (its events)."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.changed: set[str] = set()
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.changed.add(key)
-        super().__setitem__(key, value)
-
-    def __delitem__(self, key: str) -> None:
-        self.changed.add(key)
-        super().__delitem__(key)
-
-
-def empty_state() -> State:
-    return {"index": 0, "cluster": None, "nodes": {}, "networks": {}}
+T = TypeVar("T")
+Handler = Callable[[Draft, dict[str, Any]], Result]
 
 
 def encode_op(kind: str, **fields: Any) -> bytes:
@@ -73,12 +45,17 @@ def encode_batch(ops: list[bytes]) -> bytes:
 
 
 class StateMachine:
-    """Holds the cluster state; readers take a consistent view under the same lock apply uses."""
+    """Holds the cluster state; readers take a consistent view under the same lock apply uses.
 
-    def __init__(self) -> None:
+    An op works on a ``Draft`` (overlays over the tables, see ``table``) and is committed into
+    the state in place, under the lock, only once it has succeeded: a write costs what it
+    changes, and a failed op leaves the state exactly as it was."""
+
+    def __init__(self, hooks: Hooks | None = None) -> None:
         self._lock = threading.Lock()
         self._state: State = empty_state()
-        self._handlers: dict[str, Callable[[State, dict[str, Any]], Result]] = {
+        self._hooks = hooks or Hooks()
+        self._handlers: dict[str, Handler] = {
             "bootstrap": _bootstrap,
             "rotate_join_token": _rotate_join_token,
             "update_cluster": _update_cluster,
@@ -87,8 +64,8 @@ class StateMachine:
             "finish_root_rotation": _finish_root_rotation,
             "update_node": _update_node,
             "set_node_status": _set_node_status,
-            "create_network": _create_network,
-            "remove_network": _remove_network,
+            "create_network": networks.create_network,
+            "remove_network": networks.remove_network,
             "add_node": _add_node,
             "set_node_role": _set_node_role,
             "remove_node": _remove_node,
@@ -134,42 +111,52 @@ class StateMachine:
             tag = cmd.get("rid")
             with self._lock:
                 before = self._state
-                done = before.get("requests", {}).get(tag) if isinstance(tag, str) else None
+                done = before["requests"].get(tag) if isinstance(tag, str) else None
                 if done is not None:
                     return dict(done)  # a retried write that had committed: its first result
                 _check_expected(before, cmd.get("expect"))
-                # Handlers work on a draft so a failure half-way leaves the state as it was. The
-                # draft copies only the containers; a handler replaces (never edits) an object it
-                # changes (see _for_write), so a write costs O(objects), not a deep copy of all.
-                draft = {**before, "nodes": _Table(before["nodes"]), "networks": _Table(before["networks"])}
-                draft["index"] += 1
-                outcome: Result = {"ok": True, "index": draft["index"], **handler(draft, cmd)}
-                events = [Event("", watch.RESET, {}, draft["index"])] if cmd["op"] == "restore" \
-                    else _changes(before, draft)
-                if isinstance(tag, str):  # last: nothing after it can fail the op
-                    draft["requests"] = _remember(before.get("requests"), tag, outcome)
-                self._state = draft
+                draft = Draft(before, self._hooks)
+                outcome: Result = {"ok": True, "index": draft.index, **handler(draft, cmd)}
+                if draft.restored is None:
+                    events = _changes(draft)
+                    draft.prepare()
+                    after = before
+                else:
+                    after = draft.restored
+                    events = [Event("", watch.RESET, {}, after["index"])]
+                # The op has succeeded: nothing below can fail.
+                if isinstance(tag, str):
+                    after["requests"] = _remember(before["requests"], tag, outcome)
+                if after is before:
+                    draft.commit()
+                else:
+                    self._state = after
             self.events.publish(events)
             return outcome
         except OpError as e:
-            return _failed(e.code, e.message)
+            return _failed(e.code, e.message, conflict=e.conflict)
         except Exception as e:  # noqa: BLE001 - apply must never raise (see module docstring)
             return _failed("INTERNAL", f"failed to apply {type(e).__name__}: {e}")
 
     # -- reads and snapshots ---------------------------------------------------------------
     def read(self, fn: Callable[[State], T]) -> T:
-        """Run ``fn`` on the current state under the lock; ``fn`` must not keep references."""
+        """Run ``fn`` on the current state under the lock; ``fn`` must not keep references
+        (the tables change in place at the next commit; the objects in them never do)."""
         with self._lock:
             return fn(self._state)
 
-    def dump(self) -> State:
+    def dump(self) -> dict[str, Any]:
+        """The state as its JSON document (a deep copy: the caller may change it)."""
         with self._lock:
-            return copy.deepcopy(self._state)
+            return to_json(self._state)
 
-    def load(self, state: State) -> None:
+    def load(self, doc: dict[str, Any]) -> None:
+        """Replace the state with a JSON document (a snapshot), of this version or an earlier
+        one; the document's objects become the state's."""
+        state = from_json(doc)
         with self._lock:
             self._state = state
-        self.events.publish([Event("", watch.RESET, {}, int(state.get("index", 0)))])
+        self.events.publish([Event("", watch.RESET, {}, state["index"])])
         for listener in self._listeners:
             listener()
 
@@ -181,98 +168,85 @@ def _check_expected(state: State, expect: Any) -> None:
         return
     if not isinstance(expect, dict):
         raise OpError("INVALID_ARGUMENT", "malformed expected versions")
+    by_name = tables(state)
     for table, versions in expect.items():
         if table == "cluster":
-            current = (state["cluster"] or {}).get("version")
-            _require(current == versions, "UNKNOWN", OUT_OF_SEQUENCE)
+            cluster = state["cluster"]
+            _require((cluster["version"] if cluster else None) == versions, "UNKNOWN", OUT_OF_SEQUENCE)
             continue
-        _require(table in ("nodes", "networks") and isinstance(versions, dict), "INVALID_ARGUMENT",
+        _require(table in by_name and isinstance(versions, dict), "INVALID_ARGUMENT",
                  "malformed expected versions")
         for key, version in versions.items():
-            current = (state[table].get(key) or {}).get("version")
+            current = (by_name[table].get(key) or {}).get("version")
             _require(current is not None and current == version, "UNKNOWN", OUT_OF_SEQUENCE)
 
 
-def _changes(before: State, after: State) -> list[Event]:
+def _changes(draft: Draft) -> list[Event]:
     """The events of one op, in a fixed order; each changed object gets the op's index as its
     version (the same on every replica)."""
-    index = after["index"]
+    index = draft.index
     events: list[Event] = []
-    if after.get("cluster") is not before.get("cluster") and after.get("cluster") is not None:
-        cluster = after["cluster"]
-        cluster["version"] = index
-        events.append(Event("cluster", watch.CREATE if before.get("cluster") is None else watch.UPDATE,
-                            cluster, index))
-    for table in ("nodes", "networks"):
-        now = after[table]
-        changed = sorted(now.changed) if isinstance(now, _Table) else []
-        if isinstance(now, _Table):
-            now.changed = set()
-        for key in changed:
-            old, new = before[table].get(key), now.get(key)
-            if new is None:
+    before = draft.before["cluster"]
+    if draft.cluster is not before and draft.cluster is not None:
+        draft.cluster["version"] = index
+        events.append(Event("cluster", watch.CREATE if before is None else watch.UPDATE,
+                            cast(dict[str, Any], draft.cluster), index))
+    for name, table in draft.tables().items():
+        for key in sorted(table.changes):
+            old, new = table.committed(key), table.changes[key]
+            if new is REMOVED:
                 if old is not None:
-                    events.append(Event(table, watch.REMOVE, old, index))
+                    events.append(Event(name, watch.REMOVE, old, index))
             elif new is not old:
-                new["version"] = index
-                events.append(Event(table, watch.CREATE if old is None else watch.UPDATE, new, index))
+                new["version"] = index  # type: ignore[index]
+                events.append(Event(name, watch.CREATE if old is None else watch.UPDATE, new, index))  # type: ignore[arg-type]
     return events
 
 
 MAX_REMEMBERED = 1024  # recent request tags; a retry comes within seconds of its first try
 
 
-def _remember(requests: dict[str, Result] | None, tag: str, outcome: Result) -> dict[str, Result]:
+def _remember(requests: dict[str, Result], tag: str, outcome: Result) -> dict[str, Result]:
     """The request table with ``tag`` added and the oldest tags dropped (same on every replica).
 
-    Changed in place, not copied: this runs under the state lock once the op has succeeded, and
-    the state it belonged to is replaced by the draft right after, so nobody sees it change."""
-    table = requests if requests is not None else {}
-    table[tag] = outcome
-    while len(table) > MAX_REMEMBERED:
-        del table[next(iter(table))]
-    return table
-
-
-def _failed(code: str, message: str) -> Result:
-    return {"ok": False, "code": code, "message": message}
-
-
-def _require(cond: bool, code: str, message: str) -> None:
-    if not cond:
-        raise OpError(code, message)
+    Changed in place: this runs under the state lock once the op has succeeded."""
+    requests[tag] = outcome
+    while len(requests) > MAX_REMEMBERED:
+        del requests[next(iter(requests))]
+    return requests
 
 
 # -- handlers ------------------------------------------------------------------------------
 
-def _bootstrap(state: State, cmd: dict[str, Any]) -> Result:
+def _bootstrap(draft: Draft, cmd: dict[str, Any]) -> Result:
     """Create the cluster object, the first node and the ingress network in one entry."""
-    _require(state["cluster"] is None, "ALREADY_EXISTS", "the cluster already exists")
-    index = state["index"]
-    cluster = dict(cmd["cluster"], version=index)
-    state["cluster"] = cluster
-    node = dict(cmd["node"], version=index)
-    state["nodes"][node["id"]] = node
+    _require(draft.cluster is None, "ALREADY_EXISTS", "the cluster already exists")
+    cluster = cast(Cluster, dict(cmd["cluster"], version=draft.index))
+    stamp_defaults(cast(dict[str, Any], cluster))
+    draft.cluster = cluster
+    node = _new_node(draft, cmd["node"])
+    draft.nodes[node["id"]] = node
     ingress = cmd.get("ingress")
     if ingress:
-        _create_network(state, ingress)
+        networks.create_network(draft, ingress)
     return {"cluster_id": cluster["id"], "node_id": node["id"]}
 
 
-def _cluster(state: State) -> dict[str, Any]:
-    """The draft's own copy of the cluster object, safe to change."""
-    cluster = state["cluster"]
+def _cluster(draft: Draft) -> dict[str, Any]:
+    """The draft's own copy of the cluster object, safe to change (handlers change it with the
+    op's untyped fields, hence a plain dict)."""
+    cluster = draft.cluster
     _require(cluster is not None, "FAILED_PRECONDITION", "the cluster does not exist")
-    state["cluster"] = copy.deepcopy(cluster)
-    return state["cluster"]  # type: ignore[no-any-return]
+    if cluster is draft.before["cluster"]:
+        draft.cluster = copy_json(cluster)
+    return cast(dict[str, Any], draft.cluster)
 
 
-def _rotate_join_token(state: State, cmd: dict[str, Any]) -> Result:
-    cluster = _cluster(state)
+def _rotate_join_token(draft: Draft, cmd: dict[str, Any]) -> Result:
+    cluster = _cluster(draft)
     role = cmd["role"]
     _require(role in ("worker", "manager"), "INVALID_ARGUMENT", f"unknown role {role}")
     cluster["join_tokens"][role] = cmd["token"]
-    cluster["version"] = state["index"]
     cluster["updated_at"] = cmd["now"]
     return {}
 
@@ -281,24 +255,23 @@ _SPEC_KEYS = frozenset({"task_history_limit", "dispatcher_heartbeat_ns", "node_c
                         "snapshot_interval", "keep_old_snapshots", "autolock_managers"})
 
 
-def _update_cluster(state: State, cmd: dict[str, Any]) -> Result:
+def _update_cluster(draft: Draft, cmd: dict[str, Any]) -> Result:
     """``swarmctl update`` / ``unlock-key --rotate``: spec fields, and the unlock key when
     ``unlock_key`` is given (empty: autolock off)."""
-    cluster = _cluster(state)
+    cluster = _cluster(draft)
     changes = cmd.get("spec") or {}
     unknown = set(changes) - _SPEC_KEYS
     _require(not unknown, "INVALID_ARGUMENT", f"unknown cluster settings {sorted(unknown)}")
     cluster["spec"].update(changes)
     if cmd.get("unlock_key") is not None:
         cluster["unlock_key"] = cmd["unlock_key"]
-    cluster["version"] = state["index"]
     cluster["updated_at"] = cmd["now"]
     return {}
 
 
-def _start_root_rotation(state: State, cmd: dict[str, Any]) -> Result:
+def _start_root_rotation(draft: Draft, cmd: dict[str, Any]) -> Result:
     """``swarmctl ca --rotate``: the new root (cert, key, cross-signed cert) to move nodes to."""
-    cluster = _cluster(state)
+    cluster = _cluster(draft)
     rotation = cmd["rotation"]
     _require(all(isinstance(rotation.get(k), str) and rotation[k] for k in ("cert", "key", "cross_signed")),
              "INVALID_ARGUMENT", "incomplete root rotation")
@@ -306,54 +279,53 @@ def _start_root_rotation(state: State, cmd: dict[str, Any]) -> Result:
     if cmd.get("force_rotate") is not None:
         cluster["force_rotate"] = cmd["force_rotate"]
     cluster["spec"].update({k: v for k, v in (cmd.get("spec") or {}).items() if k in _SPEC_KEYS})
-    _clear_cert_rotation(state)
-    cluster["version"] = state["index"]
+    _clear_cert_rotation(draft)
     cluster["updated_at"] = cmd["now"]
     return {}
 
 
-def _clear_cert_rotation(state: State) -> None:
-    for node_id, node in list(state["nodes"].items()):
-        if node.get("cert_rotate"):
-            state["nodes"][node_id] = {**node, "cert_rotate": False}
+def _clear_cert_rotation(draft: Draft) -> None:
+    for node_id in draft.nodes.lookup("cert_rotate", "cert_rotate"):
+        draft.nodes.edit(node_id)["cert_rotate"] = False
 
 
-def _mark_cert_rotation(state: State, cmd: dict[str, Any]) -> Result:
+def _mark_cert_rotation(draft: Draft, cmd: dict[str, Any]) -> Result:
     """The next batch of nodes asked to renew onto the new root."""
     for node_id in cmd["ids"]:
-        if node_id in state["nodes"]:
-            node = _node(state, node_id)
-            node["cert_rotate"] = True
-            node["version"] = state["index"]
+        if node_id in draft.nodes:
+            draft.nodes.edit(node_id)["cert_rotate"] = True
     return {}
 
 
-def _finish_root_rotation(state: State, cmd: dict[str, Any]) -> Result:
+def _finish_root_rotation(draft: Draft, cmd: dict[str, Any]) -> Result:
     """Every node holds a certificate from the new root: it becomes the trust root, and both join
     tokens are replaced (their digest names the root)."""
-    cluster = _cluster(state)
+    cluster = _cluster(draft)
     rotation: dict[str, str] = cluster.get("root_rotation") or {}
     _require(bool(rotation), "FAILED_PRECONDITION", "no root rotation in progress")
     _require(rotation["cert"] == cmd["cert"], "FAILED_PRECONDITION", "the root rotation changed meanwhile")
     cluster["root_ca"] = {"cert": rotation["cert"], "key": rotation["key"]}
     cluster["root_rotation"] = None
     cluster["join_tokens"] = dict(cmd["join_tokens"])
-    _clear_cert_rotation(state)
-    cluster["version"] = state["index"]
+    _clear_cert_rotation(draft)
     cluster["updated_at"] = cmd["now"]
     return {}
 
 
-def _node(state: State, node_id: str) -> dict[str, Any]:
-    """The draft's own copy of a node, safe to change."""
-    node = state["nodes"].get(node_id)
-    _require(node is not None, "NOT_FOUND", f"node {node_id} not found")
-    state["nodes"][node_id] = copy.deepcopy(node)
-    return state["nodes"][node_id]  # type: ignore[no-any-return]
+def _new_node(draft: Draft, fields: dict[str, Any]) -> Node:
+    node = dict(fields, version=draft.index)
+    stamp_defaults(node)
+    return cast(Node, node)
 
 
-def _update_node(state: State, cmd: dict[str, Any]) -> Result:
-    node = _node(state, cmd["id"])
+def _node(draft: Draft, node_id: str) -> dict[str, Any]:
+    """The draft's own copy of a node, safe to change (with the op's untyped fields)."""
+    _require(node_id in draft.nodes, "NOT_FOUND", f"node {node_id} not found")
+    return cast(dict[str, Any], draft.nodes.edit(node_id))
+
+
+def _update_node(draft: Draft, cmd: dict[str, Any]) -> Result:
+    node = _node(draft, cmd["id"])
     availability = cmd.get("availability")
     if availability:
         _require(availability in ("active", "pause", "drain"), "INVALID_ARGUMENT",
@@ -364,95 +336,34 @@ def _update_node(state: State, cmd: dict[str, Any]) -> Result:
         _require(key in labels, "INVALID_ARGUMENT", f"key {key} doesn't exist in node's labels")
         del labels[key]
     labels.update(cmd.get("label_add", {}))
-    node["version"] = state["index"]
     node["updated_at"] = cmd["now"]
     return {}
 
 
-def _set_node_status(state: State, cmd: dict[str, Any]) -> Result:
-    node = _node(state, cmd["id"])
+def _set_node_status(draft: Draft, cmd: dict[str, Any]) -> Result:
+    node = _node(draft, cmd["id"])
     for key in ("state", "addr", "message", "tls", "cert_rotate"):
         if key in cmd:
             node[key] = cmd[key]
     if "manager_addr" in cmd and node.get("manager"):
         node["manager"]["addr"] = cmd["manager_addr"]
-    node["version"] = state["index"]
     node["updated_at"] = cmd["now"]
     return {}
 
 
-def _create_network(state: State, cmd: dict[str, Any]) -> Result:
-    networks: dict[str, dict[str, Any]] = state["networks"]
-    name = cmd["name"]
-    _require(all(n["name"] != name for n in networks.values()), "ALREADY_EXISTS",
-             f"network with name {name} already exists")
-    _require(cmd["id"] not in networks, "ALREADY_EXISTS", f"network {cmd['id']} already exists")
-    if cmd.get("ingress"):
-        existing = [n for n in networks.values() if n.get("ingress")]
-        _require(not existing, "ALREADY_EXISTS",
-                 f"rpc error: code = AlreadyExists desc = ingress network ({existing[0]['id'] if existing else ''}) "
-                 "is already present")
-    cluster = state["cluster"]
-    _require(cluster is not None, "FAILED_PRECONDITION", "the cluster does not exist")
-    used = {cfg["subnet"]: n["name"] for n in networks.values() for cfg in n["ipam"]}
-    configs = []
-    try:
-        requested = cmd.get("ipam") or [{}]
-        for req in requested:
-            if req.get("subnet"):
-                subnet = ipam.check_requested_subnet(req["subnet"], used)
-            else:
-                _require(not req.get("gateway"), "INVALID_ARGUMENT", "a gateway needs a subnet")
-                subnet = ipam.allocate_subnet(cluster["default_addr_pool"], cluster["subnet_size"], list(used))
-            gateway = ipam.check_gateway(req["gateway"], subnet) if req.get("gateway") else ipam.default_gateway(subnet)
-            used[subnet] = name
-            configs.append({"subnet": subnet, "gateway": gateway})
-        vxlan_ids: list[int] = []
-        taken = [v for n in networks.values() for v in n["vxlan_ids"]]
-        for _ in configs:
-            vni = ipam.allocate_vxlan_id(taken + vxlan_ids)
-            vxlan_ids.append(vni)
-    except ipam.IPAMError as e:
-        raise OpError("INVALID_ARGUMENT", str(e)) from None
-    network = {
-        "id": cmd["id"],
-        "name": name,
-        "created_at": cmd["now"],
-        "driver": "overlay",
-        "ingress": bool(cmd.get("ingress")),
-        "internal": bool(cmd.get("internal")),
-        "attachable": bool(cmd.get("attachable")),
-        "ipam": configs,
-        "vxlan_ids": vxlan_ids,
-        "labels": dict(cmd.get("labels", {})),
-        "options": dict(cmd.get("options", {})),
-        "version": state["index"],
-    }
-    networks[network["id"]] = network
-    return {"network_id": network["id"]}
-
-
-def _remove_network(state: State, cmd: dict[str, Any]) -> Result:
-    network_id = cmd["id"]
-    _require(network_id in state["networks"], "NOT_FOUND", f"network {network_id} not found")
-    del state["networks"][network_id]
-    return {}
-
-
-def _add_node(state: State, cmd: dict[str, Any]) -> Result:
-    node = dict(cmd["node"], version=state["index"])
-    _require(node["id"] not in state["nodes"], "ALREADY_EXISTS", f"node {node['id']} already exists")
+def _add_node(draft: Draft, cmd: dict[str, Any]) -> Result:
+    node = _new_node(draft, cmd["node"])
+    _require(node["id"] not in draft.nodes, "ALREADY_EXISTS", f"node {node['id']} already exists")
     # One key, one node: a key that joined once cannot be used to add nodes again and again.
     key = node.get("public_key_sha256")
-    _require(not key or all(n.get("public_key_sha256") != key for n in state["nodes"].values()),
-             "ALREADY_EXISTS", KEY_REUSED)
-    state["nodes"][node["id"]] = node
+    _require(not key or not draft.nodes.lookup("public_key", key), "ALREADY_EXISTS", KEY_REUSED)
+    draft.nodes[node["id"]] = node
     return {"node_id": node["id"]}
 
 
-def _set_node_role(state: State, cmd: dict[str, Any]) -> Result:
+def _set_node_role(draft: Draft, cmd: dict[str, Any]) -> Result:
     """Desired role and manager address change together (promote, demote, Raft join/leave)."""
-    node = _node(state, cmd["id"])
+    node = _node(draft, cmd["id"])
     if "role" in cmd:
         _require(cmd["role"] in ("worker", "manager"), "INVALID_ARGUMENT", f"invalid role {cmd['role']!r}")
         node["role"] = cmd["role"]
@@ -461,29 +372,28 @@ def _set_node_role(state: State, cmd: dict[str, Any]) -> Result:
     for key in ("state", "message"):
         if key in cmd:
             node[key] = cmd[key]
-    node["version"] = state["index"]
     node["updated_at"] = cmd["now"]
     return {}
 
 
-def _remove_node(state: State, cmd: dict[str, Any]) -> Result:
-    node = _node(state, cmd["id"])
+def _remove_node(draft: Draft, cmd: dict[str, Any]) -> Result:
+    node_id = cmd["id"]
+    _require(node_id in draft.nodes, "NOT_FOUND", f"node {node_id} not found")
+    node = draft.nodes[node_id]
     _require(not node.get("manager"), "FAILED_PRECONDITION",
-             f"rpc error: code = FailedPrecondition desc = node {node['id']} is a cluster manager and is a "
+             f"rpc error: code = FailedPrecondition desc = node {node_id} is a cluster manager and is a "
              "member of the raft cluster. It must be demoted to worker before removal")
     if not cmd.get("force"):
         _require(node.get("state") == "down", "FAILED_PRECONDITION",
-                 f"rpc error: code = FailedPrecondition desc = node {node['id']} is not down and can't be removed")
-    del state["nodes"][node["id"]]
+                 f"rpc error: code = FailedPrecondition desc = node {node_id} is not down and can't be removed")
+    del draft.nodes[node_id]
     return {}
 
 
-def _restore(state: State, cmd: dict[str, Any]) -> Result:
+def _restore(draft: Draft, cmd: dict[str, Any]) -> Result:
     """Load a whole state into a fresh store (force-new-cluster)."""
-    _require(state["cluster"] is None, "FAILED_PRECONDITION", "restore needs an empty store")
-    restored = cmd["state"]
-    index = max(state["index"], int(restored["index"]) + 1)
-    state.clear()
-    state.update(restored)
-    state["index"] = index
+    _require(draft.cluster is None, "FAILED_PRECONDITION", "restore needs an empty store")
+    restored = from_json(cmd["state"])
+    restored["index"] = max(draft.index, restored["index"] + 1)
+    draft.restored = restored
     return {}

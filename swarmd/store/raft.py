@@ -43,7 +43,8 @@ from swarmd.store import hardening
 from swarmd.store.crypto import DataCipher
 from swarmd.store.hardening import SnapshotError
 from swarmd.store.journal import JournalError, MetaNotDurable
-from swarmd.store.machine import Result, StateMachine, encode_batch
+from swarmd.store.machine import Result, State, StateMachine, encode_batch
+from swarmd.store.objects import ClusterSpec
 from swarmd.store.reads import NotLeader, ReadBarrier
 from swarmd.store.transport import LoneTransport, PeerNetwork, transport_class
 
@@ -614,8 +615,9 @@ class RaftStore:
     def _follow_cluster_settings(self) -> None:
         """A store listener (on the tick thread, where pysyncobj reads its conf each tick; or in
         ``start()`` before there is one): the snapshot settings of the cluster spec."""
-        def settings(state: dict[str, Any]) -> tuple[int, int]:
-            spec = (state.get("cluster") or {}).get("spec") or {}
+        def settings(state: State) -> tuple[int, int]:
+            cluster = state["cluster"]
+            spec: ClusterSpec = (cluster.get("spec") or {}) if cluster else {}
             return (int(spec.get("snapshot_interval") or DEFAULT_SNAPSHOT_INTERVAL),
                     int(spec.get("keep_old_snapshots") or 0))
         interval, keep = self.machine.read(settings)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
+import grpc
+
+from swarmd.api.swarm.v1 import swarm_pb2 as pb
+from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 from tests.harness import Daemon, join
 
 
@@ -140,6 +145,23 @@ def test_networks_first_fit_and_reuse(manager: Daemon) -> None:
     r = manager.ctl("network", "rm", "nosuch")
     assert (r.returncode, r.stderr) == (1, "Error response from daemon: network nosuch not found\nexit status 1\n")
     assert "overlapping" not in manager.ok("network", "ls")
+
+
+def test_concurrent_creates_each_get_their_own_subnet_and_vxlan_id(manager: Daemon) -> None:
+    """The leader picks before it proposes; creates in flight at once never pick the same."""
+    names = [f"par{i}" for i in range(12)]
+    with grpc.insecure_channel(f"unix:{manager.socket}") as ch:
+        stub = pb_grpc.ControlStub(ch)
+        with ThreadPoolExecutor(len(names)) as pool:
+            created = list(pool.map(lambda n: stub.CreateNetwork(pb.CreateNetworkRequest(name=n), timeout=30).network,
+                                    names))
+    assert sorted(n.name for n in created) == sorted(names)
+    subnets = [n.ipam[0].subnet for n in created]
+    vxlan_ids = [n.options["com.docker.network.driver.overlay.vxlanid_list"] for n in created]
+    assert len(set(subnets)) == len(set(vxlan_ids)) == len(names)
+    # First fit over the whole lot: 10.0.1.0/24 ... 10.0.12.0/24 and 4097 ... 4108, in some order.
+    assert sorted(subnets, key=lambda s: int(s.split(".")[2])) == [f"10.0.{i}.0/24" for i in range(1, 13)]
+    assert sorted(map(int, vxlan_ids)) == list(range(4097, 4109))
 
 
 def test_removing_ingress_asks_first(manager: Daemon) -> None:

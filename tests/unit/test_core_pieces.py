@@ -15,6 +15,7 @@ from swarmd.manager import requestid
 from swarmd.remotes import Remotes
 from swarmd.store.machine import MAX_REMEMBERED, StateMachine, encode_op
 from swarmd.store.reads import ACK, PROBE, NotLeader, ReadBarrier
+from tests.storelib import network_op
 
 
 # -- read barrier -------------------------------------------------------------------------------
@@ -128,11 +129,11 @@ def bootstrap(machine: StateMachine) -> None:
 def test_a_retried_write_returns_its_first_result_and_is_applied_once() -> None:
     machine = StateMachine()
     bootstrap(machine)
-    op = encode_op("create_network", id="net1", name="a", now="t", rid="req:1")
+    op = network_op("net1", "a", rid="req:1")
     first = machine.apply(op)
     again = machine.apply(op)
     assert first["ok"] and again == first
-    other = machine.apply(encode_op("create_network", id="net2", name="a", now="t", rid="req:2"))
+    other = machine.apply(network_op("net2", "a", 2, rid="req:2"))
     assert not other["ok"] and "already exists" in other["message"]  # a new write is applied
     assert machine.read(lambda s: len(s["networks"])) == 1
 
@@ -206,9 +207,9 @@ def test_every_committed_change_is_an_event_in_commit_order_with_its_version() -
     machine = StateMachine()
     events = machine.events.subscribe()
     bootstrap(machine)
-    created = machine.apply(encode_op("create_network", id="net1", name="a", now="t"))
+    created = machine.apply(network_op("net1", "a"))
     machine.apply(encode_op("update_node", id="n", availability="drain", now="t"))
-    machine.apply(encode_op("create_network", id="net2", name="a", now="t"))  # refused: no event
+    machine.apply(network_op("net2", "a", 2))  # refused: no event
     machine.apply(encode_op("remove_network", id="net1"))
     seen = [(e.table, e.action, e.object.get("id"), e.version) for e in iter(lambda: events.get(0), None)]
     assert seen[:2] == [("cluster", CREATE, "c", 1), ("nodes", CREATE, "n", 1)]
@@ -229,7 +230,7 @@ def test_a_slow_subscriber_is_dropped_and_never_blocks_apply() -> None:
     fast = machine.events.subscribe()
     bootstrap(machine)  # two events (the cluster and its node): the queue is full
     for i in range(5):
-        assert machine.apply(encode_op("create_network", id=f"x{i}", name=f"x{i}", now="t"))["ok"]
+        assert machine.apply(network_op(f"x{i}", f"x{i}", i + 1))["ok"]
     assert slow.closed and slow.overflowed
     assert not fast.closed
     assert sum(1 for _ in iter(lambda: fast.get(0), None)) == 7

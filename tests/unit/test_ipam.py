@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from swarmd.manager import ipam
+from swarmd.manager.allocator import ipam
 
 
 def test_first_fit_skips_used_and_larger_networks() -> None:

@@ -20,7 +20,7 @@ from swarmctl import params
 from swarmd import gostr, netaddr
 from swarmd.ca import tokens
 from swarmd.ca.ids import b36
-from swarmd.manager import ipam
+from swarmd.manager.allocator import ipam
 from swarmd.timeutil import format_go_duration, parse_go_duration
 
 FAST = settings(derandomize=True, deadline=None, max_examples=300, database=None,
@@ -362,6 +362,30 @@ def test_allocations_are_first_fit_inside_the_pools_and_never_overlap(pool: tupl
     assert _span(again) == _lowest_free(candidates, used)
     if candidates.index(_span(freed)) <= candidates.index(_span(again)):
         assert again == freed  # a freed subnet is reused before anything after it
+
+
+@SLOW
+@given(pools(), st.data())
+def test_first_fit_skips_subnets_in_use_of_any_size(pool: tuple[list[str], int], data: st.DataObject) -> None:
+    """Subnets in use may be larger or smaller than the pool's size, inside or across pools,
+    overlapping one another (a state written by hand): the pick is still the lowest free one."""
+    pool_list, size = pool
+    used = []
+    for _ in range(data.draw(st.integers(0, 12), label="in use")):
+        first, last = _span(data.draw(st.sampled_from(pool_list), label="near"))
+        addr = data.draw(st.integers(first - 1024, last + 1024), label="address")
+        prefix = data.draw(st.integers(18, 30), label="prefix")
+        used.append(str(ipaddress.IPv4Network((max(0, addr), prefix), strict=False)))
+    candidates = _candidates(pool_list, size)
+    try:
+        expected: Span | None = _lowest_free(candidates, used)
+    except StopIteration:
+        expected = None
+    if expected is None:
+        with pytest.raises(ipam.IPAMError, match="could not find an available"):
+            ipam.allocate_subnet(pool_list, size, used)
+    else:
+        assert _span(ipam.allocate_subnet(pool_list, size, used)) == expected
 
 
 @SLOW

@@ -1,18 +1,20 @@
 """Overlay IPAM: first-fit subnets from the cluster's address pools and VXLAN IDs from 4096.
 
-Pure functions over the store's current allocations, so every replica computes the same answer
-inside the state machine (DESIGN §7, swarm-behaviour.md §7.2).
+Pure functions over the allocations in use (DESIGN §7, swarm-behaviour.md §7.2): the leader's
+allocator runs them before it proposes a network, and, for ops written before it did, apply.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
+from swarmd.store.networks import VXLAN_ID_END as VXLAN_ID_END, VXLAN_ID_START as VXLAN_ID_START
+from swarmd.store.subnets import overlap_text
+
 DEFAULT_POOL = "10.0.0.0/8"
 DEFAULT_SUBNET_SIZE = 24
-VXLAN_ID_START = 4096
-VXLAN_ID_END = (1 << 24) - 1
 
 IPv4Net = ipaddress.IPv4Network
 
@@ -60,16 +62,19 @@ def validate_pool(pools: Sequence[str], size: int) -> tuple[list[str], int]:
     return normalised, size
 
 
-def _overlapping(candidate: IPv4Net, used: Iterable[IPv4Net]) -> IPv4Net | None:
-    for net in used:
-        if candidate.overlaps(net):
-            return net
-    return None
+@functools.lru_cache(maxsize=8192)
+def _block(subnet: str) -> tuple[int, int]:
+    """A subnet in use as (first, last) address (cached: the same ones are parsed at every pick)."""
+    net = ipaddress.IPv4Network(subnet)
+    return int(net.network_address), int(net.broadcast_address)
 
 
 def allocate_subnet(pools: Sequence[str], size: int, used: Sequence[str]) -> str:
-    """The lowest ``size``-aligned prefix of the first pool that overlaps nothing in use."""
-    used_nets = [ipaddress.IPv4Network(u) for u in used]
+    """The lowest ``size``-aligned prefix of the first pool that overlaps nothing in use.
+
+    One sweep over the used blocks sorted by their first address: a candidate that overlaps
+    none of them is the answer; one that overlaps a block skips past that block."""
+    blocks = sorted(map(_block, used))
     for pool_text in pools or [DEFAULT_POOL]:
         pool = ipaddress.IPv4Network(pool_text)
         candidate_size = max(size, pool.prefixlen)
@@ -77,13 +82,15 @@ def allocate_subnet(pools: Sequence[str], size: int, used: Sequence[str]) -> str
         base = int(pool.network_address)
         end = int(pool.broadcast_address)
         addr = base
+        i = 0
         while addr <= end:
-            candidate = ipaddress.IPv4Network((addr, candidate_size))
-            clash = _overlapping(candidate, used_nets)
-            if clash is None:
-                return str(candidate)
-            # Skip past the clashing network (it may be larger than one step).
-            addr = max(addr + step, int(clash.broadcast_address) + 1)
+            last = addr + step - 1
+            while i < len(blocks) and blocks[i][1] < addr:  # one that ends before this candidate ends before the later ones
+                i += 1
+            if i == len(blocks) or blocks[i][0] > last:  # later blocks start later still
+                return str(ipaddress.IPv4Network((addr, candidate_size)))
+            # Skip past the clashing block (it may be larger than one step).
+            addr = max(addr + step, blocks[i][1] + 1)
             addr = base + (((addr - base) + step - 1) // step) * step
     raise IPAMError("could not find an available, non-overlapping IPv4 address pool "
                     "among the defaults to assign to the network")
@@ -94,8 +101,7 @@ def check_requested_subnet(subnet: str, used: dict[str, str]) -> str:
     net = parse_cidr(subnet)
     for other, owner in used.items():
         if net.overlaps(ipaddress.IPv4Network(other)):
-            raise IPAMError("invalid pool request: Pool overlaps with other one on this address space "
-                            f"({net} overlaps {other} of network {owner})")
+            raise IPAMError(overlap_text(str(net), other, owner))
     return str(net)
 
 

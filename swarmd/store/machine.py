@@ -145,6 +145,22 @@ class StateMachine:
         with self._lock:
             return fn(self._state)
 
+    def snapshot_doc(self) -> dict[str, Any]:
+        """The state as its JSON document for serialising at once, sharing the committed objects.
+
+        A committed object is replaced by an op, never changed in place (see ``table``), so the
+        document may be read outside the lock: under it this costs a shallow copy of each table,
+        not a deep copy of every object (seconds at 10,000 nodes, with every reader of the
+        state, the remote API's event loop included, waiting). The request table is changed in
+        place, so it is copied."""
+        with self._lock:
+            state = self._state
+            doc: dict[str, Any] = {"index": state["index"], "cluster": state["cluster"],
+                                   "requests": copy_json(state["requests"])}
+            for name, table in tables(state).items():
+                doc[name] = table.shared_rows()
+        return doc
+
     def dump(self) -> dict[str, Any]:
         """The state as its JSON document (a deep copy: the caller may change it)."""
         with self._lock:

@@ -707,7 +707,7 @@ class RaftStore:
         last, before_last, members = data
         doc = {
             "format": SNAPSHOT_FORMAT,
-            "state": self.machine.dump(),
+            "state": self.machine.snapshot_doc(),
             "last": _entry_to_json(last),
             "before_last": _entry_to_json(before_last),
             "members": sorted(str(n.id) for n in members),

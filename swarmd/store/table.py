@@ -211,6 +211,10 @@ class Table(Mapping[str, T]):
     def to_json(self) -> dict[str, T]:
         return copy_json(self._rows)
 
+    def shared_rows(self) -> dict[str, T]:
+        """The committed objects themselves, in a new dict (to serialise, never to change)."""
+        return dict(self._rows)
+
 
 class TableDraft(Mapping[str, T]):
     """One op's view of a table: its own changes over the committed rows."""

@@ -4,6 +4,7 @@ leader's network allocation racing at apply time."""
 from __future__ import annotations
 
 import copy
+import json
 import ipaddress
 import re
 import subprocess
@@ -296,3 +297,15 @@ def test_the_store_imports_nothing_of_the_manager() -> None:
             "print([m for m in sys.modules if m.startswith('swarmd.manager')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_snapshot_document_shares_committed_objects_and_equals_the_dump() -> None:
+    """The snapshot writer reads the state outside the lock: its document equals a deep dump,
+    and later ops do not change what it holds (they replace objects, never edit them)."""
+    machine = machine_with(3)
+    doc = machine.snapshot_doc()
+    assert json.dumps(doc, sort_keys=True) == json.dumps(machine.dump(), sort_keys=True)
+    before = json.dumps(doc, sort_keys=True)
+    node_id = next(iter(doc["nodes"]))
+    assert machine.apply(encode_op("set_node_status", id=node_id, state="down", message="gone", now="t1"))["ok"]
+    assert json.dumps(doc, sort_keys=True) == before

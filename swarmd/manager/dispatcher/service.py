@@ -81,11 +81,24 @@ class Dispatcher(pb_grpc.DispatcherServicer):
         # Per node: the status it last reported (state, message, addr, tls), for the store.
         self._reported: dict[str, dict[str, Any]] = {}
         self._reported_lock = threading.Lock()
-        self._status = StatusWriter(lambda: self.rt.manager).start()
+        self._status = StatusWriter(lambda: self.rt.manager)
         self._pruned_at = 0.0
         self._leader_since: float | None = None
         self._stop = threading.Event()
-        threading.Thread(target=self._view_loop, name="dispatcher-view", daemon=True).start()
+        self._view_thread = threading.Thread(target=self._view_loop, name="dispatcher-view", daemon=True)
+        self._started = False
+        self._start_lock = threading.Lock()
+
+    def _start(self) -> None:
+        """The view and status threads start with this node's first store change (it is a
+        manager): a worker runs neither."""
+        if self._started:
+            return
+        with self._start_lock:
+            if not self._started:
+                self._status.start()
+                self._view_thread.start()
+                self._started = True
 
     def liveness(self, manager: Any) -> Liveness:
         """The leader-only component that marks silent nodes Down (for the LeaderSupervisor)."""
@@ -116,6 +129,7 @@ class Dispatcher(pb_grpc.DispatcherServicer):
     def notify(self) -> None:
         """The store or the leadership changed (called on the apply thread): the view thread
         takes the change in."""
+        self._start()
         self._dirty.set()
 
     # -- the shared view -------------------------------------------------------------------------------
@@ -199,6 +213,7 @@ class Dispatcher(pb_grpc.DispatcherServicer):
             wanted = {**reported, **tls}
         changes = manager.node_status_changes(node_id, wanted)
         if changes:
+            self._start()
             self._status.queue(node_id, changes, budgeted)
 
     # -- RPCs ----------------------------------------------------------------------------------------
@@ -276,6 +291,7 @@ class Dispatcher(pb_grpc.DispatcherServicer):
             if now - seen > grace:
                 self._last_seen.pop(node_id, None)
                 log.info("node %s missed %d heartbeats: down", node_id, GRACE_MULTIPLIER)
+                self._start()
                 self._status.queue(node_id, {"state": "down", "message": "heartbeat failure"}, budgeted=False)
 
     def _prune(self, manager: Any, now: float) -> None:

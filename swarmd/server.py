@@ -63,13 +63,10 @@ REMOTE_HANDSHAKE_TIMEOUT_MS = 5000
 _REMOTE_OPTIONS = [("grpc.server_handshake_timeout_ms", REMOTE_HANDSHAKE_TIMEOUT_MS)]
 
 
-def _new_server(interceptor: grpc.ServerInterceptor, workers: int, max_message: int = MAX_MESSAGE_BYTES,
-                extra_options: list[tuple[str, int]] | None = None) -> grpc.Server:
-    options = [*_COMMON_OPTIONS, ("grpc.max_receive_message_length", max_message),
-               ("grpc.max_send_message_length", MAX_ANSWER_BYTES), *(extra_options or [])]
-    # The authorisation interceptor first: only an authorised caller gets as far as parsing.
-    return grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-                       interceptors=[interceptor, MalformedRequestInterceptor()], options=options)
+def _options(max_request: int, *extra: tuple[str, int]) -> list[tuple[str, int]]:
+    """Both servers' options: requests capped at ``max_request``, answers at MAX_ANSWER_BYTES."""
+    return [*_COMMON_OPTIONS, ("grpc.max_receive_message_length", max_request),
+            ("grpc.max_send_message_length", MAX_ANSWER_BYTES), *extra]
 
 
 def start_control_server(socket_path: Path, interceptor: grpc.ServerInterceptor,
@@ -78,7 +75,10 @@ def start_control_server(socket_path: Path, interceptor: grpc.ServerInterceptor,
     socket_path.parent.mkdir(parents=True, exist_ok=True)
     if socket_path.is_socket() or socket_path.exists():
         socket_path.unlink()
-    server = _new_server(interceptor, workers=8)
+    # The authorisation interceptor first: only an authorised caller gets as far as parsing.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="grpc"),
+                         interceptors=[interceptor, MalformedRequestInterceptor()],
+                         options=_options(MAX_MESSAGE_BYTES))
     register(server)
     old_umask = os.umask(0o177)  # the socket is private from the moment it exists
     try:
@@ -120,8 +120,7 @@ class RemoteServer:
 
     async def _start(self, listen: str, credentials: grpc.ServerCredentials, interceptors: list[Any],
                      register: Any, on_bound: Callable[[int], None] | None) -> grpc.aio.Server:
-        options = [*_COMMON_OPTIONS, ("grpc.max_receive_message_length", REMOTE_MAX_MESSAGE),
-                   ("grpc.max_send_message_length", MAX_ANSWER_BYTES), *_REMOTE_OPTIONS]
+        options = _options(REMOTE_MAX_MESSAGE, *_REMOTE_OPTIONS)
         server = grpc.aio.server(migration_thread_pool=self._pool, interceptors=interceptors, options=options)
         register(server)
         try:

@@ -41,13 +41,21 @@ def _spec_fields(cert_expiry: int | None, heartbeat: int | None, task_history: i
             "has_max_snapshots": max_snapshots is not None, "max_snapshots": max_snapshots or 0}
 
 
+def node_address_options(fn: Any) -> Any:
+    """The addresses and availability init and join both take, in Docker's order."""
+    for option in reversed((
+        click.option("--advertise-addr", default="", metavar="string",
+                     help='Advertised address (format: "<ip|interface>[:port]")'),
+        click.option("--listen-addr", type=params.NODE_ADDR, default="0.0.0.0:2377", show_default=True,
+                     help='Listen address (format: "<ip|interface>[:port]")'),
+        click.option("--availability", default="active", show_default=True, metavar="string",
+                     help='Availability of the node ("active", "pause", "drain")'))):
+        fn = option(fn)
+    return fn
+
+
 @command(short_help="Initialize a swarm")
-@click.option("--advertise-addr", default="", metavar="string",
-              help='Advertised address (format: "<ip|interface>[:port]")')
-@click.option("--listen-addr", type=params.NODE_ADDR, default="0.0.0.0:2377", show_default=True,
-              help='Listen address (format: "<ip|interface>[:port]")')
-@click.option("--availability", default="active", show_default=True, metavar="string",
-              help='Availability of the node ("active", "pause", "drain")')
+@node_address_options
 @click.option("--autolock", is_flag=True,
               help="Enable manager autolocking (requiring an unlock key to start a stopped manager)")
 @cert_expiry_option
@@ -117,12 +125,7 @@ def check_availability(value: str) -> None:
                    "argv is visible to other users and kept in shell history)")
 @click.option("--token-file", type=click.Path(), default=None,
               help="Read the token from this file (one line)")
-@click.option("--advertise-addr", default="", metavar="string",
-              help='Advertised address (format: "<ip|interface>[:port]")')
-@click.option("--listen-addr", type=params.NODE_ADDR, default="0.0.0.0:2377", show_default=True,
-              help='Listen address (format: "<ip|interface>[:port]")')
-@click.option("--availability", default="active", show_default=True, metavar="string",
-              help='Availability of the node ("active", "pause", "drain")')
+@node_address_options
 @click.option("--data-path-addr", default="", metavar="string",
               help='Address or interface to use for data path traffic (format: "<ip|interface>")')
 @click.argument("remote")

@@ -71,6 +71,7 @@ GO_CODE_NAMES = {
     "UNAVAILABLE": "Unavailable",
     "INTERNAL": "Internal",
     "UNKNOWN": "Unknown",
+    "UNIMPLEMENTED": "Unimplemented",
 }
 
 

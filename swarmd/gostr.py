@@ -1,4 +1,5 @@
-"""Go's ``strconv`` as Docker's flag parsing (pflag) uses it: quoting and integer parsing.
+"""Go's ``strconv`` as Docker's flag parsing (pflag) uses it: quoting and integer parsing; and
+the few ``strings`` functions whose Unicode rules differ from Python's (trimming, folding).
 
 Flag errors are printed with Go's texts, and any value a user can type (non-ASCII digits,
 underscores, control characters, surrogate-escaped bytes from argv) must give one of those
@@ -131,3 +132,29 @@ def parse_int(s: str, bits: int = 64) -> int:
     if (not neg and un >= cutoff) or (neg and un > cutoff):
         raise NumError(func, s, RANGE)
     return -un if neg else un
+
+
+# unicode.IsSpace: Latin-1's spaces, then the White_Space property. Python's str.strip() also
+# strips U+001C..U+001F, which Go keeps.
+_GO_SPACE = ("\t\n\v\f\r \u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+             "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+
+
+def trim_space(text: str) -> str:
+    """``strings.TrimSpace``."""
+    return text.strip(_GO_SPACE)
+
+
+def _simple_fold(ch: str) -> str:
+    """One representative of ``ch``'s simple case-folding orbit (Go folds rune by rune, never
+    one rune into two: "ß" does not equal "ss", but "ſ" equals "s" and "K" (Kelvin) "k")."""
+    folded = ch.casefold()
+    if len(folded) == 1:
+        return folded
+    lower = ch.lower()
+    return lower if len(lower) == 1 else ch
+
+
+def equal_fold(a: str, b: str) -> bool:
+    """``strings.EqualFold``: equal under simple Unicode case folding."""
+    return len(a) == len(b) and all(x == y or _simple_fold(x) == _simple_fold(y) for x, y in zip(a, b))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import calendar
+import re
 import time
 from datetime import datetime, timezone
 
@@ -12,6 +14,28 @@ def now_rfc3339() -> str:
     secs, frac = divmod(ns, 1_000_000_000)
     base = datetime.fromtimestamp(secs, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{base}.{frac:09d}Z"
+
+
+_RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+                      r"(?:([Zz])|([+-])(\d{2}):(\d{2}))")
+
+
+def parse_rfc3339_ns(text: str) -> int | None:
+    """Nanoseconds since the epoch of an RFC 3339 time ("2026-11-27T04:41:45.616309707Z"), or
+    None when it is not one (the store's timestamps come from other hosts)."""
+    m = _RFC3339.fullmatch(text) if isinstance(text, str) else None
+    if m is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    try:
+        base = datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    offset = 0
+    if m.group(9):
+        offset = (int(m.group(10)) * 60 + int(m.group(11))) * 60 * (1 if m.group(9) == "+" else -1)
+    secs = calendar.timegm(base.utctimetuple()) - offset
+    return secs * 1_000_000_000 + int((m.group(7) or "").ljust(9, "0"))
 
 
 _UNITS = {"ns": 1, "us": 1_000, "\u00b5s": 1_000, "\u03bcs": 1_000, "ms": 1_000_000,

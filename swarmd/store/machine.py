@@ -12,19 +12,19 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from swarmd.store import networks, watch
+from swarmd.store import networks, services, watch
 from swarmd.store.objects import Cluster, Node, stamp_defaults
-from swarmd.store.refusal import OpError, Result, failed as _failed, require as _require
+from swarmd.store.refusal import OUT_OF_SEQUENCE, OpError, Result, failed as _failed, require as _require
 from swarmd.store.state import Draft, Hooks, State, empty_state, from_json, tables, to_json
 from swarmd.store.table import REMOVED, copy_json
 from swarmd.store.watch import Event
 
-__all__ = ["OpError", "Result", "State", "StateMachine", "encode_op", "encode_batch", "empty_state"]
+__all__ = ["OUT_OF_SEQUENCE", "OpError", "Result", "State", "StateMachine", "encode_op", "encode_batch",
+           "empty_state"]
 
 OP_VERSION = 1
 KEY_REUSED = ("rpc error: code = AlreadyExists desc = a node already joined the swarm with this certificate "
               "signing request's key; every node must make its own key")
-OUT_OF_SEQUENCE = "rpc error: code = Unknown desc = update out of sequence"  # swarmkit's ErrSequenceConflict
 
 T = TypeVar("T")
 Handler = Callable[[Draft, dict[str, Any]], Result]
@@ -66,6 +66,14 @@ class StateMachine:
             "set_node_status": _set_node_status,
             "create_network": networks.create_network,
             "remove_network": networks.remove_network,
+            "create_service": services.create_service,
+            "update_service": services.update_service,
+            "set_update_status": services.set_update_status,
+            "remove_service": services.remove_service,
+            "create_tasks": services.create_tasks,
+            "update_tasks": services.update_tasks,
+            "report_task_status": services.report_task_status,
+            "remove_tasks": services.remove_tasks,
             "add_node": _add_node,
             "set_node_role": _set_node_role,
             "remove_node": _remove_node,
@@ -179,7 +187,7 @@ class StateMachine:
 
 def _check_expected(state: State, expect: Any) -> None:
     """An op based on what it read refuses to apply once those objects changed meanwhile:
-    ``{"nodes": {id: version}, "networks": {...}, "cluster": version}``."""
+    ``{"nodes": {id: version}, "services": {...}, "cluster": version}``."""
     if not expect:
         return
     if not isinstance(expect, dict):

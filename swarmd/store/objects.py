@@ -87,6 +87,7 @@ class Node(Stamped):
     tls: NotRequired[NodeTLS]
     cert_rotate: NotRequired[bool]
     public_key_sha256: NotRequired[str]  # of its first certificate: one key, one node
+    engine_labels: NotRequired[dict[str, str]]  # what `engine.labels.KEY` constraints match
 
 
 # -- networks -------------------------------------------------------------------------------------
@@ -106,6 +107,104 @@ class Network(Stamped):
     vxlan_ids: list[int]                 # one per IPAM configuration
     labels: dict[str, str]
     options: dict[str, str]
+
+
+# -- services -------------------------------------------------------------------------------------
+# swarmkit's ServiceSpec, cut to what a process executor runs. Durations are nanoseconds; a spec
+# in the store is complete (``store.specs.normalize`` fills in Docker's defaults).
+
+class Resources(TypedDict):
+    nano_cpus: int
+    memory_bytes: int
+
+
+class ResourceRequirements(TypedDict):
+    limits: Resources
+    reservations: Resources              # what the scheduler sets aside on the chosen node
+
+
+class Placement(TypedDict):
+    constraints: list[str]               # "node.labels.zone==x", as swarmkit parses them
+    max_replicas: int                    # tasks of the service per node; 0: no limit
+
+
+class RestartPolicy(TypedDict):
+    condition: str                       # none | on-failure | any
+    delay_ns: int
+    max_attempts: int                    # 0: no limit
+    window_ns: int                       # the window max_attempts counts in; 0: unbounded
+
+
+class TaskTemplate(TypedDict):
+    program: str                         # IMAGE of `service create IMAGE [COMMAND] [ARG...]`
+    args: list[str]
+    env: list[str]                       # "KEY=VALUE"
+    workdir: str
+    user: str
+    stop_signal: str
+    stop_grace_period_ns: int
+    resources: ResourceRequirements
+    placement: Placement
+    restart_policy: RestartPolicy
+    force_update: int                    # `update --force` bumps it: every task is out of date
+
+
+class UpdateConfig(TypedDict):
+    parallelism: int                     # tasks per step; 0: all at once
+    delay_ns: int
+    failure_action: str                  # pause | continue | rollback
+    monitor_ns: int
+    max_failure_ratio: float
+    order: str                           # stop-first | start-first
+
+
+class ServiceSpec(TypedDict):
+    name: str
+    labels: dict[str, str]
+    mode: str                            # replicated | global
+    replicas: int                        # replicated only (0 for global)
+    task_template: TaskTemplate
+    update_config: UpdateConfig
+    rollback_config: UpdateConfig
+
+
+class UpdateStatus(TypedDict):
+    state: str                           # updating | paused | completed | rollback_started | ...
+    started_at: str
+    completed_at: str
+    message: str
+
+
+class Service(Stamped):
+    spec: ServiceSpec
+    spec_version: int                    # the change index that set ``spec``; its tasks carry it
+    previous_spec: ServiceSpec | None    # what a rollback returns to
+    previous_spec_version: int | None
+    update_status: UpdateStatus | None
+
+
+# -- tasks ----------------------------------------------------------------------------------------
+
+class TaskStatus(TypedDict):
+    state: str                           # store.taskstate: only ever moves forward
+    timestamp: str                       # when it was observed (the reporter's clock)
+    message: str
+    err: str
+    exit_code: int
+    pid: int                             # the task's process (group leader); 0 when none
+    container_id: str                    # the executor's handle for what it runs
+    applied_at: NotRequired[str]         # when a manager wrote a node's report (its clock)
+
+
+class Task(Stamped):
+    service_id: str
+    service_name: str
+    slot: int                            # replicated: 1..N; global: 0
+    node_id: str                         # "" until scheduled; a global task's node from the start
+    spec: TaskTemplate                   # the service's template when the task was made
+    spec_version: int                    # the service's spec_version it was made from
+    desired_state: str                   # managers write it; never moves back either
+    status: TaskStatus                   # the node reports it (the scheduler, while pending)
 
 
 def stamp_defaults(obj: dict[str, Any]) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 
 Result = dict[str, Any]
 
+OUT_OF_SEQUENCE = "rpc error: code = Unknown desc = update out of sequence"  # swarmkit's ErrSequenceConflict
+
 
 class OpError(Exception):
     """Raised inside a handler to turn the op into a failed result."""

@@ -5,8 +5,9 @@ events and version checks go over that declaration, so a new table (services, ta
 object type, one entry there, and one attribute of ``State`` and ``Draft`` each.
 
 On disk and in snapshots the state stays the JSON document it always was
-(``{"index", "cluster", "nodes", "networks", "requests"}``); ``from_json`` reads documents of
-any earlier version (missing tables are empty, missing timestamps and versions filled in).
+(``{"index", "cluster", "nodes", "networks", "services", "tasks", "requests"}``); ``from_json``
+reads documents of any earlier version (missing tables are empty, missing timestamps and
+versions filled in).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict, cast
 
 from swarmd.store import subnets
-from swarmd.store.objects import Cluster, Network, Node, stamp_defaults
+from swarmd.store.objects import Cluster, Network, Node, Service, Task, stamp_defaults
 from swarmd.store.table import Index, RangeIndex, Table, TableDraft, copy_json
 
 Result = dict[str, Any]
@@ -27,6 +28,8 @@ class State(TypedDict):
     cluster: Cluster | None
     nodes: Table[Node]
     networks: Table[Network]
+    services: Table[Service]
+    tasks: Table[Task]
     requests: dict[str, Result]          # recent request tags and their first results
 
 
@@ -49,6 +52,18 @@ def _vxlan_ids(network: Any) -> Iterable[Hashable]:
     return tuple(v for v in network.get("vxlan_ids") or () if isinstance(v, int))
 
 
+def _service_name(service: Any) -> Iterable[Hashable]:
+    """Names are unique whatever their case (swarmkit's name index is lower-cased)."""
+    name = (service.get("spec") or {}).get("name")
+    return (name.lower(),) if isinstance(name, str) and name else ()
+
+
+def _slot(task: Any) -> Iterable[Hashable]:
+    """A replicated task under (service, slot): its slot's history (global tasks have slot 0)."""
+    slot = task.get("slot")
+    return ((task.get("service_id"), slot),) if isinstance(slot, int) and slot > 0 else ()
+
+
 TABLES: dict[str, dict[str, Index[Any]]] = {
     "nodes": {
         "public_key": Index(_key("public_key_sha256")),   # one key, one node
@@ -59,6 +74,15 @@ TABLES: dict[str, dict[str, Index[Any]]] = {
         "ingress": Index(_flag("ingress")),
         "subnet": RangeIndex(lambda n: tuple(subnets.blocks_of(n))),
         "vxlan": Index(_vxlan_ids),
+    },
+    "services": {
+        "name": Index(_service_name),
+    },
+    "tasks": {
+        "service": Index(_key("service_id")),    # the orchestrators' view of a service
+        "node": Index(_key("node_id")),          # the scheduler's and dispatcher's view of a node
+        "slot": Index(_slot),                    # the reaper's and restarts' history of a slot
+        "desired": Index(_key("desired_state")),  # the reaper finds desired "remove" here
     },
 }
 
@@ -107,6 +131,8 @@ class Draft:
         self.cluster: Cluster | None = before["cluster"]
         self.nodes: TableDraft[Node] = before["nodes"].draft()
         self.networks: TableDraft[Network] = before["networks"].draft()
+        self.services: TableDraft[Service] = before["services"].draft()
+        self.tasks: TableDraft[Task] = before["tasks"].draft()
         self.restored: State | None = None   # a whole new state (restore)
         self.hooks = hooks or Hooks()
 

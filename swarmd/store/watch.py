@@ -24,7 +24,7 @@ DEFAULT_QUEUE = 10_000
 
 @dataclass(frozen=True)
 class Event:
-    table: str                 # cluster | nodes | networks ("" for a reset)
+    table: str                 # cluster | nodes | networks | services | tasks ("" for a reset)
     action: str                # create | update | remove | reset
     object: dict[str, Any]     # the object after the change (before it, for a remove); read-only
     version: int               # the store's change index of the op that made it

@@ -307,3 +307,15 @@ def test_a_services_life_through_the_store() -> None:
     assert set(doomed) == {"a2", "c1"}   # desired remove and never placed; a1 is history of slot 1
     propose_plan(m, [("remove_tasks", {"ids": doomed, "now": T0})])
     assert [t["id"] for t in state()[1]] == ["a1"]
+
+
+def test_task_times_are_read_as_rfc3339_and_unreadable_ones_sort_first() -> None:
+    from swarmd.manager.orchestrator.tasks import by_time
+    from swarmd.timeutil import parse_rfc3339_ns
+    assert parse_rfc3339_ns("2026-01-01T00:00:10Z") == T10
+    assert parse_rfc3339_ns("2026-01-01T01:00:10.5+01:00") == T10 + SECOND // 2
+    assert parse_rfc3339_ns("2026-01-01T00:00:10") is None and parse_rfc3339_ns("2026-02-30T00:00:00Z") is None
+    svc = service()
+    tasks = [task(svc, "late", timestamp=at(9)), task(svc, "bad", timestamp="yesterday"),
+             task(svc, "early", timestamp=at(1), applied_at=at(2)), task(svc, "mid", timestamp=at(5))]
+    assert [t["id"] for t in by_time(tasks)] == ["bad", "early", "mid", "late"]

@@ -88,10 +88,13 @@ class Daemon:
         """The control socket's services. Not the dispatcher: nodes call it, never a local
         user, and its handlers are coroutines of the remote API's loop."""
         from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
-        from swarmd.manager.control import CAServicer, ControlServicer, RaftMembershipServicer
+        from swarmd.ca.servicer import CAServicer
+        from swarmd.manager.controlapi.servicer import ControlServicer
+        from swarmd.manager.issuer import ManagerIssuer
+        from swarmd.manager.membership import RaftMembershipServicer
 
         pb_grpc.add_ControlServicer_to_server(ControlServicer(self.runtime), server)
-        pb_grpc.add_CAServicer_to_server(CAServicer(self.runtime), server)
+        pb_grpc.add_CAServicer_to_server(CAServicer(ManagerIssuer(self.runtime)), server)
         pb_grpc.add_RaftMembershipServicer_to_server(RaftMembershipServicer(self.runtime), server)
 
     def _register(self, server: Any) -> None:

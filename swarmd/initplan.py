@@ -8,15 +8,12 @@ import platform
 from dataclasses import dataclass
 from typing import Any
 
-
 from swarmd import __version__, errors, ifaces, netaddr
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.manager.allocator import ipam, networks
+from swarmd.manager.controlapi.cluster import DEFAULT_SPEC, spec_overrides
 
 DEFAULT_LISTEN_ADDR = "0.0.0.0:2377"
-DEFAULT_CERT_EXPIRY_NS = 2160 * 3600 * 10**9
-MIN_CERT_EXPIRY_NS = 3600 * 10**9
-DEFAULT_HEARTBEAT_NS = 5 * 10**9
 DEFAULT_DATA_PATH_PORT = 4789
 AVAILABILITIES = ("active", "pause", "drain")
 
@@ -54,41 +51,6 @@ def check_availability(value: str) -> str:
     if availability not in AVAILABILITIES:
         raise errors.invalid(f'invalid availability "{value}", only active, pause and drain are supported')
     return availability
-
-
-DEFAULT_SPEC: dict[str, Any] = {
-    "task_history_limit": 5,
-    "dispatcher_heartbeat_ns": DEFAULT_HEARTBEAT_NS,
-    "node_cert_expiry_ns": DEFAULT_CERT_EXPIRY_NS,
-    "snapshot_interval": 10000,
-    "keep_old_snapshots": 0,
-    "log_entries_for_slow_followers": 500,
-    "heartbeat_tick": 1,
-    "election_tick": 10,
-    "autolock_managers": False,
-}
-
-
-def spec_overrides(req: pb.InitRequest | pb.UpdateClusterRequest) -> dict[str, Any]:
-    """The spec fields an init or update sets (only the flags given), checked as Docker does."""
-    changes: dict[str, Any] = {}
-    if req.has_cert_expiry:
-        if req.cert_expiry_ns < MIN_CERT_EXPIRY_NS:
-            raise errors.invalid(errors.rpc_text("INVALID_ARGUMENT", errors.MIN_CERT_EXPIRY))
-        changes["node_cert_expiry_ns"] = req.cert_expiry_ns
-    if req.has_dispatcher_heartbeat:
-        if req.dispatcher_heartbeat_ns < 0:
-            raise errors.invalid(errors.rpc_text("INVALID_ARGUMENT", errors.NEGATIVE_HEARTBEAT))
-        changes["dispatcher_heartbeat_ns"] = req.dispatcher_heartbeat_ns or DEFAULT_HEARTBEAT_NS
-    if req.has_task_history_limit:
-        if req.task_history_limit < 0:
-            raise errors.invalid("task history retention limit cannot be negative")
-        changes["task_history_limit"] = req.task_history_limit
-    if req.has_snapshot_interval and req.snapshot_interval:
-        changes["snapshot_interval"] = req.snapshot_interval
-    if req.has_max_snapshots:
-        changes["keep_old_snapshots"] = req.max_snapshots
-    return changes
 
 
 def check_listen_port(port: str) -> None:

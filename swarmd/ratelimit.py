@@ -7,10 +7,27 @@ passed in (``time.monotonic()`` in the daemon), which keeps the arithmetic testa
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
+
+
+def source_of(ip: str) -> str:
+    """The unit a limit applies to: an IPv4 address, or the /64 of an IPv6 one (written
+    ``2001:db8:1:2::/64``, which the kernel filter understands)."""
+    if ":" not in ip:
+        return ip  # IPv4 as the kernel writes it
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return f"{ipaddress.IPv6Network((int(addr) >> 64 << 64, 64))}"
+    return ip
 
 
 @dataclass(frozen=True)

@@ -237,6 +237,14 @@ def abort_on_error(fn: Any) -> Any:
     return unary
 
 
+def peer_ip(context: Any) -> str:
+    """The caller's IP from gRPC's peer string (ipv4:1.2.3.4:5 / ipv6:[::1]:5)."""
+    peer = str(context.peer())
+    kind, _, rest = peer.partition(":")
+    host = rest.rsplit(":", 1)[0]
+    return host.strip("[]") if kind in ("ipv4", "ipv6") else ""
+
+
 def _is_abort(e: Exception) -> bool:
     """context.abort() raises an exception of gRPC's own to unwind the handler: let it through
     (grpc's plain Exception() in the threaded server, AbortError under grpc.aio)."""

@@ -21,7 +21,6 @@ MAX_ADDR = 300           # "[v6]:port" with room to spare
 NODE_ROLES = ("worker", "manager")
 MAX_NETWORK_NAME = 63    # a DNS label
 MAX_IPAM_CONFIGS = 16    # each one is a first-fit search inside the replicated apply
-MAX_CSR = 16 << 10       # a P-256 CSR is under 1 KiB
 # swarmkit's isValidDNSName: letters and digits, "-" and "_" only between them.
 _DNS_NAME = re.compile(r"[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*")
 
@@ -41,13 +40,6 @@ def check_description(description: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(value, int) and value < 0:
             raise errors.invalid(f"invalid node description: {name} cannot be negative ({value})")
     return description
-
-
-def check_csr(csr: bytes) -> bytes:
-    """A certificate signing request, before anything parses it."""
-    if len(csr) > MAX_CSR:
-        raise errors.invalid(f"invalid CSR: {len(csr)} bytes, at most {MAX_CSR}")
-    return csr
 
 
 def advertised_host(addr: str) -> str:

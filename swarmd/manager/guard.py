@@ -45,7 +45,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 from swarmd import sockdiag, synfilter
 from swarmd.logs import LogLimiter
-from swarmd.manager.ledger import Key, Ledger, Limits, Seen, source_of
+from swarmd.manager.ledger import Key, Ledger, Limits, Seen
+from swarmd.ratelimit import source_of
 
 __all__ = ["HandshakeGuard", "Ledger", "Limits", "Seen", "peer_key", "source_of"]
 

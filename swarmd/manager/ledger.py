@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import collections
 import heapq
-import ipaddress
 from collections.abc import Callable, Collection, Container, Iterable
 from dataclasses import dataclass, field
+
+from swarmd.ratelimit import source_of
 
 Key = tuple[str, int]                    # (source ip, source port)
 Seen = tuple[str, int, int]              # (source ip, source port, socket inode)
@@ -44,22 +45,6 @@ class Limits:
 
 
 PENDING, CALLED, IDLE, REFUSED = range(4)   # IDLE: open past the grace without a call (counted)
-
-
-def source_of(ip: str) -> str:
-    """The unit a limit applies to: an IPv4 address, or the /64 of an IPv6 one (written
-    ``2001:db8:1:2::/64``, which the kernel filter understands)."""
-    if ":" not in ip:
-        return ip  # IPv4 as the kernel writes it
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
-        return f"{ipaddress.IPv6Network((int(addr) >> 64 << 64, 64))}"
-    return ip
 
 
 @dataclass(slots=True)

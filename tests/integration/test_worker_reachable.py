@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
-from swarmd.ca import join, pki, tokens
-from swarmd.manager import dispatcher, fields
+from swarmd.ca import join, pki, servicer, tokens
+from swarmd.manager import dispatcher
 from tests.harness import Daemon, node_rows, node_tls, wait_for
 
 CALL_TIMEOUT = 15.0
@@ -235,7 +235,7 @@ def test_a_new_session_replaces_the_nodes_older_ones(manager: Daemon) -> None:
 
 def test_oversized_csr_is_refused_for_joiners_and_renewals(manager: Daemon) -> None:
     huge = b"-----BEGIN CERTIFICATE REQUEST-----\n" + b"A" * (100 << 10)
-    expected = f"invalid CSR: {len(huge)} bytes, at most {fields.MAX_CSR}"
+    expected = f"invalid CSR: {len(huge)} bytes, at most {servicer.MAX_CSR}"
     token = worker_token(manager)
     with joiner_channel(manager, token) as ch:
         err = rpc_error(pb_grpc.CAStub(ch).IssueNodeCertificate, pb.IssueNodeCertificateRequest(csr=huge),

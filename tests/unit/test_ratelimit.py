@@ -5,10 +5,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from swarmd.ca import admission
 from swarmd.errors import SwarmError
-from swarmd.manager import admission
-from swarmd.manager.ledger import source_of
-from swarmd.ratelimit import Buckets, Limit, TokenBucket
+from swarmd.ratelimit import Buckets, Limit, TokenBucket, source_of
 
 
 def test_bucket_allows_its_burst_then_its_rate() -> None:

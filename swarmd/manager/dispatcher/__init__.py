@@ -5,7 +5,7 @@
 - ``status``: what nodes report, written to the store coalesced and budgeted.
 """
 
-from swarmd.manager.dispatcher.service import GRACE_MULTIPLIER, Dispatcher, Liveness, peer_ip
+from swarmd.manager.dispatcher.service import GRACE_MULTIPLIER, Dispatcher, Liveness
 from swarmd.manager.dispatcher.status import STATUS_WRITES
 
-__all__ = ["Dispatcher", "Liveness", "GRACE_MULTIPLIER", "STATUS_WRITES", "peer_ip"]
+__all__ = ["Dispatcher", "Liveness", "GRACE_MULTIPLIER", "STATUS_WRITES"]

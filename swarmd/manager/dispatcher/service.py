@@ -34,7 +34,7 @@ from swarmd.manager import fields
 from swarmd.manager.dispatcher.status import StatusWriter
 from swarmd.manager.dispatcher.view import ALL, View, ViewKeeper
 from swarmd.manager.leadership import LeaderLoop
-from swarmd.server import abort_on_error
+from swarmd.server import abort_on_error, peer_ip
 
 if TYPE_CHECKING:
     from swarmd.node.runtime import NodeRuntime
@@ -45,14 +45,6 @@ GRACE_MULTIPLIER = 3
 REAP_PERIOD = 0.25
 PRUNE_PERIOD = 30.0
 SESSION_RECHECK = 30.0   # a session looks again this often even if nobody woke it
-
-
-def peer_ip(context: Any) -> str:
-    """The caller's IP from gRPC's peer string (ipv4:1.2.3.4:5 / ipv6:[::1]:5)."""
-    peer = str(context.peer())
-    kind, _, rest = peer.partition(":")
-    host = rest.rsplit(":", 1)[0]
-    return host.strip("[]") if kind in ("ipv4", "ipv6") else ""
 
 
 @functools.lru_cache(maxsize=1 << 15)

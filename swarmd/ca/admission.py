@@ -26,10 +26,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from swarmd import errors
-from swarmd.manager.ledger import source_of
-from swarmd.logs import LogLimiter
 from swarmd.errors import SwarmError
-from swarmd.ratelimit import Buckets, Limit
+from swarmd.logs import LogLimiter
+from swarmd.ratelimit import Buckets, Limit, source_of
 
 log = logging.getLogger(__name__)
 

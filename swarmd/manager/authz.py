@@ -45,6 +45,13 @@ RULES: dict[str, frozenset[str]] = {
     "/swarm.v1.Control/Unlock": frozenset({LOCAL}),
     "/swarm.v1.Control/Join": frozenset({LOCAL}),
     "/swarm.v1.Control/RemoveNode": _ADMIN,
+    "/swarm.v1.Control/CreateService": _ADMIN,
+    "/swarm.v1.Control/GetService": _ADMIN,
+    "/swarm.v1.Control/ListServices": _ADMIN,
+    "/swarm.v1.Control/UpdateService": _ADMIN,
+    "/swarm.v1.Control/RemoveService": _ADMIN,
+    "/swarm.v1.Control/ListTasks": _ADMIN,
+    "/swarm.v1.Control/GetTask": _ADMIN,
     "/swarm.v1.CA/GetRootCACertificate": _NODES_AND_JOINERS,
     "/swarm.v1.CA/IssueNodeCertificate": _NODES_AND_JOINERS,
     "/swarm.v1.RaftMembership/Join": frozenset({MANAGER}),
@@ -52,6 +59,7 @@ RULES: dict[str, frozenset[str]] = {
     "/swarm.v1.Raft/Stream": frozenset({MANAGER}),
     "/swarm.v1.Dispatcher/Session": frozenset({WORKER, MANAGER}),
     "/swarm.v1.Dispatcher/Heartbeat": frozenset({WORKER, MANAGER}),
+    "/swarm.v1.Dispatcher/UpdateTaskStatus": frozenset({WORKER, MANAGER}),
 }
 
 Identify = Callable[[grpc.ServicerContext], "str | None"]

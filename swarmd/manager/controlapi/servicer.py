@@ -6,9 +6,10 @@ from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 from swarmd.manager.controlapi.cluster import ClusterAPI
 from swarmd.manager.controlapi.network import NetworkAPI
 from swarmd.manager.controlapi.node import NodeAPI
+from swarmd.manager.controlapi.service import ServiceAPI
 from swarmd.manager.controlapi.swarm import SwarmAPI
 
 
-class ControlServicer(SwarmAPI, ClusterAPI, NodeAPI, NetworkAPI, pb_grpc.ControlServicer):
+class ControlServicer(SwarmAPI, ClusterAPI, NodeAPI, NetworkAPI, ServiceAPI, pb_grpc.ControlServicer):
     """A new kind is its module in this package and one more base class above. The generated
     base comes last, so its UNIMPLEMENTED stubs answer only what no kind serves."""

@@ -268,6 +268,10 @@ class Dispatcher(pb_grpc.DispatcherServicer):
         self._report(manager, node_id, cert, claimed, state="ready", message="")
         return pb.HeartbeatResponse(period_ns=manager.heartbeat_ns())
 
+    @abort_on_error
+    async def UpdateTaskStatus(self, request: Any, context: Any) -> Any:
+        raise SwarmError("services are not supported by this manager yet", grpc.StatusCode.UNIMPLEMENTED)
+
     # -- liveness ------------------------------------------------------------------------------------
     def reap(self, manager: Any) -> None:
         """Mark Down the Ready nodes that missed ``GRACE_MULTIPLIER`` heartbeats (leader only)."""

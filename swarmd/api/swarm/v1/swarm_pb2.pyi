@@ -18,6 +18,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from swarmd.api.swarm.v1 import services_pb2 as _services_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -1671,6 +1672,7 @@ class SessionMessage(_message.Message):
     LEADER_ADDR_FIELD_NUMBER: _builtins.int
     ROOT_CA_FIELD_NUMBER: _builtins.int
     RENEW_CERTIFICATE_FIELD_NUMBER: _builtins.int
+    ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     heartbeat_period_ns: _builtins.int
     desired_role: _builtins.str
     """worker | manager: a change means promote/demote"""
@@ -1683,6 +1685,10 @@ class SessionMessage(_message.Message):
     """the node's certificate is not from the desired CA: renew now"""
     @_builtins.property
     def managers(self) -> _containers.RepeatedCompositeFieldContainer[Global___RemoteManager]: ...
+    @_builtins.property
+    def assignments(self) -> _services_pb2.Assignments:
+        """the node's tasks (services.proto); unset: no change"""
+
     def __init__(
         self,
         *,
@@ -1693,10 +1699,11 @@ class SessionMessage(_message.Message):
         leader_addr: _builtins.str = ...,
         root_ca: _builtins.bytes = ...,
         renew_certificate: _builtins.bool = ...,
+        assignments: _services_pb2.Assignments | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired_role", b"desired_role", "heartbeat_period_ns", b"heartbeat_period_ns", "leader_addr", b"leader_addr", "managers", b"managers", "removed", b"removed", "renew_certificate", b"renew_certificate", "root_ca", b"root_ca"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "desired_role", b"desired_role", "heartbeat_period_ns", b"heartbeat_period_ns", "leader_addr", b"leader_addr", "managers", b"managers", "removed", b"removed", "renew_certificate", b"renew_certificate", "root_ca", b"root_ca"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

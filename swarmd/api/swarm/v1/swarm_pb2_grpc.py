@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from swarmd.api.swarm.v1 import services_pb2 as swarm_dot_v1_dot_services__pb2
 from swarmd.api.swarm.v1 import swarm_pb2 as swarm_dot_v1_dot_swarm__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -128,6 +129,41 @@ class ControlStub:
                 request_serializer=swarm_dot_v1_dot_swarm__pb2.UnlockRequest.SerializeToString,
                 response_deserializer=swarm_dot_v1_dot_swarm__pb2.UnlockResponse.FromString,
                 _registered_method=True)
+        self.CreateService = channel.unary_unary(
+                '/swarm.v1.Control/CreateService',
+                request_serializer=swarm_dot_v1_dot_services__pb2.CreateServiceRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_services__pb2.CreateServiceResponse.FromString,
+                _registered_method=True)
+        self.GetService = channel.unary_unary(
+                '/swarm.v1.Control/GetService',
+                request_serializer=swarm_dot_v1_dot_services__pb2.GetServiceRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_services__pb2.GetServiceResponse.FromString,
+                _registered_method=True)
+        self.ListServices = channel.unary_unary(
+                '/swarm.v1.Control/ListServices',
+                request_serializer=swarm_dot_v1_dot_services__pb2.ListServicesRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_services__pb2.ListServicesResponse.FromString,
+                _registered_method=True)
+        self.UpdateService = channel.unary_unary(
+                '/swarm.v1.Control/UpdateService',
+                request_serializer=swarm_dot_v1_dot_services__pb2.UpdateServiceRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_services__pb2.UpdateServiceResponse.FromString,
+                _registered_method=True)
+        self.RemoveService = channel.unary_unary(
+                '/swarm.v1.Control/RemoveService',
+                request_serializer=swarm_dot_v1_dot_services__pb2.RemoveServiceRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_services__pb2.RemoveServiceResponse.FromString,
+                _registered_method=True)
+        self.ListTasks = channel.unary_unary(
+                '/swarm.v1.Control/ListTasks',
+                request_serializer=swarm_dot_v1_dot_services__pb2.ListTasksRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_services__pb2.ListTasksResponse.FromString,
+                _registered_method=True)
+        self.GetTask = channel.unary_unary(
+                '/swarm.v1.Control/GetTask',
+                request_serializer=swarm_dot_v1_dot_services__pb2.GetTaskRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_services__pb2.GetTaskResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -250,6 +286,49 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateService(self, request, context):
+        """Services and tasks (services.proto).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetService(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListServices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateService(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveService(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTasks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTask(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -342,6 +421,41 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Unlock,
                     request_deserializer=swarm_dot_v1_dot_swarm__pb2.UnlockRequest.FromString,
                     response_serializer=swarm_dot_v1_dot_swarm__pb2.UnlockResponse.SerializeToString,
+            ),
+            'CreateService': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateService,
+                    request_deserializer=swarm_dot_v1_dot_services__pb2.CreateServiceRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_services__pb2.CreateServiceResponse.SerializeToString,
+            ),
+            'GetService': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetService,
+                    request_deserializer=swarm_dot_v1_dot_services__pb2.GetServiceRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_services__pb2.GetServiceResponse.SerializeToString,
+            ),
+            'ListServices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListServices,
+                    request_deserializer=swarm_dot_v1_dot_services__pb2.ListServicesRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_services__pb2.ListServicesResponse.SerializeToString,
+            ),
+            'UpdateService': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateService,
+                    request_deserializer=swarm_dot_v1_dot_services__pb2.UpdateServiceRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_services__pb2.UpdateServiceResponse.SerializeToString,
+            ),
+            'RemoveService': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveService,
+                    request_deserializer=swarm_dot_v1_dot_services__pb2.RemoveServiceRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_services__pb2.RemoveServiceResponse.SerializeToString,
+            ),
+            'ListTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTasks,
+                    request_deserializer=swarm_dot_v1_dot_services__pb2.ListTasksRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_services__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'GetTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTask,
+                    request_deserializer=swarm_dot_v1_dot_services__pb2.GetTaskRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_services__pb2.GetTaskResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -844,6 +958,195 @@ class Control:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def CreateService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Control/CreateService',
+            swarm_dot_v1_dot_services__pb2.CreateServiceRequest.SerializeToString,
+            swarm_dot_v1_dot_services__pb2.CreateServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Control/GetService',
+            swarm_dot_v1_dot_services__pb2.GetServiceRequest.SerializeToString,
+            swarm_dot_v1_dot_services__pb2.GetServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListServices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Control/ListServices',
+            swarm_dot_v1_dot_services__pb2.ListServicesRequest.SerializeToString,
+            swarm_dot_v1_dot_services__pb2.ListServicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Control/UpdateService',
+            swarm_dot_v1_dot_services__pb2.UpdateServiceRequest.SerializeToString,
+            swarm_dot_v1_dot_services__pb2.UpdateServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Control/RemoveService',
+            swarm_dot_v1_dot_services__pb2.RemoveServiceRequest.SerializeToString,
+            swarm_dot_v1_dot_services__pb2.RemoveServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Control/ListTasks',
+            swarm_dot_v1_dot_services__pb2.ListTasksRequest.SerializeToString,
+            swarm_dot_v1_dot_services__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Control/GetTask',
+            swarm_dot_v1_dot_services__pb2.GetTaskRequest.SerializeToString,
+            swarm_dot_v1_dot_services__pb2.GetTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class CAStub:
     """---------------------------------------------------------------------------------------------
@@ -1203,6 +1506,11 @@ class DispatcherStub:
                 request_serializer=swarm_dot_v1_dot_swarm__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=swarm_dot_v1_dot_swarm__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.UpdateTaskStatus = channel.unary_unary(
+                '/swarm.v1.Dispatcher/UpdateTaskStatus',
+                request_serializer=swarm_dot_v1_dot_services__pb2.UpdateTaskStatusRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_services__pb2.UpdateTaskStatusResponse.FromString,
+                _registered_method=True)
 
 
 class DispatcherServicer:
@@ -1228,6 +1536,13 @@ class DispatcherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateTaskStatus(self, request, context):
+        """Status changes of the caller's own tasks, batched (services.proto).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DispatcherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1240,6 +1555,11 @@ def add_DispatcherServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=swarm_dot_v1_dot_swarm__pb2.HeartbeatRequest.FromString,
                     response_serializer=swarm_dot_v1_dot_swarm__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'UpdateTaskStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTaskStatus,
+                    request_deserializer=swarm_dot_v1_dot_services__pb2.UpdateTaskStatusRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_services__pb2.UpdateTaskStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1301,6 +1621,33 @@ class Dispatcher:
             '/swarm.v1.Dispatcher/Heartbeat',
             swarm_dot_v1_dot_swarm__pb2.HeartbeatRequest.SerializeToString,
             swarm_dot_v1_dot_swarm__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTaskStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Dispatcher/UpdateTaskStatus',
+            swarm_dot_v1_dot_services__pb2.UpdateTaskStatusRequest.SerializeToString,
+            swarm_dot_v1_dot_services__pb2.UpdateTaskStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

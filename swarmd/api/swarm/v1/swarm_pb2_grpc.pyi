@@ -16,6 +16,7 @@ Errors travel as gRPC status codes; the status message is the exact text the CLI
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from swarmd.api.swarm.v1 import services_pb2 as _services_pb2
 from swarmd.api.swarm.v1 import swarm_pb2 as _swarm_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -70,6 +71,14 @@ class ControlStub:
     """swarmctl update, unlock-key --rotate and ca --rotate."""
     Unlock: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.UnlockRequest, _swarm_pb2.UnlockResponse]
     """An autolocked manager after a restart; local socket only."""
+    CreateService: _grpc.UnaryUnaryMultiCallable[_services_pb2.CreateServiceRequest, _services_pb2.CreateServiceResponse]
+    """Services and tasks (services.proto)."""
+    GetService: _grpc.UnaryUnaryMultiCallable[_services_pb2.GetServiceRequest, _services_pb2.GetServiceResponse]
+    ListServices: _grpc.UnaryUnaryMultiCallable[_services_pb2.ListServicesRequest, _services_pb2.ListServicesResponse]
+    UpdateService: _grpc.UnaryUnaryMultiCallable[_services_pb2.UpdateServiceRequest, _services_pb2.UpdateServiceResponse]
+    RemoveService: _grpc.UnaryUnaryMultiCallable[_services_pb2.RemoveServiceRequest, _services_pb2.RemoveServiceResponse]
+    ListTasks: _grpc.UnaryUnaryMultiCallable[_services_pb2.ListTasksRequest, _services_pb2.ListTasksResponse]
+    GetTask: _grpc.UnaryUnaryMultiCallable[_services_pb2.GetTaskRequest, _services_pb2.GetTaskResponse]
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -102,6 +111,14 @@ class ControlAsyncStub(ControlStub):
     """swarmctl update, unlock-key --rotate and ca --rotate."""
     Unlock: _aio.UnaryUnaryMultiCallable[_swarm_pb2.UnlockRequest, _swarm_pb2.UnlockResponse]  # type: ignore[assignment]
     """An autolocked manager after a restart; local socket only."""
+    CreateService: _aio.UnaryUnaryMultiCallable[_services_pb2.CreateServiceRequest, _services_pb2.CreateServiceResponse]  # type: ignore[assignment]
+    """Services and tasks (services.proto)."""
+    GetService: _aio.UnaryUnaryMultiCallable[_services_pb2.GetServiceRequest, _services_pb2.GetServiceResponse]  # type: ignore[assignment]
+    ListServices: _aio.UnaryUnaryMultiCallable[_services_pb2.ListServicesRequest, _services_pb2.ListServicesResponse]  # type: ignore[assignment]
+    UpdateService: _aio.UnaryUnaryMultiCallable[_services_pb2.UpdateServiceRequest, _services_pb2.UpdateServiceResponse]  # type: ignore[assignment]
+    RemoveService: _aio.UnaryUnaryMultiCallable[_services_pb2.RemoveServiceRequest, _services_pb2.RemoveServiceResponse]  # type: ignore[assignment]
+    ListTasks: _aio.UnaryUnaryMultiCallable[_services_pb2.ListTasksRequest, _services_pb2.ListTasksResponse]  # type: ignore[assignment]
+    GetTask: _aio.UnaryUnaryMultiCallable[_services_pb2.GetTaskRequest, _services_pb2.GetTaskResponse]  # type: ignore[assignment]
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------------------------
@@ -239,6 +256,56 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_swarm_pb2.UnlockResponse, _abc.Awaitable[_swarm_pb2.UnlockResponse]]:
         """An autolocked manager after a restart; local socket only."""
+
+    @_abc_1.abstractmethod
+    def CreateService(
+        self,
+        request: _services_pb2.CreateServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.CreateServiceResponse, _abc.Awaitable[_services_pb2.CreateServiceResponse]]:
+        """Services and tasks (services.proto)."""
+
+    @_abc_1.abstractmethod
+    def GetService(
+        self,
+        request: _services_pb2.GetServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.GetServiceResponse, _abc.Awaitable[_services_pb2.GetServiceResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListServices(
+        self,
+        request: _services_pb2.ListServicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.ListServicesResponse, _abc.Awaitable[_services_pb2.ListServicesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateService(
+        self,
+        request: _services_pb2.UpdateServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.UpdateServiceResponse, _abc.Awaitable[_services_pb2.UpdateServiceResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveService(
+        self,
+        request: _services_pb2.RemoveServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.RemoveServiceResponse, _abc.Awaitable[_services_pb2.RemoveServiceResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListTasks(
+        self,
+        request: _services_pb2.ListTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.ListTasksResponse, _abc.Awaitable[_services_pb2.ListTasksResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetTask(
+        self,
+        request: _services_pb2.GetTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.GetTaskResponse, _abc.Awaitable[_services_pb2.GetTaskResponse]]: ...
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
@@ -406,6 +473,8 @@ class DispatcherStub:
     """
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_swarm_pb2.HeartbeatRequest, _swarm_pb2.HeartbeatResponse]
     """Sent every heartbeat period; three missed periods mark the node Down."""
+    UpdateTaskStatus: _grpc.UnaryUnaryMultiCallable[_services_pb2.UpdateTaskStatusRequest, _services_pb2.UpdateTaskStatusResponse]
+    """Status changes of the caller's own tasks, batched (services.proto)."""
 
 @_typing.type_check_only
 class DispatcherAsyncStub(DispatcherStub):
@@ -422,6 +491,8 @@ class DispatcherAsyncStub(DispatcherStub):
     """
     Heartbeat: _aio.UnaryUnaryMultiCallable[_swarm_pb2.HeartbeatRequest, _swarm_pb2.HeartbeatResponse]  # type: ignore[assignment]
     """Sent every heartbeat period; three missed periods mark the node Down."""
+    UpdateTaskStatus: _aio.UnaryUnaryMultiCallable[_services_pb2.UpdateTaskStatusRequest, _services_pb2.UpdateTaskStatusResponse]  # type: ignore[assignment]
+    """Status changes of the caller's own tasks, batched (services.proto)."""
 
 class DispatcherServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------------------------
@@ -447,5 +518,13 @@ class DispatcherServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_swarm_pb2.HeartbeatResponse, _abc.Awaitable[_swarm_pb2.HeartbeatResponse]]:
         """Sent every heartbeat period; three missed periods mark the node Down."""
+
+    @_abc_1.abstractmethod
+    def UpdateTaskStatus(
+        self,
+        request: _services_pb2.UpdateTaskStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.UpdateTaskStatusResponse, _abc.Awaitable[_services_pb2.UpdateTaskStatusResponse]]:
+        """Status changes of the caller's own tasks, batched (services.proto)."""
 
 def add_DispatcherServicer_to_server(servicer: DispatcherServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

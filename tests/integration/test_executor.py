@@ -494,3 +494,14 @@ def test_limits_are_refused_without_a_cgroup(make: Callable[..., ProcessExecutor
     assert not (ex.root / "t-nolimit").exists()
     status = run(ex, spec("t-plain", "true"))  # without limits, no cgroup is fine
     assert status.state == TaskState.COMPLETE
+
+
+def test_the_cgroup_kills_what_left_the_process_group(ex: ProcessExecutor, cgroups: Cgroups) -> None:
+    """A child in a session of its own escapes the group kill, not the task's cgroup."""
+    needs_cgroup(cgroups, "memory")
+    script = ("setsid sleep 1000 & child=$!; "  # the task ends only once the child has its own session
+              "until [ \"$(ps -o sid= -p $child | tr -d ' ')\" = $child ]; do sleep 0.01; done; echo $child")
+    status = run(ex, spec("t-escape", "sh", "-c", script))
+    assert status.state == TaskState.COMPLETE
+    (child,) = output(ex, "t-escape")
+    wait_for(lambda: gone(int(child)), WAIT, what="the escaped child to be killed")

@@ -12,12 +12,12 @@
    ``spawn`` method (this process has used gRPC for admission: forking it is unsafe) and given
    only plain data (PEMs, node IDs, the advertise address, the period). Node i belongs to worker
    i mod K. Each worker holds, for each of its nodes, one mutual-TLS channel (its own
-   certificate, the same channel options as ``swarmd.agent``) with ``Dispatcher.Session`` open
+   certificate, the same channel options as ``swarmd.agent.session``) with ``Dispatcher.Session`` open
    and its messages consumed, plus unary ``Heartbeat`` calls every period, all on its own
    asyncio loop (``grpc.aio``): no thread per node and no per-channel polling thread.
    Heartbeats come from one scheduler coroutine per worker on a clock shared by all of them:
    node i's slot is i/N of the period, whichever worker owns it, so the load is spread evenly.
-   Each simulated node behaves as ``swarmd.agent`` does: it heartbeats only while its session
+   Each simulated node behaves as ``swarmd.agent.session`` does: it heartbeats only while its session
    has delivered its first message, gives the session up when a heartbeat fails, and
    reconnects with a fresh channel (at once after an established session, else with a 0.1 s
    backoff doubling up to 2 s). Sessions are opened paced by the manager by default: each
@@ -82,7 +82,7 @@ TARGET_HB_P99_MS = 100.0
 TARGET_RSS_MIB = 600.0
 # A whole simulated fleet comes from one address: far above the default per-source burst.
 BENCH_JOIN_LIMITS = "token:20000:1000,source:20000:1000"
-AGENT_OPTIONS = [("grpc.ssl_target_name_override", "swarm-manager"),  # as swarmd.agent
+AGENT_OPTIONS = [("grpc.ssl_target_name_override", "swarm-manager"),  # as swarmd.agent.session
                  ("grpc.keepalive_time_ms", 2000), ("grpc.keepalive_timeout_ms", 2000),
                  ("grpc.keepalive_permit_without_calls", 1)]
 NODES_PER_PROC = 2500   # default --procs: one worker per this many nodes
@@ -160,7 +160,7 @@ class SessionLoad:
 
     # -- sessions ----------------------------------------------------------------------------------
     async def session(self, node: Node, start_at: float) -> None:
-        """The agent's session loop (swarmd.agent.Agent._run/_session): a fresh channel per
+        """The agent's session loop (swarmd.agent.session.Agent._run/_session): a fresh channel per
         attempt; after an established session ends, reconnect at once; after a failed attempt,
         back off 0.1 s doubling up to 2 s."""
         loop = asyncio.get_running_loop()
@@ -742,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="sequential store writes after the CPU window, to show what one write costs with "
                          "the sessions open (default 20; 0 = skip)")
     ap.add_argument("--no-keepalive", action="store_true",
-                    help="channels without the agent's 2 s keepalive pings (default: as swarmd.agent)")
+                    help="channels without the agent's 2 s keepalive pings (default: as swarmd.agent.session)")
     ap.add_argument("--profile", metavar="FILE", help="py-spy record the manager during the window into FILE "
                     "(collapsed stacks) and print its top frames; perturbs the CPU figure a little")
     ap.add_argument("--profile-rate", type=int, default=10,

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 
 from swarmd import __version__, errors, ifaces, netaddr
-from swarmd.agent import Agent
+from swarmd.agent.session import Agent
 from swarmd.node.autolock import KeySealer
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc

@@ -260,9 +260,11 @@ class Manager:
         return self.read(count)
 
     def managers(self) -> list[tuple[str, str]]:
-        """(node ID, advertise address) of every manager the store knows, sorted."""
+        """(node ID, advertise address) of every manager the store knows, sorted (from the
+        index: admissions and renewals ask on every call, and a swarm may hold 10,000 nodes)."""
         def addrs(state: State) -> list[tuple[str, str]]:
-            return sorted((n["id"], m["addr"]) for n in state["nodes"].values() if (m := n.get("manager")))
+            nodes = state["nodes"]
+            return [(i, m["addr"]) for i in nodes.lookup("manager", "manager") if (m := nodes[i].get("manager"))]
         return self.machine.read(addrs)
 
     # -- node status (the dispatcher's writes) ------------------------------------------------

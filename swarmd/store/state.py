@@ -68,6 +68,7 @@ TABLES: dict[str, dict[str, Index[Any]]] = {
     "nodes": {
         "public_key": Index(_key("public_key_sha256")),   # one key, one node
         "cert_rotate": Index(_flag("cert_rotate")),       # asked to renew onto a new root
+        "manager": Index(_flag("manager")),               # holds a manager status (a Raft member)
     },
     "networks": {
         "name": Index(_key("name")),

@@ -14,7 +14,7 @@ NOT_YET = "services are not supported by this manager yet"
 
 
 def _refuse() -> NoReturn:
-    raise SwarmError(NOT_YET, grpc.StatusCode.UNIMPLEMENTED)
+    raise SwarmError(NOT_YET, grpc.StatusCode.FAILED_PRECONDITION)
 
 
 class ServiceAPI(ControlAPI):

@@ -270,7 +270,7 @@ class Dispatcher(pb_grpc.DispatcherServicer):
 
     @abort_on_error
     async def UpdateTaskStatus(self, request: Any, context: Any) -> Any:
-        raise SwarmError("services are not supported by this manager yet", grpc.StatusCode.UNIMPLEMENTED)
+        raise SwarmError("services are not supported by this manager yet", grpc.StatusCode.FAILED_PRECONDITION)
 
     # -- liveness ------------------------------------------------------------------------------------
     def reap(self, manager: Any) -> None:

@@ -1,0 +1,239 @@
+"""The orchestrator on the leader (DESIGN §10): services' tasks follow their specs.
+
+One leader component (``WatchLoop``) for both modes, the restart policy and the task reaper,
+since all of them decide about the same slots and must see each other's decisions in order.
+It reacts to store events: a service created, updated or removed, a task that changed, a node
+that changed (drained, down, paused, relabelled, joined or gone). A pass reconciles only the
+services those events touch (every service after a leadership change or a lost watch, which is
+how a new leader picks up where the old one left: everything it needs is in the store), with
+the pure decisions of ``orchestrator`` (replicated, global, restart, reaper), and writes one
+batch of ops. Restart delays are timers: the pass returns when the next one ends.
+
+Rolling updates are kept simple here (``_update``): a service whose tasks were made from
+another spec has them replaced, ``parallelism`` slots at a time, stop-first or start-first;
+the next slots are replaced once the new ones are running. Delay, monitor and failure action
+are not applied yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from swarmd.ca import ids
+from swarmd.manager import planwriter
+from swarmd.manager.leadership import WatchLoop
+from swarmd.manager.orchestrator import global_, reaper, replicated
+from swarmd.manager.orchestrator.restart import Restarts
+from swarmd.manager.orchestrator.tasks import Plan, is_dirty, new_task, set_desired
+from swarmd.store import taskstate
+from swarmd.store.objects import Node, Service, Task
+from swarmd.store.state import State
+from swarmd.store.watch import Event
+from swarmd.timeutil import now_rfc3339
+
+if TYPE_CHECKING:
+    from swarmd.manager.manager import Manager
+
+log = logging.getLogger(__name__)
+
+# Node fields whose change can change where tasks may run.
+NODE_FIELDS = ("state", "availability", "labels", "role", "os", "architecture", "hostname")
+
+
+def _relevant(event: Event) -> bool:
+    return event.table in ("services", "tasks", "nodes", "cluster")
+
+
+@dataclass
+class _View:
+    """What one pass reads, taken under the store's lock (objects are never changed in place)."""
+    services: dict[str, Service]
+    nodes: dict[str, Node]
+    tasks: dict[str, list[Task]] = field(default_factory=dict)   # by service ID, removed services too
+    history_limit: int = reaper.DEFAULT_TASK_HISTORY_LIMIT
+
+
+class Orchestrator(WatchLoop):
+    name = "orchestrator"
+
+    def __init__(self, manager: Manager) -> None:
+        super().__init__(manager.machine.events, _relevant)
+        self._manager = manager
+        self._restarts = Restarts()
+        self._nodes: dict[str, tuple[Any, ...]] = {}   # what of each node the last pass saw
+        self._status_ops: list[planwriter.Op] = []
+
+    # -- a pass ----------------------------------------------------------------------------------
+    def step(self, full: bool, events: list[Event]) -> float | None:
+        dirty, nodes_changed = self._dirty(events)
+        view = self._read(None if full else dirty, full or nodes_changed)
+        now_ns = time.time_ns()
+        plan = Plan()
+        if full:
+            self._nodes = {i: _node_key(n) for i, n in view.nodes.items()}
+            plan.desired += self._restarts.rebuild(
+                (t for ts in view.tasks.values() for t in ts), view.services, now_ns)
+            dirty = set(view.tasks) | set(view.services)
+        elif nodes_changed:
+            dirty |= set(view.tasks) | set(view.services)
+        seen: set[str] = set()
+        for service_id in sorted(dirty):
+            tasks = view.tasks.get(service_id, [])
+            service = view.services.get(service_id)
+            if service is None:
+                for task in tasks:
+                    self._restarts.cancel(task["id"])
+                self._restarts.clear_service(service_id)
+            else:
+                plan.extend(self._reconcile(service, tasks, view.nodes, now_ns))
+            seen.update(t["id"] for t in tasks)
+        plan.extend(self._due(view, now_ns))
+        ops = plan.ops(now_rfc3339())
+        ops += self._status_ops
+        self._status_ops = []
+        removable = reaper.reap(view.services, (t for s in sorted(dirty) for t in view.tasks.get(s, [])),
+                                view.history_limit)
+        deleted = set(plan.delete)
+        removable = [i for i in removable if i not in deleted and i in seen]
+        if removable:
+            ops.append(("remove_tasks", {"ids": removable, "now": now_rfc3339()}))
+        if ops and not planwriter.write(self._manager, ops, self.name):
+            raise RuntimeError("the orchestrator's write did not commit")
+        wake = self._restarts.next_wakeup_ns()
+        return None if wake is None else max(0.0, (wake - time.time_ns()) / 1e9) + 0.001
+
+    def _dirty(self, events: list[Event]) -> tuple[set[str], bool]:
+        """The services the events touch, and whether a node changed what may run where."""
+        dirty: set[str] = set()
+        nodes_changed = False
+        for event in events:
+            obj = event.object
+            if event.table == "services":
+                dirty.add(str(obj.get("id")))
+            elif event.table == "tasks":
+                dirty.add(str(obj.get("service_id")))
+            elif event.table == "cluster":
+                nodes_changed = True   # the task history limit may have changed: look at everything
+            elif event.table == "nodes":
+                node_id = str(obj.get("id"))
+                key = None if event.action == "remove" else _node_key(obj)
+                if self._nodes.get(node_id) != key:
+                    nodes_changed = True
+                    if key is None:
+                        self._nodes.pop(node_id, None)
+                    else:
+                        self._nodes[node_id] = key
+        return dirty, nodes_changed
+
+    def _read(self, services: set[str] | None, all_nodes: bool) -> _View:
+        def read(state: State) -> _View:
+            view = _View(dict(state["services"].items()), dict(state["nodes"].items()))
+            cluster = state["cluster"]
+            if cluster is not None:
+                view.history_limit = int(cluster["spec"].get("task_history_limit",
+                                                             reaper.DEFAULT_TASK_HISTORY_LIMIT))
+            tasks = state["tasks"]
+            if services is None or all_nodes:
+                for task in tasks.values():
+                    view.tasks.setdefault(task["service_id"], []).append(task)
+            else:
+                for service_id in services:
+                    view.tasks[service_id] = [tasks[i] for i in tasks.lookup("service", service_id)]
+            return view
+        return self._manager.machine.read(read)
+
+    # -- decisions -------------------------------------------------------------------------------
+    def _reconcile(self, service: Service, tasks: list[Task], nodes: Mapping[str, Node], now_ns: int) -> Plan:
+        restarts = self._restarts
+        if service["spec"]["mode"] == "global":
+            plan = global_.reconcile(service, nodes.values(), tasks, restarts)
+            touched = {item["id"] for item in plan.desired}
+            for task in global_.to_restart(tasks):
+                if task["id"] not in touched:
+                    plan.extend(global_.restart_or_shutdown(task, service, nodes.get(task["node_id"]), restarts,
+                                                            now_ns))
+        else:
+            plan = replicated.reconcile(service, tasks, restarts)
+            touched = {item["id"] for item in plan.desired} | set(plan.delete)
+            for task in replicated.to_restart(tasks, nodes):
+                if task["id"] not in touched:
+                    plan.extend(restarts.restart(task, service, nodes.get(task["node_id"]), now_ns))
+        touched = {item["id"] for item in plan.desired}
+        plan.extend(self._update(service, plan.update, touched))
+        plan.update = []
+        return plan
+
+    def _update(self, service: Service, slots: Iterable[list[Task]], touched: set[str]) -> Plan:
+        """Replace the tasks made from an older spec, ``parallelism`` slots at a time: a slot
+        whose task of the current spec is not running yet counts against it (so does a
+        start-first slot until its new task runs, and then its old one is shut down)."""
+        plan = Plan()
+        status = service["update_status"]
+        if status is not None and status["state"] in ("paused", "rollback_paused"):
+            return plan
+        config = service["spec"]["update_config"]
+        waiting: list[list[Task]] = []
+        in_flight = 0
+        for slot in slots:
+            live = [t for t in slot if t["id"] not in touched]
+            old = [t for t in live if is_dirty(service, t)]
+            new = [t for t in live if not is_dirty(service, t)]
+            if old and new:
+                if any(t["status"]["state"] == taskstate.RUNNING for t in new):
+                    plan.desired += [i for t in old if (i := set_desired(t, taskstate.SHUTDOWN)) is not None]
+                else:
+                    in_flight += 1
+            elif old:
+                waiting.append(old)
+            elif any(not taskstate.is_terminal(t["status"]["state"]) and t["status"]["state"] != taskstate.RUNNING
+                     for t in new):
+                in_flight += 1
+        budget = max(0, (config["parallelism"] or len(waiting)) - in_flight) if waiting else 0
+        start_first = config["order"] == "start-first"
+        mode_global = service["spec"]["mode"] == "global"
+        for old in waiting[:budget]:
+            if not start_first:
+                plan.desired += [i for t in old if (i := set_desired(t, taskstate.SHUTDOWN)) is not None]
+            plan.create.append(new_task(service, 0 if mode_global else old[0]["slot"],
+                                        old[0]["node_id"] if mode_global else "", ids.new_id))
+        self._status_ops += _update_status(service, bool(waiting) or in_flight > 0 and status is not None)
+        return plan
+
+    def _due(self, view: _View, now_ns: int) -> Plan:
+        """Delayed starts whose time has come, and the restarts that waited for them."""
+        tasks = {t["id"]: t for ts in view.tasks.values() for t in ts}
+        due = self._restarts.due(now_ns, tasks, view.nodes)
+        plan = Plan(desired=list(due.start))
+        for task_id in due.restart:
+            task = tasks.get(task_id)
+            service = view.services.get(task["service_id"]) if task else None
+            if task is not None and service is not None:
+                plan.extend(self._restarts.restart(task, service, view.nodes.get(task["node_id"]), now_ns))
+        return plan
+
+
+def _update_status(service: Service, updating: bool) -> list[planwriter.Op]:
+    """The update's progress as Docker shows it in ``service inspect`` (UpdateStatus)."""
+    status = service["update_status"]
+    state = status["state"] if status is not None else None
+    now = now_rfc3339()
+    rollback = state is not None and state.startswith("rollback")
+    if updating and state is None and service["previous_spec"] is not None:
+        new = {"state": "updating", "started_at": now, "completed_at": "", "message": "update in progress"}
+    elif not updating and state in ("updating", "rollback_started"):
+        assert status is not None
+        new = {"state": "rollback_completed" if rollback else "completed", "started_at": status["started_at"],
+               "completed_at": now, "message": "rollback completed" if rollback else "update completed"}
+    else:
+        return []
+    return [("set_update_status", {"id": service["id"], "update_status": new, "now": now,
+                                   "expect": {"services": {service["id"]: service["version"]}}})]
+
+
+def _node_key(node: Mapping[str, Any]) -> tuple[Any, ...]:
+    labels = node.get("labels") or {}
+    return tuple(node.get(f) for f in NODE_FIELDS if f != "labels") + (tuple(sorted(labels.items())),)

@@ -55,6 +55,7 @@ class _View:
     nodes: dict[str, Node]
     tasks: dict[str, list[Task]] = field(default_factory=dict)   # by service ID, removed services too
     history_limit: int = reaper.DEFAULT_TASK_HISTORY_LIMIT
+    delayed: dict[str, Task] | None = None   # the tasks restart delays watch; None: all in ``tasks``
 
 
 class Orchestrator(WatchLoop):
@@ -70,7 +71,7 @@ class Orchestrator(WatchLoop):
     # -- a pass ----------------------------------------------------------------------------------
     def step(self, full: bool, events: list[Event]) -> float | None:
         dirty, nodes_changed = self._dirty(events)
-        view = self._read(None if full else dirty, full or nodes_changed)
+        view = self._read(None if full else dirty, full or nodes_changed, self._restarts.watched())
         now_ns = time.time_ns()
         plan = Plan()
         if full:
@@ -80,6 +81,10 @@ class Orchestrator(WatchLoop):
             dirty = set(view.tasks) | set(view.services)
         elif nodes_changed:
             dirty |= set(view.tasks) | set(view.services)
+        # Delayed starts first: one made by this pass is not in the store yet (a restart
+        # without delay starts in the next pass, at once).
+        plan.extend(self._due(view, now_ns))
+        decided = {item["id"] for item in plan.desired}
         seen: set[str] = set()
         for service_id in sorted(dirty):
             tasks = view.tasks.get(service_id, [])
@@ -89,16 +94,20 @@ class Orchestrator(WatchLoop):
                     self._restarts.cancel(task["id"])
                 self._restarts.clear_service(service_id)
             else:
-                plan.extend(self._reconcile(service, tasks, view.nodes, now_ns))
+                plan.extend(self._reconcile(service, tasks, view.nodes, now_ns, decided))
             seen.update(t["id"] for t in tasks)
-        plan.extend(self._due(view, now_ns))
+        for item in plan.desired:
+            # A desired state only moves forward, and the store refuses a move back: the
+            # decision holds whatever else changed in the task since it was read (a
+            # replacement made for a task whose shutdown was refused would double its slot).
+            item.pop("version", None)
         ops = plan.ops(now_rfc3339())
         ops += self._status_ops
         self._status_ops = []
         removable = reaper.reap(view.services, (t for s in sorted(dirty) for t in view.tasks.get(s, [])),
                                 view.history_limit)
-        deleted = set(plan.delete)
-        removable = [i for i in removable if i not in deleted and i in seen]
+        keep = set(plan.delete) | {item["id"] for item in plan.desired}   # decided about already
+        removable = [i for i in removable if i not in keep and i in seen]
         if removable:
             ops.append(("remove_tasks", {"ids": removable, "now": now_rfc3339()}))
         if ops and not planwriter.write(self._manager, ops, self.name):
@@ -129,7 +138,7 @@ class Orchestrator(WatchLoop):
                         self._nodes[node_id] = key
         return dirty, nodes_changed
 
-    def _read(self, services: set[str] | None, all_nodes: bool) -> _View:
+    def _read(self, services: set[str] | None, all_nodes: bool, watched: set[str]) -> _View:
         def read(state: State) -> _View:
             view = _View(dict(state["services"].items()), dict(state["nodes"].items()))
             cluster = state["cluster"]
@@ -143,26 +152,29 @@ class Orchestrator(WatchLoop):
             else:
                 for service_id in services:
                     view.tasks[service_id] = [tasks[i] for i in tasks.lookup("service", service_id)]
+                view.delayed = {i: tasks[i] for i in watched if i in tasks}
             return view
         return self._manager.machine.read(read)
 
     # -- decisions -------------------------------------------------------------------------------
-    def _reconcile(self, service: Service, tasks: list[Task], nodes: Mapping[str, Node], now_ns: int) -> Plan:
+    def _reconcile(self, service: Service, tasks: list[Task], nodes: Mapping[str, Node], now_ns: int,
+                   decided: set[str]) -> Plan:
+        """The service's plan; tasks in ``decided`` got their desired state in this pass already."""
         restarts = self._restarts
         if service["spec"]["mode"] == "global":
             plan = global_.reconcile(service, nodes.values(), tasks, restarts)
-            touched = {item["id"] for item in plan.desired}
+            touched = {item["id"] for item in plan.desired} | decided
             for task in global_.to_restart(tasks):
                 if task["id"] not in touched:
                     plan.extend(global_.restart_or_shutdown(task, service, nodes.get(task["node_id"]), restarts,
                                                             now_ns))
         else:
             plan = replicated.reconcile(service, tasks, restarts)
-            touched = {item["id"] for item in plan.desired} | set(plan.delete)
+            touched = {item["id"] for item in plan.desired} | set(plan.delete) | decided
             for task in replicated.to_restart(tasks, nodes):
                 if task["id"] not in touched:
                     plan.extend(restarts.restart(task, service, nodes.get(task["node_id"]), now_ns))
-        touched = {item["id"] for item in plan.desired}
+        touched = {item["id"] for item in plan.desired} | decided
         plan.extend(self._update(service, plan.update, touched))
         plan.update = []
         return plan
@@ -206,6 +218,8 @@ class Orchestrator(WatchLoop):
     def _due(self, view: _View, now_ns: int) -> Plan:
         """Delayed starts whose time has come, and the restarts that waited for them."""
         tasks = {t["id"]: t for ts in view.tasks.values() for t in ts}
+        if view.delayed is not None:
+            tasks.update(view.delayed)
         due = self._restarts.due(now_ns, tasks, view.nodes)
         plan = Plan(desired=list(due.start))
         for task_id in due.restart:

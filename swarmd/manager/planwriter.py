@@ -55,7 +55,7 @@ def write(manager: Manager, ops: Sequence[Op], what: str) -> bool:
             log.info("%s: %s did not commit: %s", what, kind, outcome)
             committed = False
         elif not outcome.get("ok"):
-            log.warning("%s: %s refused: %s", what, kind, outcome.get("message"))
+            log.info("%s: %s refused: %s", what, kind, outcome.get("message"))
         elif outcome.get("refused"):
             log.debug("%s: %s items refused (raced): %s", what, kind, outcome["refused"])
     return committed

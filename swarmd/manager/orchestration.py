@@ -9,27 +9,24 @@ how a new leader picks up where the old one left: everything it needs is in the 
 the pure decisions of ``orchestrator`` (replicated, global, restart, reaper), and writes one
 batch of ops. Restart delays are timers: the pass returns when the next one ends.
 
-Rolling updates are kept simple here (``_update``): a service whose tasks were made from
-another spec has them replaced, ``parallelism`` slots at a time, stop-first or start-first;
-the next slots are replaced once the new ones are running. Delay, monitor and failure action
-are not applied yet.
+Rolling updates are ``orchestrator.updater``'s decisions; their monitor windows and delays are
+timers too.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from swarmd.ca import ids
 from swarmd.manager import planwriter
 from swarmd.manager.leadership import WatchLoop
 from swarmd.manager.orchestrator import global_, reaper, replicated
 from swarmd.manager.orchestrator.restart import Restarts
-from swarmd.manager.orchestrator.tasks import Plan, is_dirty, new_task, set_desired
-from swarmd.store import taskstate
+from swarmd.manager.orchestrator.tasks import Plan
+from swarmd.manager.orchestrator.updater import Updater
 from swarmd.store.objects import Node, Service, Task
 from swarmd.store.state import State
 from swarmd.store.watch import Event
@@ -66,13 +63,16 @@ class Orchestrator(WatchLoop):
         self._manager = manager
         self._restarts = Restarts()
         self._nodes: dict[str, tuple[Any, ...]] = {}   # what of each node the last pass saw
+        self._updates = Updater()
         self._status_ops: list[planwriter.Op] = []
+        self._timers: dict[str, int] = {}   # service ID -> when its update must be looked at again
 
     # -- a pass ----------------------------------------------------------------------------------
     def step(self, full: bool, events: list[Event]) -> float | None:
         dirty, nodes_changed = self._dirty(events)
-        view = self._read(None if full else dirty, full or nodes_changed, self._restarts.watched())
         now_ns = time.time_ns()
+        dirty |= {service_id for service_id, at in self._timers.items() if at <= now_ns}
+        view = self._read(None if full else dirty, full or nodes_changed, self._restarts.watched())
         plan = Plan()
         if full:
             self._nodes = {i: _node_key(n) for i, n in view.nodes.items()}
@@ -93,6 +93,8 @@ class Orchestrator(WatchLoop):
                 for task in tasks:
                     self._restarts.cancel(task["id"])
                 self._restarts.clear_service(service_id)
+                self._updates.forget(service_id)
+                self._timers.pop(service_id, None)
             else:
                 plan.extend(self._reconcile(service, tasks, view.nodes, now_ns, decided))
             seen.update(t["id"] for t in tasks)
@@ -112,7 +114,11 @@ class Orchestrator(WatchLoop):
             ops.append(("remove_tasks", {"ids": removable, "now": now_rfc3339()}))
         if ops and not planwriter.write(self._manager, ops, self.name):
             raise RuntimeError("the orchestrator's write did not commit")
-        wake = self._restarts.next_wakeup_ns()
+        wakes = list(self._timers.values())
+        restart = self._restarts.next_wakeup_ns()
+        if restart is not None:
+            wakes.append(restart)
+        wake = min(wakes, default=None)
         return None if wake is None else max(0.0, (wake - time.time_ns()) / 1e9) + 0.001
 
     def _dirty(self, events: list[Event]) -> tuple[set[str], bool]:
@@ -175,44 +181,17 @@ class Orchestrator(WatchLoop):
                 if task["id"] not in touched:
                     plan.extend(restarts.restart(task, service, nodes.get(task["node_id"]), now_ns))
         touched = {item["id"] for item in plan.desired} | decided
-        plan.extend(self._update(service, plan.update, touched))
-        plan.update = []
-        return plan
-
-    def _update(self, service: Service, slots: Iterable[list[Task]], touched: set[str]) -> Plan:
-        """Replace the tasks made from an older spec, ``parallelism`` slots at a time: a slot
-        whose task of the current spec is not running yet counts against it (so does a
-        start-first slot until its new task runs, and then its old one is shut down)."""
-        plan = Plan()
-        status = service["update_status"]
-        if status is not None and status["state"] in ("paused", "rollback_paused"):
-            return plan
-        config = service["spec"]["update_config"]
-        waiting: list[list[Task]] = []
-        in_flight = 0
-        for slot in slots:
-            live = [t for t in slot if t["id"] not in touched]
-            old = [t for t in live if is_dirty(service, t)]
-            new = [t for t in live if not is_dirty(service, t)]
-            if old and new:
-                if any(t["status"]["state"] == taskstate.RUNNING for t in new):
-                    plan.desired += [i for t in old if (i := set_desired(t, taskstate.SHUTDOWN)) is not None]
-                else:
-                    in_flight += 1
-            elif old:
-                waiting.append(old)
-            elif any(not taskstate.is_terminal(t["status"]["state"]) and t["status"]["state"] != taskstate.RUNNING
-                     for t in new):
-                in_flight += 1
-        budget = max(0, (config["parallelism"] or len(waiting)) - in_flight) if waiting else 0
-        start_first = config["order"] == "start-first"
-        mode_global = service["spec"]["mode"] == "global"
-        for old in waiting[:budget]:
-            if not start_first:
-                plan.desired += [i for t in old if (i := set_desired(t, taskstate.SHUTDOWN)) is not None]
-            plan.create.append(new_task(service, 0 if mode_global else old[0]["slot"],
-                                        old[0]["node_id"] if mode_global else "", ids.new_id))
-        self._status_ops += _update_status(service, bool(waiting) or in_flight > 0 and status is not None)
+        slots, plan.update = plan.update, []
+        step = self._updates.step(service, slots, now_ns, now_rfc3339(), frozenset(touched))
+        plan.extend(step.plan)
+        if step.wake_ns is None:
+            self._timers.pop(service["id"], None)
+        else:
+            self._timers[service["id"]] = step.wake_ns
+        if step.status is not None:
+            self._status_ops.append(("set_update_status", {
+                "id": service["id"], "update_status": step.status, "rollback": step.rollback, "now": now_rfc3339(),
+                "expect": {"services": {service["id"]: service["version"]}}}))
         return plan
 
     def _due(self, view: _View, now_ns: int) -> Plan:
@@ -228,24 +207,6 @@ class Orchestrator(WatchLoop):
             if task is not None and service is not None:
                 plan.extend(self._restarts.restart(task, service, view.nodes.get(task["node_id"]), now_ns))
         return plan
-
-
-def _update_status(service: Service, updating: bool) -> list[planwriter.Op]:
-    """The update's progress as Docker shows it in ``service inspect`` (UpdateStatus)."""
-    status = service["update_status"]
-    state = status["state"] if status is not None else None
-    now = now_rfc3339()
-    rollback = state is not None and state.startswith("rollback")
-    if updating and state is None and service["previous_spec"] is not None:
-        new = {"state": "updating", "started_at": now, "completed_at": "", "message": "update in progress"}
-    elif not updating and state in ("updating", "rollback_started"):
-        assert status is not None
-        new = {"state": "rollback_completed" if rollback else "completed", "started_at": status["started_at"],
-               "completed_at": now, "message": "rollback completed" if rollback else "update completed"}
-    else:
-        return []
-    return [("set_update_status", {"id": service["id"], "update_status": new, "now": now,
-                                   "expect": {"services": {service["id"]: service["version"]}}})]
 
 
 def _node_key(node: Mapping[str, Any]) -> tuple[Any, ...]:

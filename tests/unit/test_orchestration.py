@@ -118,23 +118,70 @@ def test_history_beyond_the_limit_is_reaped(manager: Manager) -> None:
 
 
 def test_a_rolling_update_replaces_tasks_parallelism_at_a_time(manager: Manager) -> None:
-    service_id = create(manager, "web", replicas=4, update_config={"parallelism": 2})
+    service_id = create(manager, "web", replicas=4, update_config={"parallelism": 2, "monitor_ns": SECOND // 5})
     before = {t["id"] for t in converge(manager, service_id, 4)}
     update(manager, service_id, args=["2000"])
     wait_for(lambda: len([t for t in live(manager, service_id) if t["id"] not in before]) == 2, SETTLE,
              what="the first two replaced")
     # No more than two are replaced until the new ones run.
     assert len([t for t in live(manager, service_id) if t["id"] not in before]) == 2
-    after = converge(manager, service_id, 4)
-    assert all(t["spec"]["args"] == ["2000"] for t in after) and not {t["id"] for t in after} & before
-    status = manager.machine.read(lambda s: s["services"][service_id]["update_status"])
-    wait_for(lambda: manager.machine.read(lambda s: s["services"][service_id]["update_status"] or {}).get("state")
-             == "completed", SETTLE, what="the update completed")
-    assert status is not None
+
+    def updated() -> list[Task] | None:
+        now = converge(manager, service_id, 4)
+        return now if all(t["spec"]["args"] == ["2000"] for t in now) else None
+    after: list[Task] = wait_for(updated, SETTLE, what="every task replaced")
+    assert not {t["id"] for t in after} & before
+    wait_for(lambda: update_status(manager, service_id).get("state") == "completed", SETTLE,
+             what="the update completed")
+    assert update_status(manager, service_id)["message"] == "update completed"
+
+
+def update_status(m: Manager, service_id: str) -> dict[str, Any]:
+    return dict(m.machine.read(lambda s: s["services"][service_id]["update_status"]) or {})
+
+
+def fail_new(m: Manager, service_id: str, before: set[str]) -> str:
+    """The node's side: every new task fails as soon as it is assigned."""
+    def failed() -> str | None:
+        for task in tasks_of(m, service_id):
+            if task["id"] not in before and task["status"]["state"] == "assigned":
+                report(m, task, "failed", exit_code=1)
+                return task["id"]
+        return None
+    task_id: str = wait_for(failed, SETTLE, what="a new task to fail")
+    return task_id
+
+
+def test_a_failing_update_pauses(manager: Manager) -> None:
+    service_id = create(manager, "web", replicas=2, update_config={"monitor_ns": SECOND})
+    before = {t["id"] for t in converge(manager, service_id, 2)}
+    update(manager, service_id, args=["2000"])
+    failed = fail_new(manager, service_id, before)
+    wait_for(lambda: update_status(manager, service_id).get("state") == "paused", SETTLE, what="the update paused")
+    assert update_status(manager, service_id)["message"] == \
+        f"update paused due to failure or early termination of task {failed}"
+    # Paused: the other old task is left as it is.
+    assert len([t for t in live(manager, service_id) if t["id"] in before]) == 1
+
+
+def test_a_failing_update_with_failure_action_rollback_rolls_back(manager: Manager) -> None:
+    service_id = create(manager, "web", replicas=2, update_config={"failure_action": "rollback", "monitor_ns": SECOND},
+                        rollback_config={"monitor_ns": SECOND // 5})
+    before = {t["id"] for t in converge(manager, service_id, 2)}
+    update(manager, service_id, args=["2000"])
+    failed = fail_new(manager, service_id, before)
+    wait_for(lambda: update_status(manager, service_id).get("state") in ("rollback_started", "rollback_completed"),
+             SETTLE, what="the rollback")
+    assert manager.machine.read(lambda s: s["services"][service_id]["spec"]["task_template"]["args"]) == ["1000"]
+    after = converge(manager, service_id, 2)
+    assert all(t["spec"]["args"] == ["1000"] for t in after)
+    wait_for(lambda: update_status(manager, service_id).get("state") == "rollback_completed", SETTLE,
+             what="the rollback completed")
+    assert failed not in {t["id"] for t in after}
 
 
 def test_start_first_starts_the_new_task_before_stopping_the_old(manager: Manager) -> None:
-    service_id = create(manager, "web", replicas=1, update_config={"order": "start-first"})
+    service_id = create(manager, "web", replicas=1, update_config={"order": "start-first", "monitor_ns": 0})
     [old] = converge(manager, service_id, 1)
     update(manager, service_id, args=["2000"])
     wait_for(lambda: len(live(manager, service_id)) == 2, SETTLE, what="the new task beside the old")

@@ -27,6 +27,7 @@ from swarmd.manager.orchestrator import global_, reaper, replicated
 from swarmd.manager.orchestrator.restart import Restarts
 from swarmd.manager.orchestrator.tasks import Plan
 from swarmd.manager.orchestrator.updater import Updater
+from swarmd.store import taskstate
 from swarmd.store.objects import Node, Service, Task
 from swarmd.store.state import State
 from swarmd.store.watch import Event
@@ -130,7 +131,9 @@ class Orchestrator(WatchLoop):
             if event.table == "services":
                 dirty.add(str(obj.get("id")))
             elif event.table == "tasks":
-                dirty.add(str(obj.get("service_id")))
+                service_id = str(obj.get("service_id"))
+                if event.action != "update" or _decides(obj) or self._updates.active(service_id):
+                    dirty.add(service_id)
             elif event.table == "cluster":
                 nodes_changed = True   # the task history limit may have changed: look at everything
             elif event.table == "nodes":
@@ -207,6 +210,12 @@ class Orchestrator(WatchLoop):
             if task is not None and service is not None:
                 plan.extend(self._restarts.restart(task, service, view.nodes.get(task["node_id"]), now_ns))
         return plan
+
+
+def _decides(task: Mapping[str, Any]) -> bool:
+    """A task change the orchestrator acts on: it stopped, or it is told to stop or to wait
+    (a task being placed or starting changes nothing for it, unless an update watches it)."""
+    return taskstate.is_terminal(task["status"]["state"]) or task["desired_state"] != taskstate.RUNNING
 
 
 def _node_key(node: Mapping[str, Any]) -> tuple[Any, ...]:

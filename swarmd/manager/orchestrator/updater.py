@@ -55,6 +55,10 @@ class Updater:
     def __init__(self) -> None:
         self._progress: dict[str, _Progress] = {}
 
+    def active(self, service_id: str) -> bool:
+        """An update of the service is under way: its tasks' progress matters."""
+        return service_id in self._progress
+
     def forget(self, service_id: str) -> None:
         self._progress.pop(service_id, None)
 

@@ -129,6 +129,11 @@ class LeaderSupervisor:
                 log.exception("could not stop the leader component %s", component.name)
 
 
+class Retry(Exception):
+    """A pass that could not finish (its write did not commit: the leadership is moving, say):
+    logged in one line, and a full pass follows."""
+
+
 class WatchLoop:
     """A leader component that is one thread reacting to store events (never polling): it
     subscribes when started, makes a full pass first (and whenever its watch overflowed or
@@ -196,6 +201,10 @@ class WatchLoop:
             try:
                 again = self.step(full, events)
                 full = False
+            except Retry as e:
+                log.info("%s: %s; a full pass again in a second", self.name, e)
+                full, again = True, None
+                self._stopping.wait(1.0)
             except Exception:  # noqa: BLE001 - one failed pass must not end the component
                 log.exception("%s failed; a full pass again in a second", self.name)
                 full, again = True, None

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from swarmd.manager import planwriter
-from swarmd.manager.leadership import WatchLoop
+from swarmd.manager.leadership import Retry, WatchLoop
 from swarmd.manager.orchestrator import global_, reaper, replicated
 from swarmd.manager.orchestrator.restart import Restarts
 from swarmd.manager.orchestrator.tasks import Plan
@@ -114,7 +114,7 @@ class Orchestrator(WatchLoop):
         if removable:
             ops.append(("remove_tasks", {"ids": removable, "now": now_rfc3339()}))
         if ops and not planwriter.write(self._manager, ops, self.name):
-            raise RuntimeError("the orchestrator's write did not commit")
+            raise Retry("the orchestrator's write did not commit")
         wakes = list(self._timers.values())
         restart = self._restarts.next_wakeup_ns()
         if restart is not None:

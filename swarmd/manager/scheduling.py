@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from swarmd.manager import planwriter
-from swarmd.manager.leadership import WatchLoop
+from swarmd.manager.leadership import Retry, WatchLoop
 from swarmd.manager.scheduler import scheduler
 from swarmd.store import taskstate
 from swarmd.store.objects import Service, Task
@@ -63,7 +63,7 @@ class Scheduler(WatchLoop):
         if plan.updates and not planwriter.write(self._manager, [("update_tasks", {"updates": plan.updates,
                                                                                    "now": now_rfc3339()})],
                                                  self.name):
-            raise RuntimeError("the scheduler's write did not commit")
+            raise Retry("the scheduler's write did not commit")
         return None
 
     def _worth_a_pass(self, events: list[Event]) -> bool:

@@ -253,6 +253,18 @@ def test_bad_input_is_refused_and_creates_nothing(daemons: Factory) -> None:
             (grpc.StatusCode.NOT_FOUND, "task nosuch not found")
         [task] = c.ListTasks(spb.ListTasksRequest(nodes=["self"]), timeout=TIMEOUT).tasks
         assert task.node_hostname == "m1"
+        # What an update may not change, in swarmkit's words.
+        web = c.GetService(spb.GetServiceRequest(ref="web"), timeout=TIMEOUT).service
+        for field, value, text in (("mode", "global", "service mode change is not allowed"),
+                                   ("name", "other", "renaming services is not supported")):
+            changed = spb.ServiceSpec()
+            changed.CopyFrom(web.spec)
+            setattr(changed, field, value)
+            if field == "mode":
+                changed.ClearField("replicas")
+            assert refusal(lambda: c.UpdateService(spb.UpdateServiceRequest(ref="web", version=web.version,
+                                                                            spec=changed), timeout=TIMEOUT)) == \
+                (grpc.StatusCode.UNIMPLEMENTED, f"rpc error: code = Unimplemented desc = {text}")
         # A rollback with nothing to go back to.
         web = c.GetService(spb.GetServiceRequest(ref="web"), timeout=TIMEOUT).service
         assert refusal(lambda: c.UpdateService(spb.UpdateServiceRequest(ref="web", version=web.version, rollback=True),
@@ -279,9 +291,13 @@ def test_a_new_leader_keeps_reconciling(daemons: Factory) -> None:
     for other in ms[1:]:
         join(other, ms[0], "manager")
     first = leader_of(ms)
-    with control(first) as c:
+    follower = next(d for d in ms if d is not first)
+    with control(follower) as c:   # forwarded to the leader
         create(c, spec("web", replicas=3))
         wait_for(lambda: len(running(c, "web")) == 3 and assigned(running(c, "web")), SETTLE, what="3 assigned")
+        # "self" is the manager that was asked, not the leader the call is forwarded to.
+        mine = c.ListTasks(spb.ListTasksRequest(nodes=["self"]), timeout=TIMEOUT).tasks
+        assert {t.node_hostname for t in mine} == {follower.hostname}
     first.kill9()
     rest = [d for d in ms if d is not first]
     second = leader_of(rest)

@@ -175,6 +175,8 @@ def test_drain_moves_tasks_and_global_follows_nodes(daemons: Factory) -> None:
         wait_for(lambda: sorted(t.node_hostname for t in running(c, "glob")) == ["m1", "w2"], SETTLE,
                  what="the global task on the drained node shut down")
         assert [t.desired_state for t in glob if t.node_hostname == "w1"] in (["running"], ["shutdown"])
+        [listed] = c.ListServices(spb.ListServicesRequest(filters=["name=glob"]), timeout=TIMEOUT).services
+        assert listed.desired_tasks == 2   # a global service wants a task per eligible node
         # The node back: the global service gets a task there again; replicated tasks stay put.
         c.UpdateNode(pb.UpdateNodeRequest(ref="w1", availability="active"), timeout=TIMEOUT)
         wait_for(lambda: sorted(t.node_hostname for t in running(c, "glob")) == ["m1", "w1", "w2"], SETTLE,

@@ -227,3 +227,22 @@ def test_a_thousand_tasks_are_placed_in_few_writes(manager: Manager) -> None:
     assert sorted(set(per_node.values())) == [10]   # spread evenly over the 100 nodes
     # One create, one batch of creations, one or a few scheduling batches: not a write per task.
     assert manager.store.status()["commit_idx"] - before < 20
+
+
+def test_a_node_where_a_service_keeps_failing_comes_last_for_it(manager: Manager) -> None:
+    service_id = create(manager, "web", replicas=1, task_template={"restart_policy": {"delay_ns": 0}})
+    [task] = converge(manager, service_id, 1)
+    bad = task["node_id"]
+    # Five failures there (swarmkit's maxFailures): the next replacement goes to another node,
+    # although that node is as empty as the others.
+    for _ in range(5):
+        report(manager, task, "failed", exit_code=1)
+
+        def replacement() -> Task | None:
+            fresh = [t for t in live(manager, service_id) if t["status"]["state"] == "assigned"]
+            return fresh[0] if fresh else None
+        task = wait_for(replacement, SETTLE, what="the replacement assigned")
+        if task["node_id"] != bad:
+            break
+        report(manager, task, "running")
+    assert task["node_id"] != bad

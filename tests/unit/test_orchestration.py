@@ -4,6 +4,7 @@ replacements, the reaper and node changes run end to end, in one process."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 from swarmd.ca import ids
 from swarmd.manager.manager import Manager
+from swarmd.manager.orchestration import Orchestrator
 from swarmd.store import specs
 from swarmd.store.objects import Task
 from swarmd.timeutil import now_rfc3339
@@ -246,3 +248,43 @@ def test_a_node_where_a_service_keeps_failing_comes_last_for_it(manager: Manager
             break
         report(manager, task, "running")
     assert task["node_id"] != bad
+
+
+class Watched(Orchestrator):
+    """An orchestrator that tells when its first pass (a new leader's full pass) is done."""
+
+    def __init__(self, manager: Manager) -> None:
+        super().__init__(manager)
+        self.first_pass = threading.Event()
+
+    def step(self, full: bool, events: list[Any]) -> float | None:
+        again = super().step(full, events)
+        self.first_pass.set()
+        return again
+
+
+def test_a_new_orchestrator_continues_an_update_where_the_old_one_left(manager: Manager) -> None:
+    service_id = create(manager, "web", replicas=3, update_config={"monitor_ns": 0})
+    before = {t["id"] for t in converge(manager, service_id, 3)}
+    update(manager, service_id, args=["2000"])
+    wait_for(lambda: len([t for t in live(manager, service_id) if t["id"] not in before]) == 1, SETTLE,
+             what="the first slot replaced")
+    # The leader changes while the first new task is not running yet: the next leader's
+    # orchestrator waits for it, as the old one would have, before replacing another slot.
+    [old] = [c for c in manager.leadership._components if isinstance(c, Orchestrator)]
+    old.stop()
+    successor = Watched(manager)
+    successor.start()
+    try:
+        assert successor.first_pass.wait(SETTLE)
+        assert update_status(manager, service_id).get("state") == "updating"
+        assert len([t for t in live(manager, service_id) if t["id"] not in before]) == 1
+
+        def updated() -> list[Task] | None:
+            now = converge(manager, service_id, 3)
+            return now if all(t["spec"]["args"] == ["2000"] for t in now) else None
+        wait_for(updated, SETTLE, what="every slot replaced by the new orchestrator")
+        wait_for(lambda: update_status(manager, service_id).get("state") == "completed", SETTLE,
+                 what="the update completed")
+    finally:
+        successor.stop()

@@ -12,8 +12,9 @@ stops until the next one), ``rollback`` (the previous spec comes back and is rol
 ``continue``. The update is complete when every slot is replaced and the last monitor window
 ended.
 
-The progress is in the store (which tasks are of which spec); what is only in memory (monitor
-windows, delays, failures counted) starts again with a new leader, as in swarmkit.
+The progress is in the store (which tasks are of which spec, and which were made since the
+update started: those it waits for); what is only in memory (monitor windows, delays, failures
+counted) starts again with a new leader, as in swarmkit.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from swarmd.ca import ids
 from swarmd.manager.orchestrator.tasks import NewID, Plan, Slot, is_dirty, new_task, set_desired
 from swarmd.store import taskstate
 from swarmd.store.objects import Service, Task, UpdateStatus
+from swarmd.timeutil import parse_rfc3339_ns
 
 # States that count as a failure of a new task (it stopped by itself).
 FAILED_STATES: Final = frozenset({taskstate.COMPLETE, taskstate.FAILED, taskstate.REJECTED, taskstate.ORPHANED})
@@ -103,22 +105,24 @@ class Updater:
         monitor, delay = config["monitor_ns"], config["delay_ns"]
         busy = 0
         wakes: list[int] = []
+        began = parse_rfc3339_ns(status["started_at"]) if status is not None and state in ACTIVE_STATES else None
         for task in current + [t for t in stopped_now if not is_dirty(service, t)]:
             task_state = task["status"]["state"]
             since = progress.running_since.get(task["id"])
             if task_state == taskstate.RUNNING and since is None:
                 since = progress.running_since[task["id"]] = now_ns
-            if task["id"] in progress.made and task_state in FAILED_STATES and \
+            made = task["id"] in progress.made or _made_since(task, began)
+            if made and task_state in FAILED_STATES and \
                     (since is None or now_ns < since + monitor) and task["id"] not in progress.failures:
                 progress.failures.add(task["id"])
             if taskstate.is_terminal(task_state) or task["id"] in decided:
                 continue
             if since is None:
-                busy += 1 if task["id"] in progress.made else 0
+                busy += 1 if made else 0
             elif now_ns < since + delay:
                 busy += 1
                 wakes.append(since + delay)
-            if since is not None and task["id"] in progress.made and now_ns < since + monitor:
+            if since is not None and made and now_ns < since + monitor:
                 wakes.append(since + monitor)
         failed = _failure(progress, config)
         if failed is not None and config["failure_action"] != "continue":
@@ -158,6 +162,13 @@ class Updater:
         kind = "rollback" if rolling_back else "update"
         message = f"{kind} paused due to failure or early termination of task {task_id}"
         return Step(status=_status("rollback_paused" if rolling_back else "paused", message, started, ""))
+
+
+def _made_since(task: Task, began: int | None) -> bool:
+    """Made while the update ran (by it, or restarting what it made): what a new leader knows
+    of the update's own tasks, from the store."""
+    created = parse_rfc3339_ns(task["created_at"])
+    return began is not None and created is not None and created >= began
 
 
 def _failure(progress: _Progress, config: Any) -> str | None:

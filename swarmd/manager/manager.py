@@ -1,5 +1,6 @@
 """A manager: builds its components (the replicated store, the network allocator, the
-leader-only role manager and root rotation) and is the one way to the store for the rest.
+leader-only role manager, root rotation, scheduler and orchestrator) and is the one way to the
+store for the rest.
 
 Reads are served from this manager's copy of the state, after checking it is (or follows) a
 live leader; writes are proposed as JSON ops and their results mapped to Docker's errors. What
@@ -26,7 +27,9 @@ from swarmd.errors import SwarmError
 from swarmd.manager import convert, nodetls, requestid, rootrotation
 from swarmd.manager.allocator import networks as allocation
 from swarmd.manager.leadership import LeaderSupervisor
+from swarmd.manager.orchestration import Orchestrator
 from swarmd.manager.roles import RoleManager
+from swarmd.manager.scheduling import Scheduler
 from swarmd.store.machine import Result, State, StateMachine, encode_op
 from swarmd.store.objects import Cluster, Node
 from swarmd.store.state import Hooks
@@ -48,6 +51,7 @@ REFUSAL_CODES = {
     "ALREADY_EXISTS": grpc.StatusCode.ALREADY_EXISTS,
     "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
     "INTERNAL": grpc.StatusCode.INTERNAL,
+    "UNIMPLEMENTED": grpc.StatusCode.UNIMPLEMENTED,
 }
 
 
@@ -85,7 +89,8 @@ class Manager:
         self.network = network
         self.roles = RoleManager(self)
         self.root_rotation = rootrotation.RootRotationReconciler(self)
-        self.leadership = LeaderSupervisor([self.roles, self.root_rotation])
+        # Scheduler before orchestrator: a new leader places what waits before it makes more.
+        self.leadership = LeaderSupervisor([self.roles, self.root_rotation, Scheduler(self), Orchestrator(self)])
         self.store = RaftStore(node_id, raft_dir, self.machine, peers, network=network, data_key=data_key,
                                other_keys=other_keys, on_leader_change=self.leadership.leadership_changed)
         self.role_lock = threading.Lock()      # role changes: check and store one at a time

@@ -319,3 +319,12 @@ def test_task_times_are_read_as_rfc3339_and_unreadable_ones_sort_first() -> None
     tasks = [task(svc, "late", timestamp=at(9)), task(svc, "bad", timestamp="yesterday"),
              task(svc, "early", timestamp=at(1), applied_at=at(2)), task(svc, "mid", timestamp=at(5))]
     assert [t["id"] for t in by_time(tasks)] == ["bad", "early", "mid", "late"]
+
+
+def test_a_dead_slot_keeps_a_task_that_has_not_stopped_on_its_node() -> None:
+    svc = service(replicas=1)
+    kept = task(svc, "t1", slot=1, node_id="n0", state="running")
+    going = task(svc, "t2", slot=2, node_id="n1", state="running", desired="remove")
+    never_placed = task(svc, "t3", slot=3, state="pending", desired="remove")
+    plan = replicated.reconcile(svc, [kept, going, never_placed], Restarts(), ids())
+    assert plan.delete == ["t3"] and plan.create == [] and plan.desired == []

@@ -2,8 +2,8 @@
 
 - ``swarm``: this host's calls, served by the node that was asked (info, version, init, join,
   leave, unlock);
-- ``cluster``, ``node``, ``network``: one object kind each, served by the leader: validate,
-  then the store update;
+- ``cluster``, ``node``, ``network``, ``service``, ``task``: one object kind each, served by
+  the leader: validate, then the store update;
 - ``forwarding``: where a call is served (the leader, or forwarded there) and when its answer
   may leave (once what it read is confirmed);
 - ``servicer``: the one ``ControlServicer`` gRPC registers.

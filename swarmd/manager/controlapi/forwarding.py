@@ -52,6 +52,8 @@ def on_leader(fn: Callable[..., Any]) -> Callable[..., Any]:
                     raise
         if getattr(request, "ref", None) == "self" and name != "RemoveNode":  # `node rm` takes no "self"
             request.ref = manager.node_id
+        if name == "ListTasks":  # `node ps` names nodes, "self" among them
+            request.nodes[:] = [manager.node_id if ref == "self" else ref for ref in request.nodes]
         try:
             response = self.rt.forward_control(name, request, request_id)
         except SwarmError as e:

@@ -8,8 +8,10 @@ from swarmd.manager.controlapi.network import NetworkAPI
 from swarmd.manager.controlapi.node import NodeAPI
 from swarmd.manager.controlapi.service import ServiceAPI
 from swarmd.manager.controlapi.swarm import SwarmAPI
+from swarmd.manager.controlapi.task import TaskAPI
 
 
-class ControlServicer(SwarmAPI, ClusterAPI, NodeAPI, NetworkAPI, ServiceAPI, pb_grpc.ControlServicer):
+class ControlServicer(SwarmAPI, ClusterAPI, NodeAPI, NetworkAPI, ServiceAPI, TaskAPI,
+                      pb_grpc.ControlServicer):
     """A new kind is its module in this package and one more base class above. The generated
     base comes last, so its UNIMPLEMENTED stubs answer only what no kind serves."""

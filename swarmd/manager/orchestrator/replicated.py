@@ -3,7 +3,7 @@
 ``reconcile`` compares a service's slots with its replica count: missing slots get new tasks
 (the lowest free slot numbers), extra slots are told to go (desired ``remove``; the node stops
 them, the reaper deletes them), and dead slots (nothing left that runs or may still be updated)
-are deleted. On a scale-down the slots that go are chosen to leave the service balanced: the
+are deleted, but for tasks still on a node that have not stopped yet. On a scale-down the slots that go are chosen to leave the service balanced: the
 tasks on the nodes with the most of its tasks first, among equals those not running, then the
 highest slot numbers (a stateful service's primary is usually in a low slot).
 
@@ -56,8 +56,15 @@ def reconcile(service: Service, tasks: Iterable[Task], restarts: Restarts, new_i
                     plan.desired.append(item)
     else:
         plan.update = [live[n] for n in sorted(live)]
-    plan.delete = [t["id"] for n in sorted(dead) for t in dead[n]]
+    plan.delete = [t["id"] for n in sorted(dead) for t in dead[n] if not _may_run(t)]
     return plan
+
+
+def _may_run(task: Task) -> bool:
+    """On a node and not stopped yet: kept until it stops (``service ps`` shows it going, as
+    Docker's ``Remove / Running``), then deleted by a later pass or the reaper."""
+    rank = taskstate.rank(task["status"]["state"])
+    return taskstate.RANK[taskstate.ASSIGNED] <= rank <= taskstate.RANK[taskstate.RUNNING]
 
 
 def scale_down_order(slots: list[Slot]) -> list[Slot]:

@@ -190,6 +190,12 @@ class Restarts:
                  for d in self._delays.values()]
         return min(times, default=None)
 
+    def watched(self) -> set[str]:
+        """The tasks ``due`` looks at: the delayed replacements and the tasks they wait for."""
+        found = set(self._delays)
+        found.update(d.wait_for for d in self._delays.values() if d.wait_for)
+        return found
+
     def delayed(self, task_id: str) -> bool:
         return task_id in self._delays
 

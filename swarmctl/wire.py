@@ -13,7 +13,7 @@ import sys
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-__all__ = ["pb"]
+__all__ = ["pb", "spb"]
 
 
 def lazy_module(name: str) -> ModuleType:
@@ -34,6 +34,8 @@ def lazy_module(name: str) -> ModuleType:
 
 
 if TYPE_CHECKING:
+    from swarmd.api.swarm.v1 import services_pb2 as spb
     from swarmd.api.swarm.v1 import swarm_pb2 as pb
 else:
     pb = lazy_module("swarmd.api.swarm.v1.swarm_pb2")
+    spb = lazy_module("swarmd.api.swarm.v1.services_pb2")  # services and tasks

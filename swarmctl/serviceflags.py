@@ -314,7 +314,8 @@ def build_spec(o: CreateOptions, image: str, args: list[str]) -> spb.ServiceSpec
     t.program = image
     t.args.extend(args)
     t.env.extend(env)
-    t.placement.constraints.extend(o.constraints)
+    if o.constraints:  # touching a submessage would make it present
+        t.placement.constraints.extend(o.constraints)
     _apply_task(spec, o)
     return spec
 
@@ -339,25 +340,24 @@ def apply_update(spec: spb.ServiceSpec, o: UpdateOptions) -> None:
             raise CLIError(f"invalid argument {gostr.quote(o.args)} for \"--args\" flag: {e}") from None
         del t.args[:]
         t.args.extend(words)
-    # env: removals first, then additions replace a key where it is (Docker keeps a map)
-    env = [item for item in t.env if _env_key(item) not in set(o.env_rm)]
-    for item in o.env_add:
-        keys = [_env_key(e) for e in env]
-        if _env_key(item) in keys:
-            env[keys.index(_env_key(item))] = item
-        else:
-            env.append(item)
-    del t.env[:]
-    t.env.extend(env)
-    # labels: removals, then additions
-    for key in o.label_rm:
+    if o.env_rm or o.env_add:  # removals first, then additions replace a key where it is
+        env = [item for item in t.env if _env_key(item) not in set(o.env_rm)]
+        for item in o.env_add:
+            keys = [_env_key(e) for e in env]
+            if _env_key(item) in keys:
+                env[keys.index(_env_key(item))] = item
+            else:
+                env.append(item)
+        del t.env[:]
+        t.env.extend(env)
+    for key in o.label_rm:  # labels: removals, then additions
         spec.labels.pop(key, None)
     spec.labels.update(key_values(o.label_add))
-    # constraints: additions, then removals (Docker's order)
-    constraints = list(t.placement.constraints) + list(o.constraint_add)
-    removed = set(o.constraint_rm)
-    del t.placement.constraints[:]
-    t.placement.constraints.extend(c for c in constraints if c not in removed)
+    if o.constraint_add or o.constraint_rm:  # constraints: additions, then removals (Docker's order)
+        constraints = list(t.placement.constraints) + list(o.constraint_add)
+        removed = set(o.constraint_rm)
+        del t.placement.constraints[:]
+        t.placement.constraints.extend(c for c in constraints if c not in removed)
     _apply_task(spec, o)
     if o.force:
         t.force_update += 1

@@ -92,6 +92,8 @@ _TASK_OPTIONS = _options(
 
 
 def _task_options(kw: dict[str, Any], target: sf.TaskOptions) -> None:
+    kw.pop("detach", None)
+    kw.pop("quiet", None)
     target.replicas = kw.pop("replicas")
     target.max_replicas = kw.pop("replicas_max_per_node")
     target.reserve_cpu = kw.pop("reserve_cpu")
@@ -133,6 +135,31 @@ def _get_service(ctx: click.Context, ref: str, missing: str) -> spb.Service:
         raise _not_found(e, missing.format(ref=ref)) from None
 
 
+def create_spec(params: dict[str, Any]) -> spb.ServiceSpec:
+    """The spec ``service create``'s parsed flags make (Docker's client-side checks first)."""
+    kw = dict(params)
+    if kw.pop("publish"):
+        raise CLIError(NO_PORTS)
+    o = sf.CreateOptions(name=kw.pop("name"), mode=kw.pop("mode"), env=list(kw.pop("env")),
+                         env_files=list(kw.pop("env_file")), labels=list(kw.pop("label")),
+                         constraints=list(kw.pop("constraint")))
+    _task_options(kw, o)
+    return sf.build_spec(o, kw.pop("image"), list(kw.pop("command")))
+
+
+def update_options(params: dict[str, Any]) -> sf.UpdateOptions:
+    """What ``service update``'s parsed flags change."""
+    kw = dict(params)
+    if kw.pop("publish_add"):
+        raise CLIError(NO_PORTS)
+    o = sf.UpdateOptions(image=kw.pop("image"), args=kw.pop("args"), env_add=list(kw.pop("env_add")),
+                         env_rm=list(kw.pop("env_rm")), label_add=list(kw.pop("label_add")),
+                         label_rm=list(kw.pop("label_rm")), constraint_add=list(kw.pop("constraint_add")),
+                         constraint_rm=list(kw.pop("constraint_rm")), force=kw.pop("force"))
+    _task_options(kw, o)
+    return o
+
+
 # -- create ----------------------------------------------------------------------------------------
 
 @service.command("create", short_help="Create a new service", usage="[OPTIONS] IMAGE [COMMAND] [ARG...]",
@@ -152,14 +179,8 @@ def _get_service(ctx: click.Context, ref: str, missing: str) -> spb.Service:
 def service_create(ctx: click.Context, /, **kw: Any) -> None:
     """Create a new service: IMAGE is the program each task runs (a path, or a name looked up
     on the node's PATH), COMMAND and ARGs its arguments."""
-    if kw.pop("publish"):
-        raise CLIError(NO_PORTS)
-    o = sf.CreateOptions(name=kw.pop("name"), mode=kw.pop("mode"), env=list(kw.pop("env")),
-                         env_files=list(kw.pop("env_file")), labels=list(kw.pop("label")),
-                         constraints=list(kw.pop("constraint")))
-    detach, quiet = kw.pop("detach"), kw.pop("quiet")
-    _task_options(kw, o)
-    spec = sf.build_spec(o, kw.pop("image"), list(kw.pop("command")))
+    detach, quiet = kw["detach"], kw["quiet"]
+    spec = create_spec(kw)
     created = client(ctx).call("CreateService", spb.CreateServiceRequest(spec=spec)).service
     out(created.id + "\n")
     if not detach:
@@ -324,14 +345,8 @@ def service_scale(ctx: click.Context, detach: bool, args: tuple[str, ...]) -> No
 def service_update(ctx: click.Context, /, **kw: Any) -> None:
     """Update a service: the spec is read, changed here flag by flag, and sent back with the
     version it was read at (a concurrent change makes the update fail rather than be lost)."""
-    if kw.pop("publish_add"):
-        raise CLIError(NO_PORTS)
     ref, detach, quiet, to_previous = kw.pop("ref"), kw.pop("detach"), kw.pop("quiet"), kw.pop("to_previous")
-    o = sf.UpdateOptions(image=kw.pop("image"), args=kw.pop("args"), env_add=list(kw.pop("env_add")),
-                         env_rm=list(kw.pop("env_rm")), label_add=list(kw.pop("label_add")),
-                         label_rm=list(kw.pop("label_rm")), constraint_add=list(kw.pop("constraint_add")),
-                         constraint_rm=list(kw.pop("constraint_rm")), force=kw.pop("force"))
-    _task_options(kw, o)
+    o = update_options(kw)
     current = _get_service(ctx, ref, "Error: No such service: {ref}")
     spec = spb.ServiceSpec()
     spec.CopyFrom(current.spec)

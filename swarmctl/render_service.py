@@ -167,7 +167,8 @@ def _policy_json(c: spb.UpdateConfig) -> dict[str, Any]:
     monitor = c.monitor_ns if c.HasField("monitor_ns") else DEFAULT_MONITOR_NS
     if monitor:
         doc["Monitor"] = monitor
-    doc["MaxFailureRatio"] = c.max_failure_ratio
+    ratio = c.max_failure_ratio  # Go prints a whole float without a fraction: 0, not 0.0
+    doc["MaxFailureRatio"] = int(ratio) if ratio.is_integer() else ratio
     doc["Order"] = c.order or "stop-first"
     return doc
 

@@ -13,6 +13,7 @@ the reason; the swarm keeps trying in the background either way.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -193,7 +194,7 @@ class Tracker:
                 self.converged_at = now
             wait = _monitor(service) - (now - self.converged_at)
             if wait >= 0:
-                frames.append(verify_waiting(int(wait) + 1))
+                frames.append(verify_waiting(max(1, math.ceil(wait))))  # Go: wait/time.Second + 1
         else:
             if self.converged_at is not None:
                 frames.append(VERIFY_FAILURE)
@@ -205,8 +206,9 @@ class Tracker:
         signature = sorted((t.id, t.status.state, t.status.err) for t in tasks)
         if self.converged or signature != self.signature:
             self.signature, self.changed_at = signature, now
-        self.failed.update(t.id for t in tasks if t.status.state in ("failed", "rejected"))
-        reason = errs[0] if errs else ""
+        failures = [t for t in tasks if t.status.state in ("failed", "rejected")]
+        self.failed.update(t.id for t in failures)
+        reason = errs[0] if errs else next((t.status.err for t in reversed(failures) if t.status.err), "")
         if len(self.failed) >= FAILED_TASKS_LIMIT:
             return (f"service {self.name} is not converging: {len(self.failed)} of its tasks failed"
                     + (f" ({reason})" if reason else "") + _background(self.name))

@@ -3,6 +3,8 @@ every value it refuses (from the recorded sessions). Every case stops before a c
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -295,3 +297,11 @@ def test_parse_scale_refuses(count: str, why: str) -> None:
     with pytest.raises(CLIError) as e:
         cmd.parse_scale(f"web2={count}")
     assert e.value.message == f'invalid replicas value {count}: strconv.ParseUint: parsing "{count}": {why}'
+
+
+@pytest.mark.parametrize("first", ["pb.InitRequest()", "spb.ServiceSpec()"])
+def test_wire_modules_load_in_either_order(first: str) -> None:
+    """swarm_pb2 imports services_pb2 when it runs: each must be whole whichever is used first."""
+    script = (f"from swarmctl.wire import pb, spb\n{first}\n"
+              "pb.InitRequest(); spb.CreateServiceRequest(spec=spb.ServiceSpec(name='x'))\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60, cwd=Path(__file__).parents[2])

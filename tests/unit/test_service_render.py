@@ -321,7 +321,7 @@ def test_non_tty_frames_leave_out_bars() -> None:
     frames = [r.overall_frame(0, 2, False), r.Frame("1/2", " "), r.Frame("2/2", " "),
               r.task_frame("1/2", task("a", "web", 1, "n", state="new"), False), r.overall_frame(2, 2, False),
               r.verify_waiting(5), r.VERIFY_CONVERGED]
-    assert "".join(w.write(f) for f in frames) == (
+    assert "".join(w.write(f) for f in frames if f is not None) == (
         "overall progress: 0 out of 2 tasks\n1/2:  \n2/2:  \noverall progress: 2 out of 2 tasks\n"
         "verify: Waiting 5 seconds to verify that tasks are stable...\nverify: Service converged\n")
 
@@ -332,7 +332,7 @@ def test_tty_frames_redraw_each_row_in_place() -> None:
     new = task("a", "web", 1, "n", state="new")
     text = "".join(w.write(f) for f in [r.overall_frame(0, 2, False), r.Frame("1/2", " "), r.Frame("2/2", " "),
                                         r.task_frame("1/2", new, False), r.task_frame("2/2", new, False),
-                                        r.overall_frame(0, 2, False)])
+                                        r.overall_frame(0, 2, False)] if f is not None)
     assert text == (
         "\n\x1b[1A\x1b[2K\roverall progress: 0 out of 2 tasks \r\x1b[1B"
         "\n\x1b[1A\x1b[2K\r1/2:   \r\x1b[1B"

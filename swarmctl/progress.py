@@ -272,9 +272,7 @@ def watch(call: Callable[[str, Any], Any], service_id: str, name: str, quiet: bo
             active = {n.id for n in nodes if n.state != "down"}
             step = tracker.after_tasks(service, tasks, active, clock())
             draw(step.frames)
-            if step.error:
-                if tty:
-                    out.write("\n")
+            if step.error:  # on a terminal the cursor already sits below the last row
                 raise CLIError(step.error)
             sleep(POLL_SECONDS)
     except KeyboardInterrupt:

@@ -45,6 +45,7 @@ def _options(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 def _policy_options(kind: str) -> list[Callable[[Any], Any]]:
     what = "update" if kind == "update" else "rollback"
+    done, verb = ("updated", "update") if kind == "update" else ("rolled back", "roll back")
     return [
         click.option(f"--{kind}-delay", type=params.DURATION, default=None, metavar="duration",
                      help=f"Delay between {what}s (ns|us|ms|s|m|h) (default 0s)"),
@@ -58,7 +59,7 @@ def _policy_options(kind: str) -> list[Callable[[Any], Any]]:
         click.option(f"--{kind}-order", default=None, metavar="string",
                      help=f'{what.capitalize()} order ("start-first"|"stop-first") (default "stop-first")'),
         click.option(f"--{kind}-parallelism", type=params.UINT64, default=None, metavar="uint",
-                     help=f"Maximum number of tasks {what}d simultaneously (0 to {what} all at once) (default 1)"),
+                     help=f"Maximum number of tasks {done} simultaneously (0 to {verb} all at once) (default 1)"),
     ]
 
 

@@ -43,12 +43,14 @@ def _terminal(state: str) -> bool:
     return _rank(state) > MAX_PROGRESS
 
 
-def _newer(candidate: spb.Task, existing: spb.Task) -> bool:
-    """Of two tasks in one slot (or on one node), the one to show: the lowest desired state,
-    then the most recently changed."""
+def _shown(candidate: spb.Task, existing: spb.Task | None) -> bool:
+    """Of two tasks in one slot (or on one node), Docker shows the one with the lower desired
+    state, then the one with the lower state (a restarting slot shows its new task)."""
+    if existing is None:
+        return True
     if _rank(existing.desired_state) != _rank(candidate.desired_state):
         return _rank(candidate.desired_state) < _rank(existing.desired_state)
-    return (candidate.updated_at, candidate.version) >= (existing.updated_at, existing.version)
+    return _rank(candidate.status.state) < _rank(existing.status.state)
 
 
 def up_to_date(service: spb.Service, tasks: Sequence[spb.Task]) -> list[spb.Task]:
@@ -84,7 +86,7 @@ class Updater:
         for t in tasks:
             if not _rank(t.desired_state) or not _rank(t.status.state):
                 continue
-            if t.slot in by_slot and not _newer(t, by_slot[t.slot]):
+            if not _shown(t, by_slot.get(t.slot)):
                 continue
             if t.node_id and t.node_id not in active:
                 continue
@@ -112,17 +114,18 @@ class Updater:
         for t in tasks:
             if not _rank(t.desired_state) or not _rank(t.status.state):
                 continue
-            if t.node_id in by_node and not _newer(t, by_node[t.node_id]):
+            if not _shown(t, by_node.get(t.node_id)):
                 continue
             by_node[t.node_id] = t
         count = len(by_node)
+        frames: list[Frame] = []
         if not self.initialized:
             if count == 0:
-                return [], False, []
+                return [Frame("overall progress", "waiting for new tasks")], False, []
+            frames.append(overall_frame(0, count, rollback))
             self.initialized = True
         if self.done and any(t.status.state != "running" for t in by_node.values()):
             self.done = False
-        frames: list[Frame] = []
         running = 0
         for node_id in sorted(by_node):
             t = by_node[node_id]
@@ -159,6 +162,7 @@ class Tracker:
     signature: Any = None
     changed_at: float | None = None
     failed: set[str] = field(default_factory=set)
+    rolled_back: Frame | None = None
 
     def before_tasks(self, service: spb.Service, now: float) -> Step | None:
         """Docker's checks of the update status and of the monitor period, made before the
@@ -180,10 +184,13 @@ class Tracker:
             self.rollback = True
         elif state == "rollback_paused":
             return Step([], finished=True, error=f"service rollback paused: {u.message if u else ''}")
-        elif state == "rollback_completed" and not self.converged:
-            return Step([], finished=True, error=f"service rolled back: {u.message if u else ''}")
+        elif state == "rollback_completed":
+            if not self.converged and u is not None:
+                self.rolled_back = Frame("rollback", u.message, message=True)
+            self.rollback = True
         if self.converged and self.converged_at is not None and now - self.converged_at >= _monitor(service):
-            return Step([*frames, VERIFY_CONVERGED], finished=True)
+            done = [*frames, VERIFY_CONVERGED] + ([self.rolled_back] if self.rolled_back else [])
+            return Step(done, finished=True)
         return Step(frames) if frames else None
 
     def after_tasks(self, service: spb.Service, tasks: Sequence[spb.Task], active: set[str], now: float) -> Step:
@@ -277,5 +284,5 @@ def watch(call: Callable[[str, Any], Any], service_id: str, name: str, quiet: bo
             sleep(POLL_SECONDS)
     except KeyboardInterrupt:
         if not tracker.converged and not quiet:
-            draw([Frame("", "Operation continuing in background."),
-                  Frame("", f"Use `{PROG} service ps {service_id}` to check progress.")])
+            draw([Frame("", "Operation continuing in background.", message=True),
+                  Frame("", f"Use `{PROG} service ps {service_id}` to check progress.", message=True)])

@@ -118,11 +118,12 @@ class TaskRow:
                          "ID": self.id, "Image": self.image, "Name": self.name, "Node": self.node, "Ports": ""})
 
 
-def task_rows(tasks: Sequence[spb.Task], now_ns: int, trunc: bool = True) -> list[TaskRow]:
+def task_rows(tasks: Sequence[spb.Task], now_ns: int, trunc: bool = True, indent: str = " \\_ ") -> list[TaskRow]:
+    """One row per task; a slot's older tasks have their name indented (tables only)."""
     rows, previous = [], None
     for t in sorted_tasks(tasks):
         name = task_name(t)
-        shown = f" \\_ {name}" if name == previous else name
+        shown = indent + name if name == previous else name
         previous = name
         err = ellipsis(t.status.err, MAX_ERROR_WIDTH) if trunc else t.status.err
         rows.append(TaskRow(
@@ -145,7 +146,7 @@ def task_ids(tasks: Sequence[spb.Task]) -> str:
 
 
 def task_lines_json(tasks: Sequence[spb.Task], now_ns: int, trunc: bool = True) -> str:
-    return "".join(r.json() + "\n" for r in task_rows(tasks, now_ns, trunc))
+    return "".join(r.json() + "\n" for r in task_rows(tasks, now_ns, trunc, indent=""))
 
 
 # -- service inspect -------------------------------------------------------------------------------
@@ -330,12 +331,14 @@ BAR_MIN_TERMINAL_WIDTH = 111
 
 @dataclass(frozen=True)
 class Frame:
-    """One progress record (Docker's jsonmessage with an ID): ``total`` > 0 draws a bar."""
+    """One progress record (Docker's jsonmessage): ``total`` > 0 draws a bar; a ``message``
+    is a plain line, never redrawn."""
 
     id: str
     action: str
     current: int = 0
     total: int = 0
+    message: bool = False
 
     def bar(self) -> str:
         if self.total <= 0:
@@ -354,13 +357,12 @@ class FrameWriter:
         self.lines: dict[str, int] = {}
 
     def write(self, frame: Frame) -> str:
+        line = f"{frame.id}: {frame.action}\n" if frame.id else f"{frame.action}\n"
         if not self.tty:
-            if frame.total > 0:
-                return ""
-            return f"{frame.id}: {frame.action}\n" if frame.id else f"{frame.action}\n"
-        if not frame.id:
+            return "" if frame.total > 0 else line
+        if frame.message:  # not progress: later rows start below it
             self.lines.clear()
-            return f"{frame.action}\n"
+            return line
         out = ""
         if frame.id not in self.lines:
             self.lines[frame.id] = len(self.lines)
@@ -370,10 +372,17 @@ class FrameWriter:
         return out + f"\x1b[{diff}A\x1b[2K\r{frame.id}: {frame.action} {bar}\r\x1b[{diff}B"
 
 
+def progress_error(text: str) -> str:
+    """Docker's ``truncError``: one line, at most 74 bytes then ``…``."""
+    text = text.replace("\n", " ")
+    raw = text.encode()
+    return raw[:74].decode(errors="ignore") + "…" if len(raw) > 75 else text
+
+
 def task_frame(label: str, t: spb.Task, rollback: bool) -> Frame | None:
     """A slot's or node's row: the scheduler's or executor's error, else its state's bar."""
     if t.status.err:
-        return Frame(label, t.status.err)
+        return Frame(label, progress_error(t.status.err))
     state = NUMBERED_STATES.get(t.status.state, 0)
     if NUMBERED_STATES.get(t.desired_state, 0) > MAX_PROGRESS or state > MAX_PROGRESS:
         return None

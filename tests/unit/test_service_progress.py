@@ -71,11 +71,11 @@ def test_replicated_create_non_tty_matches_docker() -> None:
 def test_global_shows_no_rows_off_a_terminal_and_counts_nodes() -> None:
     t = progress.Tracker("glob")
     svc = service(None, "global")
-    assert poll(t, svc, [], 0.0).frames == []
+    assert text(poll(t, svc, [], 0.0).frames) == "overall progress: waiting for new tasks\n"
     tasks = [task(f"t{i}", 0, "pending", node=f"n{i}") for i in (1, 2, 3)]
     step = poll(t, svc, tasks, 0.2)
-    assert text(step.frames) == "overall progress: 0 out of 3 tasks\n"
-    assert [f.id for f in step.frames[:3]] == ["n1", "n2", "n3"]
+    assert text(step.frames) == "overall progress: 0 out of 3 tasks\noverall progress: 0 out of 3 tasks\n"
+    assert [f.id for f in step.frames[1:4]] == ["n1", "n2", "n3"]
     done = [task(f"t{i}", 0, "running", node=f"n{i}") for i in (1, 2, 3)]
     assert text(poll(t, svc, done, 0.4).frames) == (
         "overall progress: 3 out of 3 tasks\nverify: Waiting 5 seconds to verify that tasks are stable...\n")
@@ -152,9 +152,14 @@ def test_update_states() -> None:
     paused = progress.Tracker("upd").before_tasks(
         service(2, status=spb.UpdateStatus(state="paused", message="update paused due to failure")), 0.0)
     assert paused is not None and paused.error == "service update paused: update paused due to failure"
-    rolled = progress.Tracker("upd").before_tasks(
-        service(2, status=spb.UpdateStatus(state="rollback_completed", message="rollback completed")), 0.0)
-    assert rolled is not None and rolled.error == "service rolled back: rollback completed"
+    # a rollback that completed before the tasks converged is said after convergence
+    rolled = progress.Tracker("upd")
+    done = service(1, status=spb.UpdateStatus(state="rollback_completed", message="rollback completed"))
+    assert poll(rolled, done, [task("a", 1, "starting")], 0.0).error is None
+    poll(rolled, done, [task("a", 1, "running")], 1.0)
+    end = rolled.before_tasks(done, 6.0)
+    assert end is not None and end.finished and end.error is None
+    assert text(end.frames) == "verify: Service converged\nrollback: rollback completed\n"
     completed = progress.Tracker("upd").before_tasks(service(2, status=spb.UpdateStatus(state="completed")), 0.0)
     assert completed is not None and completed.finished and completed.error is None
 
@@ -167,3 +172,15 @@ def test_monitor_period_comes_from_the_update_config() -> None:
     assert "verify: Waiting 2 seconds to verify that tasks are stable..." in text(step.frames)
     converged = t.before_tasks(svc, 2.0)
     assert converged is not None and converged.finished and converged.frames == [r.VERIFY_CONVERGED]
+
+
+def test_slot_shows_the_lower_state_when_desired_states_match() -> None:
+    t = progress.Tracker("web")
+    step = poll(t, service(1), [task("a", 1, "running"), task("b", 1, "assigned")], 0.0)
+    assert r.Frame("1/1", "assigned ", 4, 9) in step.frames
+
+
+def test_long_errors_are_cut_as_docker_cuts_them() -> None:
+    t = progress.Tracker("web")
+    step = poll(t, service(1), [task("a", 1, "pending", node="", err="x" * 80 + "\nmore")], 0.0)
+    assert r.Frame("1/1", "x" * 74 + "…") in step.frames

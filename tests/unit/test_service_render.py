@@ -355,3 +355,17 @@ def test_task_rows() -> None:
         "1/1: no suitable node (scheduling constraints not satisfied on 3 nodes)\n")
     assert r.task_frame("1/3", task("a", "web", 1, "n", "shutdown", "shutdown"), False) is None
     assert r.overall_frame(0, 4, True).action == "rolling back update: 0 out of 4 tasks"
+
+
+def test_messages_are_plain_lines_and_end_the_redrawn_rows() -> None:
+    w = r.FrameWriter(tty=True, width=120)
+    w.write(r.overall_frame(1, 1, False))
+    assert w.write(r.Frame("rollback", "rollback completed", message=True)) == "rollback: rollback completed\n"
+    assert w.write(r.VERIFY_CONVERGED).startswith("\n\x1b[1A")  # a new row below the message
+
+
+def test_json_rows_are_not_indented() -> None:
+    tasks = [task("new0aaaaaaaaaaaaaaaaaaaaa", "upd", 1, "n", ago=1, created=1),
+             task("old0aaaaaaaaaaaaaaaaaaaaa", "upd", 1, "n", "shutdown", "shutdown", ago=5, created=9)]
+    assert [json.loads(line)["Name"] for line in r.task_lines_json(tasks, NOW).splitlines()] == ["upd.1", "upd.1"]
+    assert " \\_ upd.1" in r.task_table(tasks, NOW)

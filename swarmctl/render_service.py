@@ -53,7 +53,7 @@ def _mode(s: spb.Service) -> str:
 def replicas(s: spb.Service) -> str:
     text = f"{s.running_tasks}/{s.desired_tasks}"
     max_per_node = s.spec.task_template.placement.max_replicas
-    if max_per_node and _mode(s) == "replicated":
+    if max_per_node:
         text += f" (max {max_per_node} per node)"
     return text
 
@@ -288,7 +288,7 @@ def service_pretty(s: spb.Service, now_ns: int) -> str:
         lines += ["UpdateStatus:", f" State:\t\t{u.state}"]
         if u.started_at:
             lines.append(f" Started:\t{ago(u.started_at, now_ns)}")
-        if u.state in ("completed", "rollback_completed") and u.completed_at:
+        if u.state == "completed" and u.completed_at:  # not after a rollback: Docker's template
             lines.append(f" Completed:\t{ago(u.completed_at, now_ns)}")
         lines.append(f" Message:\t{u.message}")
     lines.append("Placement:")

@@ -148,7 +148,22 @@ class Label(_Type):
         return text
 
 
+class ShellWords(_Type):
+    """docker/cli's ``ShlexOpt`` (``update --args``): words split as a shell splits them."""
+
+    name = "command"
+
+    def parse(self, text: str) -> list[str]:
+        try:
+            return shlex.split(text)
+        except ValueError as e:
+            why = ("EOF found after escape character" if "escaped" in str(e)
+                   else "EOF found when expecting closing quote")
+            raise ValueError(why) from None
+
+
 MEM_BYTES = MemBytes()
+SHELL_WORDS = ShellWords()
 NANO_CPUS = NanoCPUs()
 FLOAT32 = Float32()
 ENV_VAR = EnvVar()
@@ -232,7 +247,7 @@ class CreateOptions(TaskOptions):
 @dataclass
 class UpdateOptions(TaskOptions):
     image: str | None = None
-    args: str | None = None
+    args: list[str] | None = None
     env_add: list[str] = field(default_factory=list)
     env_rm: list[str] = field(default_factory=list)
     label_add: list[str] = field(default_factory=list)
@@ -334,12 +349,8 @@ def apply_update(spec: spb.ServiceSpec, o: UpdateOptions) -> None:
     if o.image is not None:
         t.program = o.image
     if o.args is not None:
-        try:
-            words = shlex.split(o.args)
-        except ValueError as e:
-            raise CLIError(f"invalid argument {gostr.quote(o.args)} for \"--args\" flag: {e}") from None
         del t.args[:]
-        t.args.extend(words)
+        t.args.extend(o.args)
     if o.env_rm or o.env_add:  # removals first, then additions replace a key where it is
         env = [item for item in t.env if _env_key(item) not in set(o.env_rm)]
         for item in o.env_add:
@@ -357,7 +368,7 @@ def apply_update(spec: spb.ServiceSpec, o: UpdateOptions) -> None:
         constraints = list(t.placement.constraints) + list(o.constraint_add)
         removed = set(o.constraint_rm)
         del t.placement.constraints[:]
-        t.placement.constraints.extend(c for c in constraints if c not in removed)
+        t.placement.constraints.extend(sorted(c for c in constraints if c not in removed))  # Docker sorts
     _apply_task(spec, o)
     if o.force:
         t.force_update += 1

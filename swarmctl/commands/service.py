@@ -277,8 +277,7 @@ SCALE_USAGE = "SERVICE=REPLICAS [SERVICE=REPLICAS...]"
 def scale_args(args: tuple[str, ...], path: str) -> None:
     """Docker checks every argument's shape before it scales anything."""
     for arg in args:
-        name, eq, count = arg.partition("=")
-        if not eq or not name or not count:
+        if "=" not in arg:
             raise CLIError(f"Invalid scale specifier '{arg}'.\nSee '{path} --help'.\n\n"
                            f"Usage:  {path} {SCALE_USAGE}\n\nScale one or multiple replicated services")
 
@@ -329,7 +328,7 @@ def service_scale(ctx: click.Context, detach: bool, args: tuple[str, ...]) -> No
 
 
 @service.command("update", short_help="Update a service", usage="[OPTIONS] SERVICE", nargs="one")
-@click.option("--args", default=None, metavar="command", help="Service command args")
+@click.option("--args", type=sf.SHELL_WORDS, default=None, metavar="command", help="Service command args")
 @click.option("--constraint-add", multiple=True, metavar="list", help="Add or update a placement constraint")
 @click.option("--constraint-rm", multiple=True, metavar="list", help="Remove a constraint")
 @click.option("--env-add", type=sf.ENV_VAR, multiple=True, metavar="list", help="Add or update an environment variable")

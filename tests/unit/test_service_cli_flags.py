@@ -238,6 +238,9 @@ def test_update_env_labels_constraints() -> None:
     assert list(spec.task_template.env) == ["B=3", "C=4"]
     assert dict(spec.labels) == {"b": "9", "c": "3"}
     assert list(spec.task_template.placement.constraints) == ["node.labels.zone==x"]
+    spec = updated("--constraint-add", "node.role==manager", "--constraint-add", "node.labels.a==b")
+    assert list(spec.task_template.placement.constraints) == [  # Docker sorts them
+        "node.labels.a==b", "node.role==manager", "node.role==worker"]
 
 
 def test_update_a_key_added_and_removed_is_added() -> None:
@@ -266,6 +269,14 @@ def test_update_replicas_of_a_global_service() -> None:
         sf.apply_update(spec, cmd.update_options(parsed(cmd.service_update, "--replicas", "2", "g")))
 
 
+def test_update_args_split_as_a_shell_does(capsys: pytest.CaptureFixture[str]) -> None:
+    assert list(updated("--args", "a 'b c' d\\ e").task_template.args) == ["a", "b c", "d e"]
+    assert list(updated("--args", "").task_template.args) == []
+    assert run(capsys, "service", "update", "--args", "sh -c 'x", "web") == (125, "", (
+        "invalid argument \"sh -c 'x\" for \"--args\" flag: EOF found when expecting closing quote\n"
+        "See 'swarmctl service update --help'.\n"))
+
+
 def test_update_publish_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "service", "update", "--publish-add", "80", "web") == (
         1, "", "Error: publishing ports is not supported yet\n")
@@ -274,7 +285,7 @@ def test_update_publish_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
 # -- scale arguments ------------------------------------------------------------------------------
 
 def test_scale_specifier_checked_before_anything(capsys: pytest.CaptureFixture[str]) -> None:
-    for bad in ("web2", "=3", "web2="):
+    for bad in ("web2", "web2:3"):
         assert run(capsys, "service", "scale", "ok=1", bad) == (1, "", (
             f"Invalid scale specifier '{bad}'.\nSee 'swarmctl service scale --help'.\n\n"
             "Usage:  swarmctl service scale SERVICE=REPLICAS [SERVICE=REPLICAS...]\n\n"
@@ -291,7 +302,7 @@ def test_parse_scale(arg: str, result: tuple[str, int | None]) -> None:
         assert cmd.parse_scale(arg) == result
 
 
-@pytest.mark.parametrize("count, why", [("x", "invalid syntax"), ("-1", "invalid syntax"), ("+1", "invalid syntax"),
+@pytest.mark.parametrize("count, why", [("x", "invalid syntax"), ("", "invalid syntax"), ("-1", "invalid syntax"), ("+1", "invalid syntax"),
                                         ("18446744073709551616", "value out of range")])
 def test_parse_scale_refuses(count: str, why: str) -> None:
     with pytest.raises(CLIError) as e:

@@ -297,12 +297,14 @@ def test_pretty_global_constraint_reservation_env_and_update_status() -> None:
     assert text.startswith(
         "\nID:\t\tx3la6xq5affdvc9ypxwpgm4bd\nName:\t\tweb\nService Mode:\tReplicated\n Replicas:\t4\n"
         "UpdateStatus:\n State:\t\trollback_completed\n Started:\t23 seconds ago\n"
-        " Completed:\t20 seconds ago\n Message:\trollback completed\n"
+        " Message:\trollback completed\n"
         "Placement:\n Constraints:\t[node.labels.zone==x]\n"
         "UpdateConfig:\n Parallelism:\t2\n Delay:\t\t3s\n On failure:\trollback\n")
     assert text.endswith(
         "ContainerSpec:\n Image:\t\tbb:latest\n Args:\t\tsleep 100000 \n Env:\t\tFOO=bar BAZ=1 \n Init:\t\tfalse\n"
         "Resources:\n Reservations:\n  Memory:\t500GiB\n Limits:\n  CPU:\t\t0.5\nEndpoint Mode:\tvip\n\n")
+    s.update_status.state = "completed"
+    assert " Started:\t23 seconds ago\n Completed:\t20 seconds ago\n Message:" in r.service_pretty(s, NOW)
     two = r.service_pretty(web(), NOW) + r.service_pretty(glob, NOW)
     assert "Endpoint Mode:\tvip\n\n\nID:\t\t" in two
 

@@ -141,8 +141,9 @@ def task_table(tasks: Sequence[spb.Task], now_ns: int, trunc: bool = True) -> st
     return table([TASK_HEADER, *(r.cells() for r in task_rows(tasks, now_ns, trunc))])
 
 
-def task_ids(tasks: Sequence[spb.Task]) -> str:
-    return "".join(t.id + "\n" for t in sorted_tasks(tasks))
+def task_ids(tasks: Sequence[spb.Task], trunc: bool = False) -> str:
+    """``-q``: ``service ps`` prints full IDs, ``node ps`` truncates them unless --no-trunc."""
+    return "".join((t.id[:12] if trunc else t.id) + "\n" for t in sorted_tasks(tasks))
 
 
 def task_lines_json(tasks: Sequence[spb.Task], now_ns: int, trunc: bool = True) -> str:

@@ -161,7 +161,7 @@ def node_ps(ctx: click.Context, filters: tuple[str, ...], fmt: str, no_trunc: bo
     if not failures or tasks:
         now = time.time_ns()
         if quiet:
-            out(render_service.task_ids(tasks))
+            out(render_service.task_ids(tasks, trunc=not no_trunc))
         elif fmt == "json":
             out(render_service.task_lines_json(tasks, now, not no_trunc))
         else:

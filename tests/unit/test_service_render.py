@@ -99,6 +99,7 @@ def test_service_ps_replicated_and_global_sorted_together() -> None:
         "qfp30cb4ku3v   web.3                            bb:latest   node2     Running         Running 45 seconds ago             \n")
     assert r.task_ids(tasks[:3]) == ("8gju4e5syf065s0ek4qck8a6f\nb4qwyqggxlu90lcxlwuwmeonx\n"
                                      "qfp30cb4ku3vlf4ijrgy2o6vf\n")
+    assert r.task_ids(tasks[:1], trunc=True) == "qfp30cb4ku3v\n"  # node ps -q
     assert r.task_table(tasks[:3], NOW, trunc=False).splitlines()[:2] == [
         "ID                          NAME      IMAGE       NODE      DESIRED STATE   CURRENT STATE            ERROR     PORTS",
         "8gju4e5syf065s0ek4qck8a6f   web.1     bb:latest   node3     Running         Running 45 seconds ago             "]

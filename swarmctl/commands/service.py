@@ -235,11 +235,13 @@ def service_ps(ctx: click.Context, filters: tuple[str, ...], fmt: str, no_trunc:
                refs: tuple[str, ...]) -> None:
     """List the tasks of one or more services (the current task of each slot, then its history)."""
     ids, failures = [], []
-    for ref in refs:
+    for ref in refs:  # Docker: a missing service is reported after the others' tasks; any other error ends it
         try:
-            ids.append(_get_service(ctx, ref, "no such service: {ref}").id)
+            ids.append(client(ctx).call("GetService", spb.GetServiceRequest(ref=object_ref("service", ref))).service.id)
         except CLIError as e:
-            failures.append(e.message)
+            if e.code != "NOT_FOUND":
+                raise
+            failures.append(f"no such service: {ref}")
     if ids:
         tasks = list(client(ctx).call("ListTasks", spb.ListTasksRequest(services=ids, filters=list(filters))).tasks)
         _print_tasks(tasks, quiet, fmt, no_trunc)

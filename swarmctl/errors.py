@@ -7,6 +7,7 @@ parses; click's own usage errors are reworded the way Docker's cobra words them.
 
 from __future__ import annotations
 
+import re
 import sys
 from enum import IntEnum
 from typing import NoReturn
@@ -82,7 +83,9 @@ def _usage_error_2010(e: click.UsageError, path: str, usage: str, cmd: click.Com
     if isinstance(e, click.NoSuchOption):
         return f"unknown flag: {e.option_name}\n{see}", ExitStatus.USAGE
     if isinstance(e, click.BadOptionUsage | click.BadParameter) and not isinstance(e, click.MissingParameter):
-        return f"{e.format_message()}\n{see}", ExitStatus.USAGE
+        missing = re.fullmatch(r"Option '(.+)' requires an argument\.", e.format_message())
+        text = f"flag needs an argument: {missing.group(1)}" if missing else e.format_message()
+        return f"{text}\n{see}", ExitStatus.USAGE
     rule = _RULES_2010.get(getattr(cmd, "nargs", ""), "")
     return f'"{path}" {rule}\n{see}\n\n{usage}\n\n{cmd.short_help}', ExitStatus.ERROR
 

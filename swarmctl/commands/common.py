@@ -28,6 +28,14 @@ class DockerCommand(click.Command):
     def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
         return [self.docker_usage]
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            if e.ctx is None and self.framing:  # click leaves it unset for a flag without its value
+                e.ctx = ctx
+            raise
+
 
 class DockerGroup(click.Group):
     command_class = DockerCommand

@@ -158,6 +158,10 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
         125, "", "unknown flag: --bogus\n" + SEE)
     assert run(capsys, "service", "update", "--mode", "global", "web2") == (
         125, "", "unknown flag: --mode\nSee 'swarmctl service update --help'.\n")
+    assert run(capsys, "service", "create", "-d", "bb", "--replicas") == (  # after IMAGE: the program's
+        1, "", "Cannot connect to the swarmd daemon at unix:///nonexistent/swarmd.sock. "
+               "Is the swarmd daemon running?\n")
+    assert run(capsys, "service", "create", "--replicas") == (125, "", "flag needs an argument: --replicas\n" + SEE)
     assert run(capsys, "service", "update") == (1, "", (
         '"swarmctl service update" requires exactly 1 argument.\n'
         "See 'swarmctl service update --help'.\n\nUsage:  swarmctl service update [OPTIONS] SERVICE\n\n"

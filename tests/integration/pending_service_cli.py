@@ -156,3 +156,37 @@ def test_scale_update_rollback_rm(manager: Daemon) -> None:
     assert outcome(manager, "service", "rm", "web", "nosuch", "glob") == (
         1, "web\nglob\n", "Error: No such service: nosuch\n")
     wait_for(lambda: manager.ok("node", "ps", "-q") == "", 20, what="no task left")
+
+
+def test_progress_on_a_terminal_redraws_rows_in_place(manager: Daemon) -> None:
+    """stdout on a 120-column terminal: Docker's bytes (rows redrawn with cursor moves, bars)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    from tests.harness import SWARMCTL
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen([SWARMCTL, "-H", f"unix://{manager.socket}", "service", "create", "--name", "tty",
+                             "--update-monitor", "1s", SLEEP, "100000"], stdout=slave, stderr=subprocess.PIPE)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the other end closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=60) == 0
+    os.close(master)
+    out = b"".join(chunks).decode().replace("\r\n", "\n")  # the terminal's newline translation
+    assert "\n\x1b[1A\x1b[2K\roverall progress: 0 out of 1 tasks \r\x1b[1B" in out
+    assert "\n\x1b[1A\x1b[2K\r1/1:   \r\x1b[1B" in out
+    assert "\x1b[2K\r1/1: running   [" + "=" * 50 + ">] \r" in out
+    assert out.endswith("\x1b[1A\x1b[2K\rverify: Service converged \r\x1b[1B")

@@ -105,7 +105,7 @@ class Client:
             return CLIError(f"Cannot connect to the swarmd daemon at {self.target.host}: {details}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return CLIError(f"Error response from daemon: timed out waiting for {self.target.host}")
-        return CLIError(f"Error response from daemon: {details}")
+        return CLIError(f"Error response from daemon: {details}", code=code.name if code is not None else "")
 
     def close(self) -> None:
         if self._channel is not None:

@@ -7,6 +7,7 @@ parses; click's own usage errors are reworded the way Docker's cobra words them.
 
 from __future__ import annotations
 
+import re
 import sys
 from enum import IntEnum
 from typing import NoReturn
@@ -26,10 +27,11 @@ class ExitStatus(IntEnum):
 class CLIError(Exception):
     """Printed as is on stderr (one line where Docker has one), then exit with ``status``."""
 
-    def __init__(self, message: str, status: ExitStatus = ExitStatus.ERROR) -> None:
+    def __init__(self, message: str, status: ExitStatus = ExitStatus.ERROR, code: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.code = code  # the daemon's gRPC status name (NOT_FOUND...), "" for the CLI's own
 
 
 class FlagValueError(click.BadParameter):
@@ -68,6 +70,26 @@ def exit_with(e: BaseException) -> NoReturn:
     sys.exit(int(status))
 
 
+_RULES_2010 = {"none": "accepts no arguments.", "one": "requires exactly 1 argument.",
+               "min1": "requires at least 1 argument."}
+
+
+def _usage_error_2010(e: click.UsageError, path: str, usage: str, cmd: click.Command) -> tuple[str, ExitStatus]:
+    """Docker 20.10's cobra (the ``service`` commands' reference): flag errors end with a
+    ``See`` line; a wrong argument count adds the usage line and the command's summary."""
+    see = f"See '{path} --help'."
+    if isinstance(e, FlagValueError):
+        return f"{e.text}\n{see}", ExitStatus.USAGE
+    if isinstance(e, click.NoSuchOption):
+        return f"unknown flag: {e.option_name}\n{see}", ExitStatus.USAGE
+    if isinstance(e, click.BadOptionUsage | click.BadParameter) and not isinstance(e, click.MissingParameter):
+        missing = re.fullmatch(r"Option '(.+)' requires an argument\.", e.format_message())
+        text = f"flag needs an argument: {missing.group(1)}" if missing else e.format_message()
+        return f"{text}\n{see}", ExitStatus.USAGE
+    rule = _RULES_2010.get(getattr(cmd, "nargs", ""), "")
+    return f'"{path}" {rule}\n{see}\n\n{usage}\n\n{cmd.short_help}', ExitStatus.ERROR
+
+
 def _usage_error(e: click.UsageError) -> tuple[str, ExitStatus]:
     """Cobra's wording: the command's Docker usage line (``docker_usage``) and its
     argument-count rule (``nargs``), both set on the command classes of ``commands.common``."""
@@ -75,6 +97,8 @@ def _usage_error(e: click.UsageError) -> tuple[str, ExitStatus]:
     cmd = ctx.command if ctx is not None else None
     path = ctx.command_path if ctx is not None else PROG
     usage = f"Usage:  {path} {getattr(cmd, 'docker_usage', '[OPTIONS] COMMAND')}"
+    if getattr(cmd, "framing", "") == "20.10" and cmd is not None:
+        return _usage_error_2010(e, path, usage, cmd)
     more = f"Run '{path} --help' for more information"
     if isinstance(e, FlagValueError):
         return f"{e.text}\n\n{usage}\n\n{more}", ExitStatus.USAGE

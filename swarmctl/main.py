@@ -15,7 +15,7 @@ import click
 
 from swarmctl import PROG, errors
 from swarmctl.client import Client, Target, default_host, normalise_host
-from swarmctl.commands import network, node, swarm, system
+from swarmctl.commands import network, node, service, swarm, system
 from swarmctl.commands.common import DockerGroup
 from swarmd import __version__
 
@@ -40,7 +40,7 @@ def cli(ctx: click.Context, host: str | None, tlscacert: Path | None, tlscert: P
     ctx.call_on_close(ctx.obj.close)
 
 
-for _module in (swarm, system, node, network):
+for _module in (swarm, system, node, network, service):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

@@ -13,7 +13,7 @@ import sys
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-__all__ = ["pb"]
+__all__ = ["pb", "spb"]
 
 
 def lazy_module(name: str) -> ModuleType:
@@ -33,7 +33,22 @@ def lazy_module(name: str) -> ModuleType:
     return module
 
 
+class _ImportedOnFirstUse(ModuleType):
+    """A stand-in that imports ``name`` (normally) at its first attribute access. Not a lazy
+    module in ``sys.modules``: ``swarm_pb2`` imports ``services_pb2`` when it runs, and a
+    lazy module there would hand it a file whose descriptors are not loaded yet."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.__target = name
+
+    def __getattr__(self, attr: str) -> object:
+        return getattr(importlib.import_module(self.__target), attr)
+
+
 if TYPE_CHECKING:
+    from swarmd.api.swarm.v1 import services_pb2 as spb
     from swarmd.api.swarm.v1 import swarm_pb2 as pb
 else:
     pb = lazy_module("swarmd.api.swarm.v1.swarm_pb2")
+    spb = _ImportedOnFirstUse("swarmd.api.swarm.v1.services_pb2")  # services and tasks

@@ -18,13 +18,23 @@ from swarmctl.errors import CLIError
 class DockerCommand(click.Command):
     """Knows Docker's usage line and argument-count rule, to word errors the way Docker does."""
 
-    def __init__(self, *args: Any, usage: str = "[OPTIONS]", nargs: str = "none", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, usage: str = "[OPTIONS]", nargs: str = "none", framing: str = "",
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.docker_usage = usage
         self.nargs = nargs  # none | one | min1
+        self.framing = framing  # "20.10": usage errors worded as Docker 20.10's client words them
 
     def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
         return [self.docker_usage]
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            if e.ctx is None and self.framing:  # click leaves it unset for a flag without its value
+                e.ctx = ctx
+            raise
 
 
 class DockerGroup(click.Group):

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import click
 
-from swarmctl import render
+from swarmctl import render, render_service
 from swarmctl.commands.common import DockerGroup, client, fetch_each, format_option, object_ref, out
 from swarmctl.errors import CLIError
-from swarmctl.wire import pb
+from swarmctl.wire import pb, spb
 
 
 @click.group(cls=DockerGroup, short_help="Manage Swarm nodes")
@@ -133,6 +134,40 @@ def node_update(ctx: click.Context, availability: str | None, label_add: tuple[s
     client(ctx).call("UpdateNode", pb.UpdateNodeRequest(ref=current.id, availability=availability or "",
                                                        label_add=adds, label_rm=removals))
     out(ref + "\n")
+
+
+@node.command("ps", short_help="List tasks running on one or more nodes, defaults to current node",
+              usage="[OPTIONS] [NODE...]")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="filter",
+              help="Filter output based on conditions provided (desired-state=, id=, name=)")
+@format_option
+@click.option("--no-trunc", is_flag=True, help="Do not truncate output")
+@click.option("-q", "--quiet", is_flag=True, help="Only display task IDs")
+@click.argument("refs", nargs=-1)
+@click.pass_context
+def node_ps(ctx: click.Context, filters: tuple[str, ...], fmt: str, no_trunc: bool, quiet: bool,
+            refs: tuple[str, ...]) -> None:
+    """List the tasks on nodes ("self" by default), each task once (Docker 20.10 lists a
+    node's tasks twice when several nodes are named)."""
+    ids, failures = [], []
+    for ref in refs or ("self",):
+        try:
+            ids.append(client(ctx).call("GetNode", pb.GetNodeRequest(ref=object_ref("node", ref))).node.id)
+        except CLIError as e:
+            failures.append(f"Error: No such node: {ref}" if e.code == "NOT_FOUND" else e.message)
+    tasks = []
+    if ids:
+        tasks = list(client(ctx).call("ListTasks", spb.ListTasksRequest(nodes=ids, filters=list(filters))).tasks)
+    if not failures or tasks:
+        now = time.time_ns()
+        if quiet:
+            out(render_service.task_ids(tasks, trunc=not no_trunc))
+        elif fmt == "json":
+            out(render_service.task_lines_json(tasks, now, not no_trunc))
+        else:
+            out(render_service.task_table(tasks, now, not no_trunc))
+    if failures:
+        raise CLIError("\n".join(failures))
 
 
 COMMANDS: tuple[click.Command, ...] = (node,)

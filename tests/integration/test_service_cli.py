@@ -1,32 +1,14 @@
-"""``swarmctl service`` and ``node ps`` against a real manager, for what it serves today: the
-client's own refusals come before any call, and a manager that does not serve services yet is
-one line of error with exit 1 (never a traceback). The end-to-end tests for when the manager
-runs services are in ``pending_service_cli.py``."""
+"""``swarmctl service`` and ``node ps`` against a real manager: the client's own refusals come
+before any call, and the daemon's refusals are one line of error with exit 1 (never a
+traceback). The end-to-end tests with running tasks are in ``test_service_e2e.py``."""
 
 from __future__ import annotations
 
 from tests.harness import Daemon
 
-NOT_YET = "Error response from daemon: services are not supported by this manager yet\n"
-
-
 def outcome(d: Daemon, *args: str) -> tuple[int, str, str]:
     r = d.ctl(*args)
     return r.returncode, r.stdout, r.stderr
-
-
-def test_every_service_call_is_one_line_of_error(manager: Daemon) -> None:
-    for args in (["service", "create", "-d", "--name", "web", "bb:latest", "sleep", "1"],
-                 ["service", "create", "--name", "web", "/bin/sleep", "100"],
-                 ["service", "ls"], ["service", "ls", "-q", "--filter", "name=web"],
-                 ["service", "rm", "web"], ["service", "update", "--env-add", "A=1", "web"],
-                 ["service", "rollback", "web"], ["node", "ps"], ["node", "ps", "self", "--no-trunc"]):
-        assert outcome(manager, *args) == (1, "", NOT_YET), args
-    assert outcome(manager, "service", "ps", "web", "web2") == (1, "", NOT_YET)  # Docker stops at the first
-    assert outcome(manager, "service", "scale", "-d", "web=2", "api=1") == (
-        1, "", "web: " + NOT_YET + "api: " + NOT_YET)
-    assert outcome(manager, "service", "inspect", "web") == (
-        1, "[]\n", "Status: " + NOT_YET.rstrip("\n") + ", Code: 1\n")
 
 
 def test_client_refusals_come_before_any_call(manager: Daemon) -> None:

@@ -8,6 +8,7 @@ Every task is removed at teardown (shim and process group killed); every wait is
 from __future__ import annotations
 
 import itertools
+import subprocess
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -277,3 +278,12 @@ def test_stop_all_stops_and_removes_every_task(make: Callable[..., Any], state: 
     assert all(not alive(pid) for pid in pids)
     assert not any((state / "tasks").iterdir())
     assert [manager.last(t.id).state for t in tasks] == ["shutdown"] * 3  # type: ignore[union-attr]
+
+
+def test_an_unknown_task_user_stops_the_daemon_with_one_line(tmp_path: Path) -> None:
+    from tests.harness import SWARMD
+    r = subprocess.run([SWARMD, "--state-dir", str(tmp_path / "s"), "--control-socket", str(tmp_path / "sock"),
+                        "--task-user", "no-such-user-here"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr == ("swarmd: invalid --task-user: unable to find user no-such-user-here: "
+                        "no matching entries in passwd file\n")

@@ -178,3 +178,25 @@ def test_a_node_without_an_executor_rejects_its_tasks(swarm: Swarm) -> None:
     task_id = swarm.run(swarm.manager)  # the in-process manager runs with --executor none
     rejected = swarm.wait_state(task_id, "rejected")
     assert (rejected["message"], rejected["err"]) == ("preparing", REFUSAL)
+
+
+def test_a_node_keeps_its_tasks_when_the_leader_changes(swarm: Swarm, tmp_path: Path) -> None:
+    """The worker moves to the new leader, whose first message is the full set: the task runs
+    on (not started again), and what it reports next is written by the new leader (read here
+    from this manager's replicated copy, now a follower's)."""
+    for name in ("m2", "m3"):
+        d = Daemon(tmp_path, name)
+        swarm.workers.append(d)
+        d.start()
+        join(d, swarm.manager, "manager")
+    w1 = worker(swarm, tmp_path, "w1")
+    task_id = swarm.run(w1)
+    pid = swarm.wait_state(task_id, "running")["pid"]
+    store = swarm.manager.manager.store
+    assert store.transfer_leadership(timeout=WAIT)
+    wait_for(lambda: not store.is_leader() and store.leader_id() is not None, WAIT, what="a new leader")
+    os.kill(pid, signal.SIGKILL)
+    failed = swarm.wait_state(task_id, "failed")
+    assert (failed["exit_code"], failed["err"]) == (137, "task: non-zero exit (137)")
+    raw = (w1.state_dir / "executor" / "tasks" / task_id / "status.json").read_text()
+    assert f'"pid": {pid},' in raw or f'"pid":{pid},' in raw  # the one process it ever started

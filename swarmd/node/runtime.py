@@ -425,6 +425,12 @@ class NodeRuntime:
             tasks.stop_all()
             tasks.reporting_idle(2.0)
             tasks.close()
+        elif (self.executor_dir / "tasks").is_dir():  # a locked node: no runner adopted them
+            from swarmd.agent.exec.process import ProcessExecutor
+            executor = ProcessExecutor(self.executor_dir)
+            for task_id in executor.adopt():
+                executor.remove(task_id)
+        remove_tree(self.executor_dir)
 
     def _start_agent(self, local: LocalState, managers: list[tuple[str, str]], heartbeat_ns: int) -> Agent:
         agent = Agent(local.node_id, self.node_channel_credentials, managers, heartbeat_ns, self._description(),

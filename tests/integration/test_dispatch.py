@@ -200,3 +200,12 @@ def test_a_node_keeps_its_tasks_when_the_leader_changes(swarm: Swarm, tmp_path: 
     assert (failed["exit_code"], failed["err"]) == (137, "task: non-zero exit (137)")
     raw = (w1.state_dir / "executor" / "tasks" / task_id / "status.json").read_text()
     assert f'"pid": {pid},' in raw or f'"pid":{pid},' in raw  # the one process it ever started
+
+
+def test_a_node_removed_from_the_swarm_stops_its_tasks(swarm: Swarm, tmp_path: Path) -> None:
+    w1 = worker(swarm, tmp_path, "w1")
+    task_id = swarm.run(w1)
+    pid = swarm.wait_state(task_id, "running")["pid"]
+    swarm.manager.ok("node", "rm", "--force", swarm.node_id(w1))
+    wait_for(lambda: not alive(pid), WAIT, what="the removed node's task stopped")
+    wait_for(lambda: not any((w1.state_dir / "executor" / "tasks").iterdir()), WAIT, what="its state removed")

@@ -34,9 +34,10 @@ MAX_PENDING = 1 << 17      # reports queued at once, over all nodes: beyond it a
 class Ticket:
     """One request's reports: resolved on its loop once every one of them is written (or not)."""
 
-    __slots__ = ("future", "loop", "remaining", "error")
+    __slots__ = ("future", "loop", "remaining", "error", "_lock")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
+        self._lock = threading.Lock()  # the writer and a new term's clear() may both settle reports
         self.loop = loop
         self.future: asyncio.Future[None] = loop.create_future()
         self.remaining = count
@@ -50,11 +51,13 @@ class Ticket:
                 self.future.set_exception(RuntimeError(self.error))
 
     def done_one(self, error: str | None) -> None:
-        """From the writer thread."""
-        if error is not None and self.error is None:
-            self.error = error
-        self.remaining -= 1
-        if self.remaining == 0:
+        """From the writer thread (or a new term's ``clear``)."""
+        with self._lock:
+            if error is not None and self.error is None:
+                self.error = error
+            self.remaining -= 1
+            last = self.remaining == 0
+        if last:
             try:
                 self.loop.call_soon_threadsafe(self._settle)
             except RuntimeError:  # the loop is closed: nobody waits

@@ -1,9 +1,7 @@
-"""End-to-end dispatch through the CLI: to be enabled (renamed test_dispatch_cli.py) once the
-control API serves services and the leader runs the orchestrators and the scheduler.
-
-Not collected while its name does not start with ``test_``: until then `service create` is
-refused by the control API's placeholder. tests/integration/test_dispatch.py covers the same
-paths today with tasks written into an in-process manager's store.
+"""End-to-end dispatch through the CLI: replicas spread over real workers, a killed task
+replaced with its error in ``service ps``, a global task kept across a worker restart, and
+kill -9 of the leader with nothing restarted or duplicated. (``test_dispatch.py`` covers the
+same paths with tasks written into an in-process manager's store.)
 
 Every daemon is stopped and every task process killed at teardown; every wait is bounded.
 """

@@ -114,3 +114,68 @@ def test_a_new_leader_keeps_the_tasks_running(tmp_path: Path, nodes: list[Daemon
     wait_for(lambda: "Leader" in extra[0].ok("node", "ls"), WAIT, what="a new leader")
     assert {d.hostname: running_tasks(d) for d in nodes if d is not mgr} == {
         h: t for h, t in before.items() if h != mgr.hostname}  # nothing restarted, nothing duplicated
+
+
+def test_a_down_workers_tasks_move_and_stop_when_it_returns(nodes: list[Daemon]) -> None:
+    """A worker silent for three heartbeat periods is Down: its replicated tasks are replaced on
+    the other worker; when it comes back, its full set says its old task is to shut down."""
+    mgr, w1, w2 = nodes
+    mgr.ok("update", "--dispatcher-heartbeat", "1s")
+    mgr.ok("service", "create", "-d", "--name", "web", "--replicas", "2", "--replicas-max-per-node", "1",
+           "--constraint", "node.role==worker", "--stop-grace-period", "1s", "/bin/sleep", "1000")
+    wait_for(lambda: len(running_tasks(w1)) == 1 and len(running_tasks(w2)) == 1, WAIT, what="one replica per worker")
+    (old_task, old_pid), = running_tasks(w1).items()
+    assert w1.proc is not None
+    os.kill(w1.proc.pid, signal.SIGSTOP)  # the daemon freezes; its task's process runs on
+    try:
+        def down() -> bool:
+            return any("w1" in line and " Down " in line for line in mgr.ok("node", "ls").splitlines())
+        wait_for(down, WAIT, what="w1 Down")
+        # Max one per node and only two workers: the replacement waits for a node (it cannot
+        # go to w2), and the old task is desired shut down.
+        listed = [json.loads(line) for line in mgr.ok("service", "ps", "--format", "json", "--no-trunc", "web").splitlines()]
+        (task,) = [t for t in listed if t["ID"] == old_task]
+        assert task["DesiredState"] == "Shutdown", task
+    finally:
+        os.kill(w1.proc.pid, signal.SIGCONT)
+
+    def old_task_stopped() -> bool:
+        try:
+            os.kill(old_pid, 0)
+        except ProcessLookupError:
+            return True
+        return old_task not in running_tasks(w1)
+    wait_for(old_task_stopped, WAIT, what="w1's old task stopped after it came back")
+    # w1 is Ready again, so the slot's replacement runs there: two replicas again, none of them the old one.
+    wait_for(lambda: total_running(nodes) == 2 and old_task not in running_tasks(w1), WAIT, what="2 replicas again")
+
+
+def test_a_new_leader_finishes_a_rolling_update(tmp_path: Path, nodes: list[Daemon]) -> None:
+    """kill -9 of the leader in the middle of a rolling update: the new leader's updater works out
+    from the store which slots are done and finishes the rest."""
+    mgr, w1, w2 = nodes
+    extra = [Daemon(tmp_path, "m2"), Daemon(tmp_path, "m3")]
+    nodes += extra
+    for d in extra:
+        d.start()
+        join(d, mgr, "manager")
+    mgr.ok("service", "create", "-d", "--name", "web", "--replicas", "4", "--constraint", "node.role==worker",
+           "--stop-grace-period", "1s", "--update-delay", "2s", "/bin/sleep", "1000")
+    wait_for(lambda: total_running(nodes) == 4, WAIT, what="4 replicas running")
+    before = set(running_tasks(w1)) | set(running_tasks(w2))
+    mgr.ok("service", "update", "-d", "--env-add", "STEP=2", "web")
+    wait_for(lambda: len((set(running_tasks(w1)) | set(running_tasks(w2))) - before) >= 1, WAIT,
+             what="the first slot updated")
+    mgr.kill9()
+    new = extra[0]
+    wait_for(lambda: "Leader" in new.ok("node", "ls"), WAIT, what="a new leader")
+
+    def completed() -> bool:
+        doc = json.loads(new.ok("service", "inspect", "web"))[0]
+        return (doc.get("UpdateStatus") or {}).get("State") == "completed"
+    wait_for(completed, 60.0, what="the update completed by the new leader")
+    wait_for(lambda: total_running([w1, w2]) == 4, WAIT, what="4 replicas running")
+    now = set(running_tasks(w1)) | set(running_tasks(w2))
+    assert not now & before  # every slot runs a task of the new spec
+    doc = json.loads(new.ok("service", "inspect", "web"))[0]
+    assert doc["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"] == ["STEP=2"]

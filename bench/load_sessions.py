@@ -72,6 +72,7 @@ from clusterlib import (PROCS, BenchError, CpuMeter, Daemon, check_binaries, che
                         start_profile, summarise_profile)
 from load_joins import admit_nodes  # noqa: E402
 
+from swarmd.api.swarm.v1 import services_pb2 as spb  # noqa: E402
 from swarmd.api.swarm.v1 import swarm_pb2 as pb  # noqa: E402
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc  # noqa: E402
 from swarmd.node.joiner import JoinResult  # noqa: E402
@@ -80,6 +81,12 @@ from swarmd.node.joiner import JoinResult  # noqa: E402
 TARGET_CPU = 100.0  # % of one core
 TARGET_HB_P99_MS = 100.0
 TARGET_RSS_MIB = 600.0
+
+
+def target_tasks_s(tasks: int) -> float:
+    """The services issue's scheduling targets: 1,000 tasks (over 100 nodes) all running in 2 s,
+    10,000 (over 1,000) in 10 s; between them, in proportion."""
+    return 2.0 if tasks <= 1000 else min(10.0, 2.0 + 8.0 * (tasks - 1000) / 9000)
 # A whole simulated fleet comes from one address: far above the default per-source burst.
 BENCH_JOIN_LIMITS = "token:20000:1000,source:20000:1000"
 AGENT_OPTIONS = [("grpc.ssl_target_name_override", "swarm-manager"),  # as swarmd.agent.session
@@ -121,6 +128,7 @@ class Node:
     channel: grpc.aio.Channel | None = None
     stub: Any = None
     call: Any = None                   # the current Session call
+    reported: dict[str, str] = field(default_factory=dict)  # task ID -> the state this node reported
     live: bool = False                 # the current session delivered its first message
     established: float | None = None   # loop time of the first session message ever
     messages: int = 0
@@ -141,6 +149,8 @@ class Stats:
     hb_lag: list[float] = field(default_factory=list)          # ms past the slot, in the window only
     in_window: bool = False
     window_sent: int = 0
+    task_reports: int = 0                                      # task status updates sent
+    task_errors: dict[str, int] = field(default_factory=dict)  # UpdateTaskStatus failures
 
 
 class SessionLoad:
@@ -177,12 +187,14 @@ class SessionLoad:
             why = "server ended the stream"
             established = False
             try:
-                async for _ in call:
+                async for message in call:
                     if not established:
                         established = node.live = True
                         if node.established is None:
                             node.established = loop.time()
                     node.messages += 1
+                    if message.HasField("assignments"):
+                        self.assigned(node, message.assignments)
             except asyncio.CancelledError:
                 if self.stopping:
                     raise
@@ -201,6 +213,37 @@ class SessionLoad:
             else:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    # -- tasks -------------------------------------------------------------------------------------
+    def assigned(self, node: Node, assignments: spb.Assignments) -> None:
+        """As an agent whose tasks start at once: a task desired running is reported running,
+        one desired shut down is reported shut down, all of one message's changes in one call."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
+        updates = []
+        for task in assignments.tasks:
+            want = ("running" if task.desired_state in ("ready", "running")
+                    else "shutdown" if task.desired_state in ("shutdown", "remove") else None)
+            if want is None or node.reported.get(task.id) in (want, "shutdown"):
+                continue
+            node.reported[task.id] = want
+            updates.append(spb.TaskStatusUpdate(task_id=task.id, status=spb.TaskStatus(
+                state=want, timestamp=now, message="started" if want == "running" else "shutdown")))
+        for task_id in assignments.removed:
+            node.reported.pop(task_id, None)
+        if updates:
+            task = asyncio.create_task(self.report(node, updates))
+            self.inflight.add(task)
+            task.add_done_callback(self.inflight.discard)
+
+    async def report(self, node: Node, updates: list[spb.TaskStatusUpdate]) -> None:
+        try:
+            await node.stub.UpdateTaskStatus(spb.UpdateTaskStatusRequest(updates=updates), timeout=30)
+            self.stats.task_reports += len(updates)
+        except grpc.aio.AioRpcError as e:
+            key = f"{e.code().name}: {(e.details() or '')[:200]}"
+            self.stats.task_errors[key] = self.stats.task_errors.get(key, 0) + 1
+            for update in updates:  # sent again with the next change of that task
+                node.reported.pop(update.task_id, None)
 
     # -- heartbeats --------------------------------------------------------------------------------
     async def heartbeat(self, node: Node, due: float) -> None:
@@ -482,14 +525,14 @@ def worker_configs(args: argparse.Namespace, addr: str, joins: list[JoinResult],
 
 def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """The workers' statistics as one: counters added, reasons counted together, lists joined."""
-    out: dict[str, Any] = {"ended": {}, "hb_errors": {}, "hb_latency": [], "hb_lag": []}
+    out: dict[str, Any] = {"ended": {}, "hb_errors": {}, "task_errors": {}, "hb_latency": [], "hb_lag": []}
     for p in parts:
-        for key in ("ended", "hb_errors"):
+        for key in ("ended", "hb_errors", "task_errors"):
             for msg, n in p[key].items():
                 out[key][msg] = out[key].get(msg, 0) + n
         for key in ("hb_latency", "hb_lag"):
             out[key].extend(p[key])
-        for key in ("hb_sent", "hb_ok", "window_sent", "live", "sessions", "messages"):
+        for key in ("hb_sent", "hb_ok", "window_sent", "live", "sessions", "messages", "task_reports"):
             out[key] = out.get(key, 0) + p[key]
     return out
 
@@ -540,6 +583,46 @@ def probe_writes(manager: Daemon, n: int) -> dict[str, float]:
     ok = [x for x in lat if x == x]
     return {"n": n, "failed": n - len(ok), "p50_ms": percentile(ok, 50), "max_ms": max(ok, default=float("nan")),
             "manager_cpu_ms_per_write": cpu["manager"] / 100 * cpu["wall_s"] * 1e3 / n}
+
+
+def probe_tasks(manager: Daemon, n: int, timeout: float) -> dict[str, Any]:
+    """A service of ``n`` replicas on the simulated workers (the manager's own node is left out
+    by a constraint: it would run real processes): seconds from CreateService until ListTasks
+    shows every replica running, as the simulated agents report; then the service is removed."""
+    channel, stub = control_stub(manager.sock)
+    spec = spb.ServiceSpec(name="bench-tasks", replicas=n, task_template=spb.TaskTemplate(
+        program="/bin/true", placement=spb.Placement(constraints=["node.role==worker"])))
+    try:
+        meter = CpuMeter({"manager": manager.pid})
+        t0 = time.monotonic()
+        service = stub.CreateService(spb.CreateServiceRequest(spec=spec), timeout=60).service
+        t_created = time.monotonic() - t0
+        running = 0
+        polls = 0
+        refused: dict[str, int] = {}
+        while time.monotonic() - t0 < timeout:
+            polls += 1
+            try:  # the counts `service ls` shows (a list of 10,000 tasks would load the manager)
+                listed = stub.ListServices(spb.ListServicesRequest(filters=["name=bench-tasks"]), timeout=60)
+            except grpc.RpcError as e:  # a busy manager may answer no-leader: counted, asked again
+                key = f"{e.code().name}: {(e.details() or '')[:120]}"
+                refused[key] = refused.get(key, 0) + 1
+                continue
+            running = sum(s.running_tasks for s in listed.services if s.id == service.id)
+            if running >= n:
+                break
+            time.sleep(0.05)
+        elapsed = time.monotonic() - t0
+        cpu = meter.read()
+        tasks = stub.ListTasks(spb.ListTasksRequest(services=[service.id]), timeout=60).tasks
+        nodes = len({t.node_id for t in tasks if t.status.state == "running"})
+        stub.RemoveService(spb.RemoveServiceRequest(ref=service.id), timeout=60)
+    finally:
+        channel.close()
+    return {"tasks": n, "running": running, "nodes used": nodes, "create call s": t_created,
+            "all running after s": elapsed if running >= n else float("nan"), "polls": polls,
+            "polls refused": refused,
+            "manager cpu %": cpu["manager"]}
 
 
 def node_states(manager: Daemon) -> dict[str, int]:
@@ -672,6 +755,12 @@ def phases(args: argparse.Namespace, manager: Daemon, fleet: Fleet, n: int, repo
     if args.writes:
         report["writes under load"] = probe_writes(manager, args.writes)
 
+    # 3c. scheduling at scale: a service over the simulated nodes, until every replica runs
+    if args.tasks:
+        report["tasks"] = result = probe_tasks(manager, args.tasks, args.tasks_timeout)
+        log(f"  {result['running']}/{args.tasks} tasks running on {result['nodes used']} nodes after "
+            f"{result['all running after s']:.2f}s")
+
     # 4. hold, then the verdict from the real CLI and the log
     remaining = args.hold - (time.monotonic() - t_all)
     if remaining > 0:
@@ -707,6 +796,8 @@ def collect(args: argparse.Namespace, fleet: Fleet, report: dict[str, Any]) -> N
     report["session stream ends"] = s["ended"]
     report["heartbeats sent / ok"] = f"{s['hb_sent']} / {s['hb_ok']}"
     report["heartbeat errors"] = s["hb_errors"]
+    report["task status reports sent"] = s["task_reports"]
+    report["task status report errors"] = s["task_errors"]
     report["window heartbeats sent"] = s["window_sent"]
     report["window heartbeat rate /s"] = s["window_sent"] / args.window
     lat, lag = s["hb_latency"], s["hb_lag"]
@@ -738,6 +829,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=20.0, help="CPU measurement window (default 20 s)")
     ap.add_argument("--hold", type=float, default=30.0,
                     help="keep the sessions at least this long after all are established (default 30 s)")
+    ap.add_argument("--tasks", type=int, default=0,
+                    help="then a service of this many replicas over the simulated nodes: seconds until all "
+                         "run (default 0: none)")
+    ap.add_argument("--tasks-timeout", type=float, default=120.0,
+                    help="how long to wait for every replica to run (default 120 s)")
     ap.add_argument("--writes", type=int, default=20,
                     help="sequential store writes after the CPU window, to show what one write costs with "
                          "the sessions open (default 20; 0 = skip)")
@@ -808,6 +904,13 @@ def main(argv: list[str] | None = None) -> int:
         check_row("session streams that ended", sum(report["session stream ends"].values()), "count", "<=", 0),
         check_row("heartbeat errors", sum(report["heartbeat errors"].values()), "count", "<=", 0),
     ]
+    if "tasks" in report:
+        checks += [
+            check_row(f"{args.tasks} tasks all running after", report["tasks"]["all running after s"], "s", "<=",
+                      target_tasks_s(args.tasks)),
+            check_row("task status report errors", sum(report["task status report errors"].values()), "count",
+                      "<=", 0),
+        ]
     lat, lag = report["heartbeat latency ms p50/p99/max"], report["heartbeat lag past slot ms p50/p99/max"]
     info = [
         ("nodes / heartbeat period", f"{n} / {report['heartbeat period s']:.1f} s "
@@ -844,7 +947,9 @@ def main(argv: list[str] | None = None) -> int:
                    "heartbeat_p50_ms": lat[0], "heartbeat_p99_ms": lat[1], "manager_cpu_pct": cpu["manager"],
                    "manager_rss_mib": report["manager VmRSS MiB"], "manager_threads": report["manager threads"],
                    "errors": sum(report["heartbeat errors"].values()) + sum(report["session stream ends"].values()),
-                   "bench_procs": report["bench_procs"]}
+                   "bench_procs": report["bench_procs"],
+                   **({"tasks": args.tasks, "tasks_running_s": report["tasks"]["all running after s"]}
+                      if "tasks" in report else {})}
         json.dump({**summary, "meta": meta, "checks": [dict(zip(("metric", "unit", "value", "target", "result"), c))
                                             for c in checks], "report": report}, sys.stdout, indent=2, default=str)
         print()

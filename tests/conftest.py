@@ -5,12 +5,15 @@ from pathlib import Path
 
 import pytest
 
+from swarmd.agent.exec.cgroups import Cgroups
 from tests.harness import Daemon
+from tests.tasklib import kill_leftovers
 
 
 @pytest.fixture
 def daemons(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """Factory of started swarmd processes; all are stopped (by PID) when the test ends."""
+    """Factory of started swarmd processes; all are stopped (by PID) when the test ends, and
+    the tasks they ran are removed (tasks outlive their daemon by design)."""
     started: list[Daemon] = []
 
     def make(name: str = "node", start: bool = True, **kwargs: object) -> Daemon:
@@ -26,6 +29,8 @@ def daemons(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
             d.stop()
         except AssertionError:
             pass
+    for d in started:
+        kill_leftovers(d.state_dir / "executor", Cgroups())
 
 
 @pytest.fixture

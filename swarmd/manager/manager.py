@@ -207,7 +207,7 @@ class Manager:
         def get(state: State) -> str | None:
             node = state["nodes"].get(node_id)
             return None if node is None else effective_role(node)
-        return self.machine.read(get)
+        return self.machine.peek(get)  # asked on every call to 2377, on the event loop
 
     def trust(self) -> tuple[str, dict[str, str], Callable[[str], str | None]]:
         """What the TLS layer needs: cluster ID, live join tokens, each node's desired role."""
@@ -216,11 +216,11 @@ class Manager:
             if cluster is None:
                 return "", {}
             return str(cluster["id"]), dict(cluster["join_tokens"])
-        cluster_id, join_tokens = self.machine.read(get)
+        cluster_id, join_tokens = self.machine.peek(get)
         return cluster_id, join_tokens, self.role_of
 
     def heartbeat_ns(self) -> int:
-        return int(self.machine.read(lambda state: state["cluster"]["spec"]["dispatcher_heartbeat_ns"]
+        return int(self.machine.peek(lambda state: state["cluster"]["spec"]["dispatcher_heartbeat_ns"]
                                      if state["cluster"] else 5 * 10**9))
 
     # -- cluster -------------------------------------------------------------------------------
@@ -229,7 +229,7 @@ class Manager:
 
     def trusted_roots(self) -> bytes:
         """Roots node certificates may come from (empty until the store holds the cluster)."""
-        return self.machine.read(lambda s: rotation.trusted_roots(s["cluster"]) if s["cluster"] else b"")
+        return self.machine.peek(lambda s: rotation.trusted_roots(s["cluster"]) if s["cluster"] else b"")
 
     def tls_fields(self, node_id: str, peer_cert_pem: bytes, claimed_trust_root: str) -> dict[str, Any]:
         """A node's TLS state as node fields to store: the issuer of the certificate this manager
@@ -242,7 +242,7 @@ class Manager:
                 return None
             return (nodetls.cluster_roots(cluster), rotation.desired_root(cluster),
                     dict(state["nodes"].get(node_id) or {}))
-        known = self.machine.read(read)
+        known = self.machine.peek(read)
         if known is None:
             return {}
         roots, desired, node = known
@@ -282,7 +282,7 @@ class Manager:
         unknown = set(fields) - NODE_STATUS_FIELDS
         if unknown:
             raise TypeError(f"not node status fields: {sorted(unknown)}")
-        current = self.machine.read(lambda state: dict(state["nodes"].get(node_id) or {}))
+        current = self.machine.peek(lambda state: dict(state["nodes"].get(node_id) or {}))
         return {k: v for k, v in fields.items() if current.get(k) != v} if current else {}
 
     def set_node_statuses(self, changes: dict[str, dict[str, Any]]) -> dict[str, str]:

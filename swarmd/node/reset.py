@@ -18,6 +18,24 @@ from swarmd.node.localstate import STATE_FILE
 
 # What a swarm leaves in the state dir (raft.old-* is a --force-new-cluster in progress).
 _SWARM_DIRS = ("certificates", "raft")
+EXECUTOR_DIR = "executor"
+
+
+def _remove_tasks(executor_dir: Path) -> None:
+    """Stop and remove every task the node's executor still holds (they outlive the daemon by
+    design), as ``leave`` does: a reset node runs nothing of its old swarm."""
+    from swarmd.agent.exec.api import ExecError
+    from swarmd.agent.exec.process import ProcessExecutor
+
+    tasks = executor_dir / "tasks"
+    if not tasks.is_dir():
+        return
+    executor = ProcessExecutor(executor_dir)
+    for task_dir in sorted(tasks.iterdir()):
+        try:
+            executor.remove(task_dir.name)
+        except (ExecError, OSError) as e:
+            raise SwarmError(f"could not stop task {task_dir.name[:64]}: {e}") from None
 
 
 def reset_state(state_dir: Path) -> list[str]:
@@ -36,7 +54,9 @@ def reset_state(state_dir: Path) -> list[str]:
             marker.unlink()
             fsync_dir(state_dir)
             removed.append(STATE_FILE)
-        leftovers = [state_dir / name for name in _SWARM_DIRS]
+        if (state_dir / EXECUTOR_DIR).exists():
+            _remove_tasks(state_dir / EXECUTOR_DIR)
+        leftovers = [state_dir / name for name in (*_SWARM_DIRS, EXECUTOR_DIR)]
         leftovers += sorted(state_dir.glob("raft.old-*"))
         for path in leftovers:
             if path.exists():

@@ -402,8 +402,14 @@ class NodeRuntime:
                 from swarmd.agent.exec.none import NoExecutor
                 executor = NoExecutor()
             else:
+                from swarmd.agent.exec.none import NoExecutor
                 from swarmd.agent.exec.process import ProcessExecutor, ProcessExecutorConfig
-                executor = ProcessExecutor(self.executor_dir, ProcessExecutorConfig(task_user=self._task_user))
+                try:
+                    executor = ProcessExecutor(self.executor_dir, ProcessExecutorConfig(task_user=self._task_user))
+                except OSError as e:  # its state dir cannot be made (a full disk): refuse tasks, keep running
+                    log.error("this node runs no tasks: the executor's state in %s cannot be made: %s",
+                              self.executor_dir, e)
+                    executor = NoExecutor()
             self.tasks = TaskRunner(executor, node_id, self.hostname, self._send_task_reports).start()
         return self.tasks
 

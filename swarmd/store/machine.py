@@ -153,6 +153,17 @@ class StateMachine:
         with self._lock:
             return fn(self._state)
 
+    def peek(self, fn: Callable[[State], T]) -> T:
+        """Run ``fn`` on the current state without the lock, for the remote API's event loop:
+        waiting for the lock there would stall every connection for as long as an apply holds
+        it (a batch of a thousand tasks, thousands of status marks after an election).
+
+        Only point lookups are allowed (``state["cluster"]``, ``state["nodes"].get(id)``): a
+        commit changes a table one key at a time, each change atomic under the GIL, and the
+        objects themselves are replaced, never changed, so what one lookup returns is a
+        committed object. Iterating a table here could see it change size; use ``read``."""
+        return fn(self._state)
+
     def snapshot_doc(self) -> dict[str, Any]:
         """The state as its JSON document for serialising at once, sharing the committed objects.
 

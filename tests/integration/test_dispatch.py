@@ -1,5 +1,5 @@
 """Tasks reach nodes and run there: a real manager (run in this process, so the test can write
-tasks into its store before the control API exists, see tests/inproc.py), real worker daemons,
+services into its store and read its tasks directly, see tests/inproc.py), real worker daemons,
 real task processes. Assignments over the session, status reports through UpdateTaskStatus and
 their authorization, adoption after a worker restart, leave.
 
@@ -25,7 +25,7 @@ from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 from swarmd.store.services import NOT_ASSIGNED_HERE
 from tests.harness import Daemon, join, node_tls, wait_for
 from tests.inproc import InProcessManager
-from tests.integration.test_executor import kill_leftovers
+from tests.tasklib import kill_leftovers
 from tests.servicelib import raw_spec
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="worker daemons run tasks as nobody: needs root")
@@ -43,14 +43,19 @@ class Swarm:
         return d.info().node_id
 
     def run(self, node: Daemon, program: str = "/bin/sleep", *args: str, **template: Any) -> str:
-        """A service of one task, assigned to ``node`` as the scheduler would assign it."""
+        """A service of one task, placed on ``node`` by a constraint (the leader's orchestrator
+        and scheduler make and assign it) and never restarted, so the test follows one task."""
         n = next(_ids)
-        service_id, task_id = f"svc{n:022d}", f"task{n:021d}"
+        service_id = f"svc{n:022d}"
         self.manager.propose("create_service", id=service_id, spec=raw_spec(
-            f"web{n}", task_template={"program": program, "args": list(args or ("1000",)), **template}))
-        self.manager.propose("create_tasks", tasks=[{"id": task_id, "service_id": service_id, "slot": 1}])
-        self.manager.propose("update_tasks", updates=[{"id": task_id, "node_id": self.node_id(node), "status": {
-            "state": "assigned", "message": "scheduler assigned task to node"}}])
+            f"web{n}", task_template={"program": program, "args": list(args or ("1000",)),
+                                      "placement": {"constraints": [f"node.id=={self.node_id(node)}"]},
+                                      "restart_policy": {"condition": "none"}, **template}))
+
+        def made() -> str | None:
+            ids = self.manager.manager.machine.read(lambda state: state["tasks"].lookup("service", service_id))
+            return ids[0] if ids else None
+        task_id: str = wait_for(made, WAIT, what=f"the task of service {service_id}")
         return task_id
 
     def status(self, task_id: str) -> dict[str, Any]:

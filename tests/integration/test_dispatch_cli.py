@@ -18,7 +18,7 @@ import pytest
 
 from swarmd.agent.exec.cgroups import Cgroups
 from tests.harness import Daemon, join, wait_for
-from tests.integration.test_executor import kill_leftovers
+from tests.tasklib import kill_leftovers
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="worker daemons run tasks as nobody: needs root")
 

@@ -24,6 +24,7 @@ from swarmd.agent.exec.api import ExecError, TaskRuntimeSpec, TaskState, TaskSta
 from swarmd.agent.exec.cgroups import Cgroups, Layout
 from swarmd.agent.exec.process import ProcessExecutor, ProcessExecutorConfig
 from tests.harness import wait_for
+from tests.tasklib import kill_leftovers, start_ticks
 
 WAIT = 20.0
 PY = sys.executable
@@ -36,39 +37,6 @@ def spec(task_id: str, program: str, *args: str, **kw: object) -> TaskRuntimeSpe
     return TaskRuntimeSpec(task_id=task_id, service_id="svc0123456789", service_name="web", slot=2,
                            node_id="node0123456789", node_hostname="host-a", program=program, args=args,
                            **kw)  # type: ignore[arg-type]
-
-
-def start_ticks(pid: int) -> int | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(b")") + 2:].split()
-    return None if fields[0] == b"Z" else int(fields[19])
-
-
-def kill_leftovers(state_dir: Path, cgroups: Cgroups) -> None:
-    """Teardown: remove every task (the executor kills shim and process group), then kill by
-    PID whatever a failed removal left."""
-    tasks = state_dir / "tasks"
-    if not tasks.exists():
-        return
-    for task_dir in tasks.iterdir():
-        raw: dict[str, object] = {}
-        try:
-            raw = json.loads((task_dir / "status.json").read_text())
-        except (OSError, ValueError):
-            pass
-        try:
-            ProcessExecutor(state_dir, cgroups=cgroups).remove(task_dir.name)
-        finally:
-            for pid_key, start_key in (("shim_pid", "shim_start"), ("pid", "pid_start")):
-                pid = raw.get(pid_key)
-                if isinstance(pid, int) and pid > 0 and start_ticks(pid) == raw.get(start_key):
-                    try:
-                        os.killpg(pid, signal.SIGKILL) if pid_key == "pid" else os.kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
 
 
 @pytest.fixture

@@ -253,7 +253,7 @@ def test_damaged_manager_is_removed_reset_and_joined_again(daemons: Callable[...
     r = subprocess.run([SWARMD, "--state-dir", str(c.state_dir), "--reset-state"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
-    assert r.stdout == f"swarmd: removed state.json, certificates, raft from {c.state_dir}\n"
+    assert r.stdout == f"swarmd: removed state.json, certificates, raft, executor from {c.state_dir}\n"
     assert sorted(os.listdir(c.state_dir)) == []
     c.start()
     assert c.info().local_node_state == "inactive"

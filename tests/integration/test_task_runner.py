@@ -25,7 +25,8 @@ from swarmd.agent.worker import TaskRunner
 from swarmd.api.swarm.v1 import services_pb2 as spb
 from swarmd.store import taskstate
 from tests.harness import wait_for
-from tests.integration.test_executor import ME, kill_leftovers
+from tests.integration.test_executor import ME
+from tests.tasklib import kill_leftovers
 
 WAIT = 20.0
 NODE = "node0123456789abcdefghijk"

@@ -307,7 +307,12 @@ class ProcessExecutor(Executor):
         """The shim as bytecode: compiling its source costs each shim about 2 MiB it never
         gives back; a .pyc runs without compiling. Running shims keep the code they loaded."""
         target = state_dir / "shim.pyc"
-        py_compile.compile(str(SHIM), cfile=str(target), doraise=True)
+        try:
+            py_compile.compile(str(SHIM), cfile=str(target), doraise=True)
+        except (OSError, py_compile.PyCompileError) as e:  # a full disk, say: run it from source
+            log.warning("tasks' supervisors run from source (about 1.5 MiB more each): cannot write %s: %s",
+                        target, e)
+            return SHIM
         return target
 
     def _task_user(self, spec: TaskRuntimeSpec) -> TaskUser:

@@ -94,7 +94,7 @@ def list_tasks(manager: Manager, services: Sequence[str], nodes: Sequence[str],
                filters: Sequence[str]) -> list[spb.Task]:
     """The tasks of the named services and of the named nodes (every task when neither is
     named), filtered; an unknown reference is refused with Docker's not-found text."""
-    def read(state: State) -> list[spb.Task]:
+    def read(state: State) -> list[tuple[Task, str]]:
         keep = task_filter(manager, state, filters)
         tasks = state["tasks"]
         if services or nodes:
@@ -107,5 +107,7 @@ def list_tasks(manager: Manager, services: Sequence[str], nodes: Sequence[str],
         else:
             listed = list(tasks.values())
         listed.sort(key=lambda t: (t["service_name"], t["slot"], t["node_id"], t["created_at"], t["id"]))
-        return [servicepb.task(t, _hostname(state, t)) for t in listed if keep(t)]
-    return manager.read(read)
+        return [(t, _hostname(state, t)) for t in listed if keep(t)]
+    # Converted outside the state's lock (committed objects never change): at 10,000 tasks the
+    # conversion takes long enough to hold up every apply behind it.
+    return [servicepb.task(t, hostname) for t, hostname in manager.read(read)]

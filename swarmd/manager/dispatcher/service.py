@@ -308,7 +308,7 @@ class Dispatcher(pb_grpc.DispatcherServicer):
             if not update.HasField("status"):
                 continue
             reports[update.task_id[:64]] = _status_fields(update.status)
-        owners = manager.machine.read(lambda state: {i: (t["node_id"] if (t := state["tasks"].get(i)) else None)
+        owners = manager.machine.peek(lambda state: {i: (t["node_id"] if (t := state["tasks"].get(i)) else None)
                                                      for i in reports})
         if any(owner is not None and owner != node_id for owner in owners.values()):
             raise SwarmError(store_services.NOT_ASSIGNED_HERE, grpc.StatusCode.PERMISSION_DENIED)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 from swarmd.manager.controlapi.cluster import ClusterAPI
+from swarmd.manager.controlapi.logs import LogsAPI
 from swarmd.manager.controlapi.network import NetworkAPI
 from swarmd.manager.controlapi.node import NodeAPI
 from swarmd.manager.controlapi.service import ServiceAPI
@@ -11,7 +12,7 @@ from swarmd.manager.controlapi.swarm import SwarmAPI
 from swarmd.manager.controlapi.task import TaskAPI
 
 
-class ControlServicer(SwarmAPI, ClusterAPI, NodeAPI, NetworkAPI, ServiceAPI, TaskAPI,
+class ControlServicer(SwarmAPI, ClusterAPI, NodeAPI, NetworkAPI, ServiceAPI, TaskAPI, LogsAPI,
                       pb_grpc.ControlServicer):
     """A new kind is its module in this package and one more base class above. The generated
     base comes last, so its UNIMPLEMENTED stubs answer only what no kind serves."""

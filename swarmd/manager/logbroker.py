@@ -182,6 +182,7 @@ class LogBroker:
             self._subs[sub.id] = sub
         sub.items.append(first)
         self.extend(sub, tasks, announce=False)
+        log.debug("log subscription %s opened for %d tasks", sub.id, len(tasks))
         return sub
 
     def extend(self, sub: Subscription, tasks: list[spb.LogTask], announce: bool = True) -> None:
@@ -239,9 +240,9 @@ class LogBroker:
                 return None
             return []
 
-    def finish(self, sub: Subscription) -> None:
+    def finish(self, sub: Subscription) -> str | None:
         """The reader is done (it read the end, or went away): the nodes stop publishing it.
-        Raises what cut it, or Docker's warning for the logs it could not have."""
+        Returns what cut it, or Docker's warning for the logs it could not have."""
         with self._lock:
             self._subs.pop(sub.id, None)
             listeners = {n: self._listeners.get(n) for n in sub.sent_to}
@@ -253,10 +254,10 @@ class LogBroker:
         for listener in listeners.values():
             if listener is not None:
                 listener.send(spb.LogSubscription(id=sub.id, close=True))
+        log.debug("log subscription %s ended", sub.id)
         if ended is not None:
-            raise SwarmError(ended, grpc.StatusCode.UNKNOWN)
-        if problems:
-            raise SwarmError(INCOMPLETE + ", ".join(problems), grpc.StatusCode.UNKNOWN)
+            return ended
+        return INCOMPLETE + ", ".join(problems) if problems else None
 
     def cut_all(self, why: str) -> None:
         """Leadership lost: every subscription ends; the nodes find the new leader."""

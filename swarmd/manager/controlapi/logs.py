@@ -88,7 +88,9 @@ def serve_logs(manager: Manager, broker: LogBroker, request: spb.ServiceLogsRequ
     try:
         yield from _relay(manager, broker, sub, service_id, context)
     finally:
-        broker.finish(sub)  # raises the stream's warning, if any, after its last line
+        problem = broker.finish(sub)
+    if problem is not None:  # after the last line, as Docker's warning comes
+        raise SwarmError(problem, grpc.StatusCode.UNKNOWN)
 
 
 def _relay(manager: Manager, broker: LogBroker, sub: Subscription, service_id: str | None,

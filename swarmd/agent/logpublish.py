@@ -80,6 +80,8 @@ class LogPublisher:
         ids.clear()
 
     def _take(self, channel: grpc.Channel, message: spb.LogSubscription, mine: set[str]) -> None:
+        if not message.id:  # the leader's greeting: the stream is open
+            return
         with self._lock:
             pub = self._active.get(message.id)
             if message.close:

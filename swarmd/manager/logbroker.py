@@ -259,6 +259,11 @@ class LogBroker:
             return ended
         return INCOMPLETE + ", ".join(problems) if problems else None
 
+    def reader_gone(self, sub: Subscription) -> None:
+        """The caller's call ended (it went away): its reader stops waiting."""
+        with sub.cond:
+            self._cut(sub, "the reader went away")
+
     def cut_all(self, why: str) -> None:
         """Leadership lost: every subscription ends; the nodes find the new leader."""
         with self._lock:

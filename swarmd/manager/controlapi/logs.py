@@ -8,6 +8,7 @@ leader's side when its own caller goes away. A followed service's new tasks join
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -85,17 +86,18 @@ def serve_logs(manager: Manager, broker: LogBroker, request: spb.ServiceLogsRequ
     tasks, width, service_id = manager.read(lambda state: log_targets(state, request.ref))
     first = spb.ServiceLogsMessage(tasks=tasks, slot_width=width)
     sub = broker.subscribe(tasks, request.follow, request.tail, request.since_ns, first)
+    context.add_callback(lambda: broker.reader_gone(sub))  # when the call ends, however it ends
     try:
-        yield from _relay(manager, broker, sub, service_id, context)
+        yield from _relay(manager, broker, sub, service_id)
     finally:
         problem = broker.finish(sub)
     if problem is not None:  # after the last line, as Docker's warning comes
         raise SwarmError(problem, grpc.StatusCode.UNKNOWN)
 
 
-def _relay(manager: Manager, broker: LogBroker, sub: Subscription, service_id: str | None,
-           context: Ctx) -> Iterator[spb.ServiceLogsMessage]:
-    while context.is_active():
+def _relay(manager: Manager, broker: LogBroker, sub: Subscription,
+           service_id: str | None) -> Iterator[spb.ServiceLogsMessage]:
+    while True:
         items = broker.take(sub, RESCAN_SECONDS)
         if items is None:
             return
@@ -115,12 +117,17 @@ def forward_stream(rt: NodeRuntime, manager: Manager, request: spb.ServiceLogsRe
         if not addr:
             raise SwarmError(errors.NO_LEADER, grpc.StatusCode.UNKNOWN)
         started = False
+        gone = threading.Event()
         with rt.remotes.channel(addr) as channel:
             stub = pb_grpc.ControlStub(channel)
             try:
                 stub.Version(pb.VersionRequest(), timeout=FORWARD_CONNECT_TIMEOUT, wait_for_ready=True)
                 call = stub.ServiceLogs(request)
-                context.add_callback(call.cancel)
+
+                def went_away(call: Any = call) -> None:
+                    gone.set()
+                    call.cancel()
+                context.add_callback(went_away)
                 for message in call:
                     started = True
                     yield message
@@ -129,7 +136,7 @@ def forward_stream(rt: NodeRuntime, manager: Manager, request: spb.ServiceLogsRe
                 code = e.code()
                 moved = leader_hint(e) is not None or code in (grpc.StatusCode.UNAVAILABLE,
                                                                grpc.StatusCode.DEADLINE_EXCEEDED)
-                if code == grpc.StatusCode.CANCELLED and not context.is_active():
+                if code == grpc.StatusCode.CANCELLED and gone.is_set():
                     return
                 if started or attempt or not moved:
                     raise SwarmError(e.details() or str(code), code) from None

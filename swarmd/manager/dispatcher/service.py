@@ -342,6 +342,7 @@ class Dispatcher(pb_grpc.DispatcherServicer):
         listener = Listener(node_id, asyncio.get_running_loop())
         self.logs.listen(listener)
         try:
+            yield spb.LogSubscription()  # no ID: the stream is open, subscriptions will follow
             while not self._stop.is_set() and manager.is_leader():
                 try:
                     async with asyncio.timeout(1.0):

@@ -1600,7 +1600,7 @@ class DispatcherServicer:
 
     def ListenLogSubscriptions(self, request, context):
         """Log subscriptions for the caller's own tasks (services.proto), pushed by the leader's log
-        broker while the stream is open.
+        broker while the stream is open; the first message, without an ID, says it is open.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

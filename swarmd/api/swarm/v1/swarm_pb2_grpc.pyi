@@ -495,7 +495,7 @@ class DispatcherStub:
     """Status changes of the caller's own tasks, batched (services.proto)."""
     ListenLogSubscriptions: _grpc.UnaryStreamMultiCallable[_services_pb2.ListenLogSubscriptionsRequest, _services_pb2.LogSubscription]
     """Log subscriptions for the caller's own tasks (services.proto), pushed by the leader's log
-    broker while the stream is open.
+    broker while the stream is open; the first message, without an ID, says it is open.
     """
     PublishLogs: _grpc.StreamUnaryMultiCallable[_services_pb2.PublishLogsMessage, _services_pb2.PublishLogsResponse]
     """The lines of one subscription, batched; the first message names it."""
@@ -519,7 +519,7 @@ class DispatcherAsyncStub(DispatcherStub):
     """Status changes of the caller's own tasks, batched (services.proto)."""
     ListenLogSubscriptions: _aio.UnaryStreamMultiCallable[_services_pb2.ListenLogSubscriptionsRequest, _services_pb2.LogSubscription]  # type: ignore[assignment]
     """Log subscriptions for the caller's own tasks (services.proto), pushed by the leader's log
-    broker while the stream is open.
+    broker while the stream is open; the first message, without an ID, says it is open.
     """
     PublishLogs: _aio.StreamUnaryMultiCallable[_services_pb2.PublishLogsMessage, _services_pb2.PublishLogsResponse]  # type: ignore[assignment]
     """The lines of one subscription, batched; the first message names it."""
@@ -564,7 +564,7 @@ class DispatcherServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_services_pb2.LogSubscription], _abc.AsyncIterator[_services_pb2.LogSubscription]]:
         """Log subscriptions for the caller's own tasks (services.proto), pushed by the leader's log
-        broker while the stream is open.
+        broker while the stream is open; the first message, without an ID, says it is open.
         """
 
     @_abc_1.abstractmethod

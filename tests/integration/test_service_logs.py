@@ -181,6 +181,64 @@ def test_tail_and_follow(pair: tuple[Daemon, Daemon]) -> None:
     wait_for(lambda: _open_subscriptions(mgr) == 0, WAIT, step=0.1, what="the follow's subscription to end")
 
 
+class Follow:
+    """``service logs -f`` running in the background, its stdout lines collected by a thread."""
+
+    def __init__(self, d: Daemon, *args: str) -> None:
+        self.proc = subprocess.Popen([SWARMCTL, "-H", f"unix://{d.socket}", "service", "logs", "-f", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=d.env)
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(self.proc.stdout or ()), daemon=True).start()
+
+    def nodes(self) -> set[str]:
+        return {line.split("    |")[0].rsplit("@", 1)[-1] for line in list(self.lines)}
+
+    def interrupt(self) -> str:
+        """Ctrl-C: the CLI ends cleanly (exit 130, no traceback); its stderr."""
+        self.proc.send_signal(signal.SIGINT)
+        assert self.proc.wait(WAIT) == 130
+        err = self.proc.stderr.read() if self.proc.stderr else ""
+        assert "Traceback" not in err
+        return err
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def test_follow_takes_in_the_tasks_a_scale_up_adds(pair: tuple[Daemon, Daemon]) -> None:
+    mgr, _ = pair
+    create(mgr, "grow", 1, TICKER, "--constraint", "node.hostname==mgr")
+    wait_for(lambda: "tick 1\n" in logs(mgr, "--raw", "grow").stdout, WAIT, step=0.2, what="grow's first lines")
+    follow = Follow(mgr, "--tail", "1", "grow")
+    try:
+        wait_for(lambda: any(line.startswith("grow.1.") for line in follow.lines), WAIT, what="slot 1's lines")
+        mgr.ok("service", "scale", "-d", "grow=2")
+        wait_for(lambda: any(line.startswith("grow.2.") for line in follow.lines), WAIT, what="the new slot's lines")
+        follow.interrupt()
+    finally:
+        follow.kill()
+
+
+def test_a_node_that_is_down_makes_dockers_incomplete_warning(pair: tuple[Daemon, Daemon]) -> None:
+    mgr, w1 = pair
+    found = wait_logged(mgr, "web", 2)
+    w1.stop()
+    (slot, (tid, _)), = [(s, v) for s, v in found.items() if v[1] == "mgr"]
+
+    def warned() -> subprocess.CompletedProcess[str] | None:
+        r = logs(mgr, "web")
+        return r if r.returncode == 1 else None
+    r = wait_for(warned, WAIT, step=0.2, what="the worker's absence noticed")
+    assert r.stdout == f"web.{slot}.{tid[:12]}@mgr    | hello\n"
+    head, warning = r.stderr.splitlines()
+    assert head == f"web.{slot}.{tid[:12]}@mgr    | err"
+    assert re.fullmatch(r"error from daemon in stream: Error grabbing logs: warning: incomplete log stream\. some "
+                        r"logs could not be retrieved for the following reasons: node [0-9a-z]{25} is not available",
+                        warning), warning
+
+
 def _open_subscriptions(d: Daemon) -> int:
     log = d.log()
     opened = len(re.findall(r"log subscription \S+ opened", log))
@@ -213,3 +271,13 @@ def test_logs_through_a_manager_that_is_not_the_leader(managers: list[Daemon]) -
     assert sorted(r.stdout.splitlines()) == sorted(f"web.{s}.{t[:12]}@{h}    | hello" for s, (t, h) in found.items())
     assert sorted(r.stderr.splitlines()) == sorted(f"web.{s}.{t[:12]}@{h}    | err" for s, (t, h) in found.items())
     assert logs(follower, "nosuch").stderr == "no such task or service: nosuch\n"
+
+    create(leader, "ticker", 3, TICKER)
+    follow = Follow(follower, "--tail", "0", "ticker")
+    try:
+        wait_for(lambda: follow.nodes() == {"m0", "m1", "m2"}, WAIT, step=0.05, what="followed lines from 3 nodes")
+        follow.interrupt()
+    finally:
+        follow.kill()
+    # The follower cancels its call on the leader: the subscription ends there too.
+    wait_for(lambda: _open_subscriptions(leader) == 0, WAIT, step=0.1, what="the leader's subscription to end")

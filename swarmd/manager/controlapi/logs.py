@@ -9,7 +9,8 @@ leader's side when its own caller goes away. A followed service's new tasks join
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -38,6 +39,11 @@ FORWARD_CONNECT_TIMEOUT = 5.0
 class LogsAPI(ControlAPI):
     @abort_on_error
     def ServiceLogs(self, request: spb.ServiceLogsRequest, context: Ctx) -> Iterator[spb.ServiceLogsMessage]:
+        yield from self.service_logs(request, context)
+
+    def service_logs(self, request: spb.ServiceLogsRequest,
+                     context: Ctx) -> Generator[spb.ServiceLogsMessage, None, None]:
+        """Both servers' handler: it needs only ``context.add_callback`` (``streambridge``)."""
         manager = self.rt.require_manager()
         if not manager.is_leader():
             yield from forward_stream(self.rt, manager, request, context)
@@ -97,14 +103,16 @@ def serve_logs(manager: Manager, broker: LogBroker, request: spb.ServiceLogsRequ
 
 def _relay(manager: Manager, broker: LogBroker, sub: Subscription,
            service_id: str | None) -> Iterator[spb.ServiceLogsMessage]:
+    scanned = time.monotonic()
     while True:
         items = broker.take(sub, RESCAN_SECONDS)
         if items is None:
             return
         yield from items
-        if sub.follow and service_id is not None and not items:
+        if sub.follow and service_id is not None and time.monotonic() - scanned >= RESCAN_SECONDS:
             if not manager.is_leader():
                 raise SwarmError("the leader changed: the log stream ended", grpc.StatusCode.UNKNOWN)
+            scanned = time.monotonic()
             broker.extend(sub, manager.machine.read(lambda state: tasks_of(state, service_id)))
 
 

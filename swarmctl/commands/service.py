@@ -417,8 +417,8 @@ COMMANDS: tuple[click.Command, ...] = (service,)
 @click.pass_context
 def service_logs(ctx: click.Context, details: bool, follow: bool, no_resolve: bool, no_task_ids: bool,
                  no_trunc: bool, raw: bool, since: str, tail: str, timestamps: bool, ref: str) -> None:
-    """Fetch the logs of a service or task: each line from the node that ran the task, task
-    stdout to stdout and stderr to stderr, with Docker's ``name.slot.taskid@node    | `` prefix."""
+    """Fetch the logs of a service or task, from the nodes that ran its tasks (a task's stdout
+    to stdout, its stderr to stderr)."""
     import grpc
 
     request = spb.ServiceLogsRequest(ref=ref, follow=follow, tail=logopts.parse_tail(tail),

@@ -418,6 +418,7 @@ class LogStyle:
     task_ids: bool = True
     trunc: bool = True
     resolve: bool = True
+    details: bool = False  # Docker: the log attributes (a task has none), then a space
 
 
 def log_prefix(task: spb.LogTask, slot_width: int, style: LogStyle) -> bytes:
@@ -434,4 +435,5 @@ def log_prefix(task: spb.LogTask, slot_width: int, style: LogStyle) -> bytes:
 def log_line(prefix: bytes, message: spb.LogMessage, style: LogStyle) -> bytes:
     """One output line (``-t``: the time the line was written, first; ``--raw``: no prefix)."""
     stamp = message.timestamp.encode() + b" " if style.timestamps else b""
-    return stamp + (b"" if style.raw else prefix) + message.data + b"\n"
+    details = b" " if style.details else b""
+    return stamp + (b"" if style.raw else prefix) + details + message.data + b"\n"

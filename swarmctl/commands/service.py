@@ -424,7 +424,7 @@ def service_logs(ctx: click.Context, details: bool, follow: bool, no_resolve: bo
     request = spb.ServiceLogsRequest(ref=ref, follow=follow, tail=logopts.parse_tail(tail),
                                      since_ns=logopts.parse_since(since, time.time_ns()))
     style = render_service.LogStyle(timestamps=timestamps, raw=raw, task_ids=not no_task_ids,
-                                    trunc=not no_trunc, resolve=not no_resolve)
+                                    trunc=not no_trunc, resolve=not no_resolve, details=details)
     conn = client(ctx)
     call = conn.stream("ServiceLogs", request)
     prefixes: dict[str, bytes] = {}

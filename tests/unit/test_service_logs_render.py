@@ -91,3 +91,7 @@ def test_a_bad_since_is_one_line() -> None:
         parse_since("yesterday", NOW)
     assert e.value.message == ('Error response from daemon: invalid value for "since": failed to parse value '
                                'as time or duration: "yesterday"')
+
+
+def test_details_adds_the_empty_attributes_and_their_space() -> None:
+    assert line(LogStyle(details=True)) == b"logger.2.u4w7z52lc04d@node2    |  out line 47\n"

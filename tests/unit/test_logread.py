@@ -101,3 +101,15 @@ def test_garbage_and_an_unfinished_record_are_not_lines(tmp_path: Path) -> None:
         f.write(b"shed\n")
     assert [line.data for line in r.poll()] == [b"unfinished"]
     r.close()
+
+
+def test_tail_and_since_together_and_a_long_line_in_the_tail(tmp_path: Path) -> None:
+    log = RotatingLog(str(tmp_path / "output.log"), 400, 4)
+    for i in range(6):
+        write(log, "stdout", b"at %d\n" % i, T0 + i * SECOND)
+    long = b"z" * (MAX_LINE + 3)
+    write(log, "stderr", long + b"\n", T0 + 6 * SECOND)
+    got = [line.data for line in reader(tmp_path, tail=2, since_ns=T0 + 2 * SECOND).backlog()]
+    assert got == [b"at 5", long]
+    got = [line.data for line in reader(tmp_path, tail=10, since_ns=T0 + 4 * SECOND).backlog()]
+    assert got == [b"at 4", b"at 5", long]

@@ -93,6 +93,14 @@ class Client:
         except grpc.RpcError as e:
             raise self._translate(e) from None
 
+    def stream(self, method: str, request: Any) -> Any:
+        """Open a server stream Control.<method> (no deadline: ``service logs -f`` lasts until
+        interrupted). Iterating it raises grpc.RpcError; ``translate`` words it."""
+        return getattr(self.control, method)(request, wait_for_ready=False)
+
+    def translate(self, e: grpc.RpcError) -> CLIError:
+        return self._translate(e)
+
     def _translate(self, e: grpc.RpcError) -> CLIError:
         import grpc
 

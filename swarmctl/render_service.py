@@ -402,3 +402,38 @@ def verify_waiting(seconds_left: int) -> Frame:
 
 VERIFY_CONVERGED = Frame("verify", "Service converged")
 VERIFY_FAILURE = Frame("verify", "Detected task failure")
+
+
+# -- service logs ---------------------------------------------------------------------------------
+
+LOG_SEPARATOR = b"    | "
+
+
+@dataclass(frozen=True)
+class LogStyle:
+    """``service logs``' output flags."""
+
+    timestamps: bool = False
+    raw: bool = False
+    task_ids: bool = True
+    trunc: bool = True
+    resolve: bool = True
+    details: bool = False  # Docker: the log attributes (a task has none), then a space
+
+
+def log_prefix(task: spb.LogTask, slot_width: int, style: LogStyle) -> bytes:
+    """Docker's ``name.slot.taskid@node`` and its padding: one space per digit the slot is shorter
+    than the widest one, then four spaces and ``| `` (names of different lengths stay unaligned)."""
+    name = f"{task.service_name if style.resolve else task.service_id}.{task.slot}"
+    if style.task_ids:
+        name += "." + (task.task_id if not style.trunc else task.task_id[:12])
+    node = task.node_hostname if style.resolve and task.node_hostname else task.node_id
+    padding = " " * max(0, slot_width - len(str(task.slot)))
+    return (name + "@" + node + padding).encode() + LOG_SEPARATOR
+
+
+def log_line(prefix: bytes, message: spb.LogMessage, style: LogStyle) -> bytes:
+    """One output line (``-t``: the time the line was written, first; ``--raw``: no prefix)."""
+    stamp = message.timestamp.encode() + b" " if style.timestamps else b""
+    details = b" " if style.details else b""
+    return stamp + (b"" if style.raw else prefix) + details + message.data + b"\n"

@@ -91,16 +91,17 @@ class Daemon:
                                    executor=args.executor, task_user=args.task_user)
         self._local_interceptor = AuthzInterceptor(local_identity)
 
-    def _register_control(self, server: Any) -> None:
+    def _register_control(self, server: Any, remote: bool = False) -> None:
         """The control socket's services. Not the dispatcher: nodes call it, never a local
         user, and its handlers are coroutines of the remote API's loop."""
         from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
         from swarmd.ca.servicer import CAServicer
-        from swarmd.manager.controlapi.servicer import ControlServicer
+        from swarmd.manager.controlapi.servicer import ControlServicer, RemoteControlServicer
         from swarmd.manager.issuer import ManagerIssuer
         from swarmd.manager.membership import RaftMembershipServicer
 
-        pb_grpc.add_ControlServicer_to_server(ControlServicer(self.runtime), server)
+        control = RemoteControlServicer if remote else ControlServicer
+        pb_grpc.add_ControlServicer_to_server(control(self.runtime), server)
         pb_grpc.add_CAServicer_to_server(CAServicer(ManagerIssuer(self.runtime)), server)
         pb_grpc.add_RaftMembershipServicer_to_server(RaftMembershipServicer(self.runtime), server)
 
@@ -108,7 +109,7 @@ class Daemon:
         """The remote API's services (the Raft transport adds its own)."""
         from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 
-        self._register_control(server)
+        self._register_control(server, remote=True)
         pb_grpc.add_DispatcherServicer_to_server(self.runtime.dispatcher, server)
 
     def _lock_state_dir(self) -> None:

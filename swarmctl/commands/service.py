@@ -1,6 +1,5 @@
 """Docker's ``docker service`` commands (cli/command/service): create, ls, ps, inspect, scale,
-update, rollback, rm. The texts are Docker 20.10's; ``service logs`` waits for a logs call on
-the wire.
+update, rollback, rm, logs. The texts are Docker 20.10's.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from typing import Any
 
 import click
 
-from swarmctl import params, progress, render_service
+from swarmctl import logopts, params, progress, render_service
 from swarmctl import serviceflags as sf
 from swarmctl.commands.common import DockerGroup, client, format_option, object_ref, out
 from swarmctl.errors import CLIError
@@ -399,3 +398,68 @@ def service_rm(ctx: click.Context, refs: tuple[str, ...]) -> None:
 
 
 COMMANDS: tuple[click.Command, ...] = (service,)
+
+
+@service.command("logs", short_help="Fetch the logs of a service or task", usage="[OPTIONS] SERVICE|TASK",
+                 nargs="one")
+@click.option("--details", is_flag=True, help="Show extra details provided to logs")
+@click.option("-f", "--follow", is_flag=True, help="Follow log output")
+@click.option("--no-resolve", is_flag=True, help="Do not map IDs to Names in output")
+@click.option("--no-task-ids", is_flag=True, help="Do not include task IDs in output")
+@click.option("--no-trunc", is_flag=True, help="Do not truncate output")
+@click.option("--raw", is_flag=True, help="Do not neatly format logs")
+@click.option("--since", default="", metavar="string",
+              help="Show logs since timestamp (e.g. 2013-01-02T13:23:37Z) or relative (e.g. 42m for 42 minutes)")
+@click.option("-n", "--tail", default="all", metavar="string",
+              help='Number of lines to show from the end of the logs (default "all")')
+@click.option("-t", "--timestamps", is_flag=True, help="Show timestamps")
+@click.argument("ref")
+@click.pass_context
+def service_logs(ctx: click.Context, details: bool, follow: bool, no_resolve: bool, no_task_ids: bool,
+                 no_trunc: bool, raw: bool, since: str, tail: str, timestamps: bool, ref: str) -> None:
+    """Fetch the logs of a service or task, from the nodes that ran its tasks (a task's stdout
+    to stdout, its stderr to stderr)."""
+    import grpc
+
+    request = spb.ServiceLogsRequest(ref=ref, follow=follow, tail=logopts.parse_tail(tail),
+                                     since_ns=logopts.parse_since(since, time.time_ns()))
+    style = render_service.LogStyle(timestamps=timestamps, raw=raw, task_ids=not no_task_ids,
+                                    trunc=not no_trunc, resolve=not no_resolve, details=details)
+    conn = client(ctx)
+    call = conn.stream("ServiceLogs", request)
+    prefixes: dict[str, bytes] = {}
+    width = 1
+    started = False
+    try:
+        for message in call:
+            if not started:
+                started, width = True, max(1, message.slot_width)
+            for task in message.tasks:
+                prefixes[task.task_id] = render_service.log_prefix(task, width, style)
+            _write_lines(message.messages, prefixes, style)
+    except grpc.RpcError as e:
+        error = conn.translate(e)
+        if error.code == "NOT_FOUND":
+            raise CLIError(f"no such task or service: {ref}") from None
+        if started and error.code not in ("", "UNAVAILABLE"):
+            details_text = e.details() or ""
+            raise CLIError(f"error from daemon in stream: Error grabbing logs: {details_text}") from None
+        raise error from None
+    except KeyboardInterrupt:
+        call.cancel()
+        raise
+
+
+def _write_lines(messages: Any, prefixes: dict[str, bytes], style: render_service.LogStyle) -> None:
+    """stdout lines to stdout, stderr lines to stderr, each stream flushed once per batch."""
+    import sys
+
+    wrote = {"stdout": False, "stderr": False}
+    for message in messages:
+        prefix = prefixes.get(message.task_id, b"")
+        target = "stderr" if message.stream == "stderr" else "stdout"
+        getattr(sys, target).buffer.write(render_service.log_line(prefix, message, style))
+        wrote[target] = True
+    for target, used in wrote.items():
+        if used:
+            getattr(sys, target).flush()

@@ -22,6 +22,7 @@ from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 from swarmd.remotes import leader_hint, open_channel
 
 if TYPE_CHECKING:
+    from swarmd.agent.logpublish import LogPublisher
     from swarmd.agent.worker import TaskRunner
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ class Agent:
     def __init__(self, node_id: str, credentials: Credentials, managers: list[tuple[str, str]],
                  heartbeat_ns: int, description: pb.NodeDescription, advertise_addr: str,
                  on_message: Callable[[pb.SessionMessage], None],
-                 tls_info: Callable[[], pb.TLSInfo] = pb.TLSInfo, tasks: TaskRunner | None = None) -> None:
+                 tls_info: Callable[[], pb.TLSInfo] = pb.TLSInfo, tasks: TaskRunner | None = None,
+                 logs: LogPublisher | None = None) -> None:
         self.node_id = node_id
         self._credentials = credentials
         self._managers = list(managers)
@@ -50,6 +52,7 @@ class Agent:
         self._on_message = on_message
         self._tls_info = tls_info
         self._tasks = tasks
+        self._logs = logs
         self._sent_tls: pb.TLSInfo | None = None
         self._kick = threading.Event()
         self._stop = threading.Event()
@@ -153,6 +156,9 @@ class Agent:
                     self._connected.set()
                     threading.Thread(target=self._heartbeats, args=(channel, heartbeat_stop),
                                      name="agent-heartbeat", daemon=True).start()
+                    if self._logs is not None:  # `service logs` subscriptions, on the same channel
+                        threading.Thread(target=self._logs.serve, args=(channel, heartbeat_stop),
+                                         name="agent-logs", daemon=True).start()
                 self._absorb(message)
                 if message.removed:
                     log.warning("this node was removed from the swarm")

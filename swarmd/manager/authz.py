@@ -52,6 +52,7 @@ RULES: dict[str, frozenset[str]] = {
     "/swarm.v1.Control/RemoveService": _ADMIN,
     "/swarm.v1.Control/ListTasks": _ADMIN,
     "/swarm.v1.Control/GetTask": _ADMIN,
+    "/swarm.v1.Control/ServiceLogs": _ADMIN,
     "/swarm.v1.CA/GetRootCACertificate": _NODES_AND_JOINERS,
     "/swarm.v1.CA/IssueNodeCertificate": _NODES_AND_JOINERS,
     "/swarm.v1.RaftMembership/Join": frozenset({MANAGER}),
@@ -60,6 +61,8 @@ RULES: dict[str, frozenset[str]] = {
     "/swarm.v1.Dispatcher/Session": frozenset({WORKER, MANAGER}),
     "/swarm.v1.Dispatcher/Heartbeat": frozenset({WORKER, MANAGER}),
     "/swarm.v1.Dispatcher/UpdateTaskStatus": frozenset({WORKER, MANAGER}),
+    "/swarm.v1.Dispatcher/ListenLogSubscriptions": frozenset({WORKER, MANAGER}),
+    "/swarm.v1.Dispatcher/PublishLogs": frozenset({WORKER, MANAGER}),
 }
 
 Identify = Callable[[grpc.ServicerContext], "str | None"]

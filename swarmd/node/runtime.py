@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 
 from swarmd import __version__, errors, ifaces, netaddr
+from swarmd.agent.logpublish import LogPublisher
 from swarmd.agent.session import Agent, NotConnected
 from swarmd.agent.worker import TaskRunner
 from swarmd.node.autolock import KeySealer
@@ -413,6 +414,10 @@ class NodeRuntime:
             self.tasks = TaskRunner(executor, node_id, self.hostname, self._send_task_reports).start()
         return self.tasks
 
+    def _task_log_dir(self, task_id: str) -> Path | None:
+        tasks = self.tasks
+        return tasks.executor.log_dir(task_id) if tasks is not None else None
+
     @property
     def executor_dir(self) -> Path:
         return self.state_dir / "executor"
@@ -440,7 +445,8 @@ class NodeRuntime:
 
     def _start_agent(self, local: LocalState, managers: list[tuple[str, str]], heartbeat_ns: int) -> Agent:
         agent = Agent(local.node_id, self.node_channel_credentials, managers, heartbeat_ns, self._description(),
-                      local.advertise_addr, self._on_session, self._tls_info, tasks=self._task_runner(local.node_id))
+                      local.advertise_addr, self._on_session, self._tls_info, tasks=self._task_runner(local.node_id),
+                      logs=LogPublisher(self._task_log_dir))
         self.agent = agent
         agent.start()
         self._renewer = Renewer(lambda: (self.identity.not_before(), self.identity.not_after()),

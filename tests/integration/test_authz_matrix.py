@@ -84,7 +84,9 @@ IDENTITIES = [*ROLE_OF, *HANDSHAKE_FAILS]
 # refused without reaching anyone.
 NOT_SERVED = {("local", "/swarm.v1.Raft/Stream"), ("local", "/swarm.v1.Dispatcher/Session"),
               ("local", "/swarm.v1.Dispatcher/Heartbeat"),
-              ("local", "/swarm.v1.Dispatcher/UpdateTaskStatus")}
+              ("local", "/swarm.v1.Dispatcher/UpdateTaskStatus"),
+              ("local", "/swarm.v1.Dispatcher/ListenLogSubscriptions"),
+              ("local", "/swarm.v1.Dispatcher/PublishLogs")}
 
 # Allowed by the rules, refused by the servicer itself for a reason other than the role: the
 # interceptor let the call through (the text is the servicer's, not the interceptor's).

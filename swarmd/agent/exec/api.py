@@ -14,6 +14,7 @@ import math
 import re
 import signal
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 DEFAULT_STOP_SIGNAL = "SIGTERM"
@@ -132,6 +133,11 @@ class Executor(abc.ABC):
         """A file descriptor that becomes readable once the task has ended, so that one waiter
         can watch every task (the caller closes it). None when the task has already ended, or
         when the executor has no such descriptor: the agent then asks ``status`` again later."""
+        return None
+
+    def log_dir(self, task_id: str) -> Path | None:
+        """The directory holding the task's log files (``logs``' format), for ``service logs``;
+        None when this executor keeps none. Raises ``ExecError`` for a task it does not hold."""
         return None
 
 

@@ -253,6 +253,9 @@ class ProcessExecutor(Executor):
     def task_dir(self, task_id: str) -> Path:
         return self._dir(task_id)
 
+    def log_dir(self, task_id: str) -> Path | None:
+        return self._dir(task_id)
+
     # -- starting -----------------------------------------------------------------------------
 
     def _start(self, task_dir: Path, meta: dict[str, Any]) -> None:

@@ -4,6 +4,8 @@
   leave, unlock);
 - ``cluster``, ``node``, ``network``, ``service``, ``task``: one object kind each, served by
   the leader: validate, then the store update;
+- ``logs``: ``service logs``, a stream from the leader's log broker (``streambridge`` serves it
+  as a coroutine on the remote API);
 - ``forwarding``: where a call is served (the leader, or forwarded there) and when its answer
   may leave (once what it read is confirmed);
 - ``servicer``: the one ``ControlServicer`` gRPC registers.

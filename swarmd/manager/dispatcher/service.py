@@ -43,6 +43,7 @@ from swarmd.ratelimit import Buckets, Limit
 from swarmd.store import services as store_services
 from swarmd.store import taskstate
 from swarmd.manager.leadership import LeaderLoop
+from swarmd.manager.logbroker import Listener, LogBroker, unavailable
 from swarmd.server import abort_on_error, peer_ip
 
 if TYPE_CHECKING:
@@ -56,6 +57,9 @@ PRUNE_PERIOD = 30.0
 SESSION_RECHECK = 30.0   # a session looks again this often even if nobody woke it
 MAX_TASK_REPORTS = 1000  # task reports in one UpdateTaskStatus (store.services.MAX_TASKS_PER_OP)
 REPORT_TIMEOUT = 10.0    # an UpdateTaskStatus waits this long for its write
+MAX_PUBLISHED_LINES = 4096  # lines in one PublishLogs message
+MAX_LOG_LINE = 64 << 10     # bytes of one line (the node cuts longer ones)
+PUBLISH_RETRY = 0.02        # a node publishing into a full subscription waits this long, then offers again
 # UpdateTaskStatus calls of one node: an agent sends at most a few a second (it batches).
 TASK_REPORT_CALLS = Limit(burst=100, per_second=20.0)
 
@@ -88,6 +92,7 @@ class Dispatcher(pb_grpc.DispatcherServicer):
         self._reported_lock = threading.Lock()
         self._status = StatusWriter(lambda: self.rt.manager)
         self._task_status = TaskStatusWriter(lambda: self.rt.manager)
+        self.logs = LogBroker()
         self._report_calls = Buckets(TASK_REPORT_CALLS, 1 << 17)
         self._pruned_at = 0.0
         self._leader_since: float | None = None
@@ -128,6 +133,7 @@ class Dispatcher(pb_grpc.DispatcherServicer):
         self._task_status.clear()
         self.notify()
         self._wake(ALL)  # their streams end: the nodes move to the new leader
+        self.logs.cut_all("the leader changed: the log stream ended")
 
     def close(self) -> None:
         self._stop.set()
@@ -327,6 +333,64 @@ class Dispatcher(pb_grpc.DispatcherServicer):
         except RuntimeError as e:
             raise SwarmError(f"the task status reports were not written: {e}", grpc.StatusCode.UNAVAILABLE) from None
         return spb.UpdateTaskStatusResponse()
+
+    @abort_on_error
+    async def ListenLogSubscriptions(self, request: Any, context: Any) -> AsyncIterator[spb.LogSubscription]:
+        """The log broker's subscriptions for the caller's own tasks, while this manager leads."""
+        manager = self._leader_manager()
+        node_id, _ = self._caller(context)
+        listener = Listener(node_id, asyncio.get_running_loop())
+        self.logs.listen(listener)
+        try:
+            yield spb.LogSubscription()  # no ID: the stream is open, subscriptions will follow
+            while not self._stop.is_set() and manager.is_leader():
+                try:
+                    async with asyncio.timeout(1.0):
+                        message = await listener.queue.get()
+                except TimeoutError:
+                    continue
+                listener.backlog -= 1
+                if message is None:  # replaced by a newer stream of the node, or the leader changed
+                    return
+                yield message
+        finally:
+            self.logs.unlisten(listener)
+
+    @abort_on_error
+    async def PublishLogs(self, request_iterator: Any, context: Any) -> spb.PublishLogsResponse:
+        """One subscription's lines from the caller; a full subscription makes this stream wait
+        (and only this one); lines of tasks the caller was not asked for are dropped."""
+        self._leader_manager()
+        node_id, _ = self._caller(context)
+        sub = None
+        finished = False
+        try:
+            async for message in request_iterator:
+                if sub is None:
+                    sub = self.logs.publish_check(node_id, message.subscription_id[:64])
+                elif message.subscription_id and message.subscription_id != sub.id:
+                    raise errors.invalid("one PublishLogs stream carries one subscription")
+                if len(message.messages) > MAX_PUBLISHED_LINES:
+                    raise errors.invalid(f"too many log lines in one message (at most {MAX_PUBLISHED_LINES})")
+                for line in message.messages:
+                    if len(line.data) > MAX_LOG_LINE:
+                        line.data = line.data[:MAX_LOG_LINE]
+                while True:
+                    accepted = self.logs.offer(sub, node_id, message.messages)
+                    if accepted is None:  # the reader went away
+                        finished = True
+                        return spb.PublishLogsResponse()
+                    if accepted:
+                        break
+                    await asyncio.sleep(PUBLISH_RETRY)
+                if message.close:
+                    finished = True
+                    self.logs.done(sub, node_id, message.error)
+                    return spb.PublishLogsResponse()
+            return spb.PublishLogsResponse()
+        finally:
+            if sub is not None and not finished:
+                self.logs.done(sub, node_id, unavailable(node_id))
 
     # -- liveness ------------------------------------------------------------------------------------
     def reap(self, manager: Any) -> None:

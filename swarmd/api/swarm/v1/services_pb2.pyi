@@ -886,3 +886,240 @@ class UpdateTaskStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateTaskStatusResponse: _TypeAlias = UpdateTaskStatusResponse  # noqa: Y015
+
+@_typing.final
+class LogMessage(_message.Message):
+    """-- logs (swarmkit's LogBroker shape) --------------------------------------------------------
+
+    One line of a task's output. `data` has no newline; a line is cut at MAX_LOG_LINE bytes.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    timestamp: _builtins.str
+    """RFC 3339 with nanoseconds, UTC (when the shim read it)"""
+    stream: _builtins.str
+    """stdout | stderr"""
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        timestamp: _builtins.str = ...,
+        stream: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "stream", b"stream", "task_id", b"task_id", "timestamp", b"timestamp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogMessage: _TypeAlias = LogMessage  # noqa: Y015
+
+@_typing.final
+class LogTask(_message.Message):
+    """What the CLI names a line by (`name.slot.taskid@node`), sent once per task before its lines."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    SERVICE_NAME_FIELD_NUMBER: _builtins.int
+    SLOT_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    NODE_HOSTNAME_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    service_id: _builtins.str
+    service_name: _builtins.str
+    slot: _builtins.int
+    node_id: _builtins.str
+    node_hostname: _builtins.str
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        service_id: _builtins.str = ...,
+        service_name: _builtins.str = ...,
+        slot: _builtins.int = ...,
+        node_id: _builtins.str = ...,
+        node_hostname: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_hostname", b"node_hostname", "node_id", b"node_id", "service_id", b"service_id", "service_name", b"service_name", "slot", b"slot", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogTask: _TypeAlias = LogTask  # noqa: Y015
+
+@_typing.final
+class ServiceLogsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    TAIL_FIELD_NUMBER: _builtins.int
+    SINCE_NS_FIELD_NUMBER: _builtins.int
+    ref: _builtins.str
+    """a service (ID, prefix, name) or a task (ID, prefix)"""
+    follow: _builtins.bool
+    tail: _builtins.int
+    """the last N lines of each task; negative: all"""
+    since_ns: _builtins.int
+    """only lines from then on (ns since the epoch); 0: all"""
+    def __init__(
+        self,
+        *,
+        ref: _builtins.str = ...,
+        follow: _builtins.bool = ...,
+        tail: _builtins.int = ...,
+        since_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "ref", b"ref", "since_ns", b"since_ns", "tail", b"tail"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceLogsRequest: _TypeAlias = ServiceLogsRequest  # noqa: Y015
+
+@_typing.final
+class ServiceLogsMessage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASKS_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    SLOT_WIDTH_FIELD_NUMBER: _builtins.int
+    slot_width: _builtins.int
+    """digits of the largest slot (Docker pads the prefix to it); first message"""
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogTask]:
+        """tasks named for the first time (their lines follow)"""
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogMessage]: ...
+    def __init__(
+        self,
+        *,
+        tasks: _abc.Iterable[Global___LogTask] | None = ...,
+        messages: _abc.Iterable[Global___LogMessage] | None = ...,
+        slot_width: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "slot_width", b"slot_width", "tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceLogsMessage: _TypeAlias = ServiceLogsMessage  # noqa: Y015
+
+@_typing.final
+class LogSubscription(_message.Message):
+    """The leader to a node: publish these tasks' lines for subscription `id` (a later message with
+    the same ID adds tasks, when following); `close`: stop publishing it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TASK_IDS_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    TAIL_FIELD_NUMBER: _builtins.int
+    SINCE_NS_FIELD_NUMBER: _builtins.int
+    CLOSE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    follow: _builtins.bool
+    tail: _builtins.int
+    since_ns: _builtins.int
+    close: _builtins.bool
+    @_builtins.property
+    def task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the node's own tasks only"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        task_ids: _abc.Iterable[_builtins.str] | None = ...,
+        follow: _builtins.bool = ...,
+        tail: _builtins.int = ...,
+        since_ns: _builtins.int = ...,
+        close: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "follow", b"follow", "id", b"id", "since_ns", b"since_ns", "tail", b"tail", "task_ids", b"task_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogSubscription: _TypeAlias = LogSubscription  # noqa: Y015
+
+@_typing.final
+class ListenLogSubscriptionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListenLogSubscriptionsRequest: _TypeAlias = ListenLogSubscriptionsRequest  # noqa: Y015
+
+@_typing.final
+class PublishLogsMessage(_message.Message):
+    """A node to the leader, on one PublishLogs stream per subscription: the first message names
+    the subscription; `close` (last) says the node has sent all it will (non-follow), with `error`
+    when it could not read some of it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    CLOSE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    subscription_id: _builtins.str
+    close: _builtins.bool
+    error: _builtins.str
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogMessage]: ...
+    def __init__(
+        self,
+        *,
+        subscription_id: _builtins.str = ...,
+        messages: _abc.Iterable[Global___LogMessage] | None = ...,
+        close: _builtins.bool = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "error", b"error", "messages", b"messages", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishLogsMessage: _TypeAlias = PublishLogsMessage  # noqa: Y015
+
+@_typing.final
+class PublishLogsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishLogsResponse: _TypeAlias = PublishLogsResponse  # noqa: Y015

@@ -164,6 +164,11 @@ class ControlStub:
                 request_serializer=swarm_dot_v1_dot_services__pb2.GetTaskRequest.SerializeToString,
                 response_deserializer=swarm_dot_v1_dot_services__pb2.GetTaskResponse.FromString,
                 _registered_method=True)
+        self.ServiceLogs = channel.unary_stream(
+                '/swarm.v1.Control/ServiceLogs',
+                request_serializer=swarm_dot_v1_dot_services__pb2.ServiceLogsRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_services__pb2.ServiceLogsMessage.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -329,6 +334,14 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ServiceLogs(self, request, context):
+        """`service logs`: the lines of a service's or a task's tasks, from the nodes that hold them,
+        through the leader's log broker (another manager forwards the stream there).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -456,6 +469,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.GetTask,
                     request_deserializer=swarm_dot_v1_dot_services__pb2.GetTaskRequest.FromString,
                     response_serializer=swarm_dot_v1_dot_services__pb2.GetTaskResponse.SerializeToString,
+            ),
+            'ServiceLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.ServiceLogs,
+                    request_deserializer=swarm_dot_v1_dot_services__pb2.ServiceLogsRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_services__pb2.ServiceLogsMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1147,6 +1165,33 @@ class Control:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def ServiceLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/swarm.v1.Control/ServiceLogs',
+            swarm_dot_v1_dot_services__pb2.ServiceLogsRequest.SerializeToString,
+            swarm_dot_v1_dot_services__pb2.ServiceLogsMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class CAStub:
     """---------------------------------------------------------------------------------------------
@@ -1511,6 +1556,16 @@ class DispatcherStub:
                 request_serializer=swarm_dot_v1_dot_services__pb2.UpdateTaskStatusRequest.SerializeToString,
                 response_deserializer=swarm_dot_v1_dot_services__pb2.UpdateTaskStatusResponse.FromString,
                 _registered_method=True)
+        self.ListenLogSubscriptions = channel.unary_stream(
+                '/swarm.v1.Dispatcher/ListenLogSubscriptions',
+                request_serializer=swarm_dot_v1_dot_services__pb2.ListenLogSubscriptionsRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_services__pb2.LogSubscription.FromString,
+                _registered_method=True)
+        self.PublishLogs = channel.stream_unary(
+                '/swarm.v1.Dispatcher/PublishLogs',
+                request_serializer=swarm_dot_v1_dot_services__pb2.PublishLogsMessage.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_services__pb2.PublishLogsResponse.FromString,
+                _registered_method=True)
 
 
 class DispatcherServicer:
@@ -1543,6 +1598,21 @@ class DispatcherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListenLogSubscriptions(self, request, context):
+        """Log subscriptions for the caller's own tasks (services.proto), pushed by the leader's log
+        broker while the stream is open; the first message, without an ID, says it is open.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishLogs(self, request_iterator, context):
+        """The lines of one subscription, batched; the first message names it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DispatcherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1560,6 +1630,16 @@ def add_DispatcherServicer_to_server(servicer, server):
                     servicer.UpdateTaskStatus,
                     request_deserializer=swarm_dot_v1_dot_services__pb2.UpdateTaskStatusRequest.FromString,
                     response_serializer=swarm_dot_v1_dot_services__pb2.UpdateTaskStatusResponse.SerializeToString,
+            ),
+            'ListenLogSubscriptions': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListenLogSubscriptions,
+                    request_deserializer=swarm_dot_v1_dot_services__pb2.ListenLogSubscriptionsRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_services__pb2.LogSubscription.SerializeToString,
+            ),
+            'PublishLogs': grpc.stream_unary_rpc_method_handler(
+                    servicer.PublishLogs,
+                    request_deserializer=swarm_dot_v1_dot_services__pb2.PublishLogsMessage.FromString,
+                    response_serializer=swarm_dot_v1_dot_services__pb2.PublishLogsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1648,6 +1728,60 @@ class Dispatcher:
             '/swarm.v1.Dispatcher/UpdateTaskStatus',
             swarm_dot_v1_dot_services__pb2.UpdateTaskStatusRequest.SerializeToString,
             swarm_dot_v1_dot_services__pb2.UpdateTaskStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListenLogSubscriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/swarm.v1.Dispatcher/ListenLogSubscriptions',
+            swarm_dot_v1_dot_services__pb2.ListenLogSubscriptionsRequest.SerializeToString,
+            swarm_dot_v1_dot_services__pb2.LogSubscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishLogs(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/swarm.v1.Dispatcher/PublishLogs',
+            swarm_dot_v1_dot_services__pb2.PublishLogsMessage.SerializeToString,
+            swarm_dot_v1_dot_services__pb2.PublishLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -79,6 +79,10 @@ class ControlStub:
     RemoveService: _grpc.UnaryUnaryMultiCallable[_services_pb2.RemoveServiceRequest, _services_pb2.RemoveServiceResponse]
     ListTasks: _grpc.UnaryUnaryMultiCallable[_services_pb2.ListTasksRequest, _services_pb2.ListTasksResponse]
     GetTask: _grpc.UnaryUnaryMultiCallable[_services_pb2.GetTaskRequest, _services_pb2.GetTaskResponse]
+    ServiceLogs: _grpc.UnaryStreamMultiCallable[_services_pb2.ServiceLogsRequest, _services_pb2.ServiceLogsMessage]
+    """`service logs`: the lines of a service's or a task's tasks, from the nodes that hold them,
+    through the leader's log broker (another manager forwards the stream there).
+    """
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -119,6 +123,10 @@ class ControlAsyncStub(ControlStub):
     RemoveService: _aio.UnaryUnaryMultiCallable[_services_pb2.RemoveServiceRequest, _services_pb2.RemoveServiceResponse]  # type: ignore[assignment]
     ListTasks: _aio.UnaryUnaryMultiCallable[_services_pb2.ListTasksRequest, _services_pb2.ListTasksResponse]  # type: ignore[assignment]
     GetTask: _aio.UnaryUnaryMultiCallable[_services_pb2.GetTaskRequest, _services_pb2.GetTaskResponse]  # type: ignore[assignment]
+    ServiceLogs: _aio.UnaryStreamMultiCallable[_services_pb2.ServiceLogsRequest, _services_pb2.ServiceLogsMessage]  # type: ignore[assignment]
+    """`service logs`: the lines of a service's or a task's tasks, from the nodes that hold them,
+    through the leader's log broker (another manager forwards the stream there).
+    """
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------------------------
@@ -307,6 +315,16 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_services_pb2.GetTaskResponse, _abc.Awaitable[_services_pb2.GetTaskResponse]]: ...
 
+    @_abc_1.abstractmethod
+    def ServiceLogs(
+        self,
+        request: _services_pb2.ServiceLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_services_pb2.ServiceLogsMessage], _abc.AsyncIterator[_services_pb2.ServiceLogsMessage]]:
+        """`service logs`: the lines of a service's or a task's tasks, from the nodes that hold them,
+        through the leader's log broker (another manager forwards the stream there).
+        """
+
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class CAStub:
@@ -475,6 +493,12 @@ class DispatcherStub:
     """Sent every heartbeat period; three missed periods mark the node Down."""
     UpdateTaskStatus: _grpc.UnaryUnaryMultiCallable[_services_pb2.UpdateTaskStatusRequest, _services_pb2.UpdateTaskStatusResponse]
     """Status changes of the caller's own tasks, batched (services.proto)."""
+    ListenLogSubscriptions: _grpc.UnaryStreamMultiCallable[_services_pb2.ListenLogSubscriptionsRequest, _services_pb2.LogSubscription]
+    """Log subscriptions for the caller's own tasks (services.proto), pushed by the leader's log
+    broker while the stream is open; the first message, without an ID, says it is open.
+    """
+    PublishLogs: _grpc.StreamUnaryMultiCallable[_services_pb2.PublishLogsMessage, _services_pb2.PublishLogsResponse]
+    """The lines of one subscription, batched; the first message names it."""
 
 @_typing.type_check_only
 class DispatcherAsyncStub(DispatcherStub):
@@ -493,6 +517,12 @@ class DispatcherAsyncStub(DispatcherStub):
     """Sent every heartbeat period; three missed periods mark the node Down."""
     UpdateTaskStatus: _aio.UnaryUnaryMultiCallable[_services_pb2.UpdateTaskStatusRequest, _services_pb2.UpdateTaskStatusResponse]  # type: ignore[assignment]
     """Status changes of the caller's own tasks, batched (services.proto)."""
+    ListenLogSubscriptions: _aio.UnaryStreamMultiCallable[_services_pb2.ListenLogSubscriptionsRequest, _services_pb2.LogSubscription]  # type: ignore[assignment]
+    """Log subscriptions for the caller's own tasks (services.proto), pushed by the leader's log
+    broker while the stream is open; the first message, without an ID, says it is open.
+    """
+    PublishLogs: _aio.StreamUnaryMultiCallable[_services_pb2.PublishLogsMessage, _services_pb2.PublishLogsResponse]  # type: ignore[assignment]
+    """The lines of one subscription, batched; the first message names it."""
 
 class DispatcherServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------------------------
@@ -526,5 +556,23 @@ class DispatcherServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_services_pb2.UpdateTaskStatusResponse, _abc.Awaitable[_services_pb2.UpdateTaskStatusResponse]]:
         """Status changes of the caller's own tasks, batched (services.proto)."""
+
+    @_abc_1.abstractmethod
+    def ListenLogSubscriptions(
+        self,
+        request: _services_pb2.ListenLogSubscriptionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_services_pb2.LogSubscription], _abc.AsyncIterator[_services_pb2.LogSubscription]]:
+        """Log subscriptions for the caller's own tasks (services.proto), pushed by the leader's log
+        broker while the stream is open; the first message, without an ID, says it is open.
+        """
+
+    @_abc_1.abstractmethod
+    def PublishLogs(
+        self,
+        request_iterator: _MaybeAsyncIterator[_services_pb2.PublishLogsMessage],
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.PublishLogsResponse, _abc.Awaitable[_services_pb2.PublishLogsResponse]]:
+        """The lines of one subscription, batched; the first message names it."""
 
 def add_DispatcherServicer_to_server(servicer: DispatcherServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

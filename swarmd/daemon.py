@@ -36,6 +36,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-format", choices=("plain", "json"), default="plain", help="log line format")
     p.add_argument("--config", type=Path, default=None,
                    help="optional file of key=value lines; SIGHUP re-reads its log-level")
+    p.add_argument("--executor", choices=("process", "none"), default="process",
+                   help="what runs this node's tasks: programs as supervised processes (default), or none "
+                        "(the node rejects every task assigned to it)")
+    p.add_argument("--task-user", default=None, metavar="USER",
+                   help="who runs tasks whose service names no --user (default: nobody when swarmd runs as "
+                        "root, else swarmd's own user)")
     p.add_argument("--reset-state", action="store_true",
                    help="remove this node's swarm state from --state-dir and exit (refused while a swarmd "
                         "uses it); for a node that cannot start or leave: remove it from the swarm first")
@@ -81,7 +87,8 @@ class Daemon:
         self._reload = threading.Event()
         self._control: Any = None
 
-        self.runtime = NodeRuntime(self.state_dir, args.hostname or socket.gethostname(), self._register)
+        self.runtime = NodeRuntime(self.state_dir, args.hostname or socket.gethostname(), self._register,
+                                   executor=args.executor, task_user=args.task_user)
         self._local_interceptor = AuthzInterceptor(local_identity)
 
     def _register_control(self, server: Any) -> None:
@@ -190,6 +197,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"swarmd: cannot read --config: {e}")
     if level not in logs.LEVELS:
         sys.exit(f"swarmd: unknown log level {level!r}")
+    if args.task_user is not None:
+        from swarmd.agent.exec.api import ExecError
+        from swarmd.agent.exec.user import resolve_user
+        try:
+            resolve_user(args.task_user)
+        except ExecError as e:
+            sys.exit(f"swarmd: invalid --task-user: {e}")
     logs.setup(level, args.log_format)
     coredump.forbid_core_dumps()  # before any key is read
     os.umask(0o077)

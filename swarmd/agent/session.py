@@ -1,7 +1,8 @@
 """The node's side of its session with the leader (DESIGN §6).
 
 One thread holds the ``Session`` stream (the leader pushes managers, heartbeat period, desired
-role); another sends a ``Heartbeat`` every period on the same channel. When the stream or a
+role, and the node's assignments, which go to the task runner, ``worker``); another sends a
+``Heartbeat`` every period on the same channel, and the runner's reports use it too. When the stream or a
 heartbeat fails, the agent moves on: first to the leader a manager named, then through the
 manager list, with a short backoff between rounds.
 """
@@ -11,15 +12,25 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from swarmd.api.swarm.v1 import services_pb2 as spb
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 from swarmd.remotes import leader_hint, open_channel
 
+if TYPE_CHECKING:
+    from swarmd.agent.worker import TaskRunner
+
 log = logging.getLogger(__name__)
+
+REPORT_TIMEOUT = 15.0  # the manager answers once the reports are written (it waits 10 s at most)
+
+
+class NotConnected(Exception):
+    """No session now: a report waits for the next one."""
 
 Credentials = Callable[[], grpc.ChannelCredentials]
 
@@ -28,7 +39,7 @@ class Agent:
     def __init__(self, node_id: str, credentials: Credentials, managers: list[tuple[str, str]],
                  heartbeat_ns: int, description: pb.NodeDescription, advertise_addr: str,
                  on_message: Callable[[pb.SessionMessage], None],
-                 tls_info: Callable[[], pb.TLSInfo] = pb.TLSInfo) -> None:
+                 tls_info: Callable[[], pb.TLSInfo] = pb.TLSInfo, tasks: TaskRunner | None = None) -> None:
         self.node_id = node_id
         self._credentials = credentials
         self._managers = list(managers)
@@ -38,6 +49,7 @@ class Agent:
         self._advertise = advertise_addr
         self._on_message = on_message
         self._tls_info = tls_info
+        self._tasks = tasks
         self._sent_tls: pb.TLSInfo | None = None
         self._kick = threading.Event()
         self._stop = threading.Event()
@@ -79,6 +91,14 @@ class Agent:
             except grpc.RpcError as e:
                 log.info("could not announce the leave: %s", e.details())
         self.stop()
+
+    def report_task_status(self, updates: list[spb.TaskStatusUpdate]) -> None:
+        """Send task reports on the session's channel (the runner's reporter thread)."""
+        channel = self._channel
+        if channel is None or not self._connected.is_set():
+            raise NotConnected("no session with a manager")
+        pb_grpc.DispatcherStub(channel).UpdateTaskStatus(spb.UpdateTaskStatusRequest(updates=updates),
+                                                         timeout=REPORT_TIMEOUT)
 
     @property
     def managers(self) -> list[tuple[str, str]]:
@@ -125,6 +145,8 @@ class Agent:
             self._sent_tls = tls
             with self._lock:
                 self._call = call
+            if self._tasks is not None:
+                self._tasks.session_started()
             for message in call:
                 if not established:
                     established = True
@@ -135,6 +157,8 @@ class Agent:
                 if message.removed:
                     log.warning("this node was removed from the swarm")
                     self._stop.set()
+                    if self._tasks is not None:  # its tasks stop, as on a leave
+                        threading.Thread(target=self._tasks.stop_all, name="tasks-stop", daemon=True).start()
         except grpc.RpcError as e:
             details = e.details() or ""
             hint = leader_hint(e)
@@ -158,6 +182,10 @@ class Agent:
             self._leader_hint = message.leader_addr or self._leader_hint
             if message.heartbeat_period_ns:
                 self._period = message.heartbeat_period_ns / 1e9
+        if message.HasField("assignments") and self._tasks is not None:
+            if not self._tasks.assignments(message.assignments):
+                self._cancel()  # a gap: a new session starts with the full set
+                return
         try:
             self._on_message(message)
         except Exception:  # noqa: BLE001 - a failing reaction must not end the session

@@ -24,7 +24,8 @@ from typing import Any
 import grpc
 
 from swarmd import __version__, errors, ifaces, netaddr
-from swarmd.agent.session import Agent
+from swarmd.agent.session import Agent, NotConnected
+from swarmd.agent.worker import TaskRunner
 from swarmd.node.autolock import KeySealer
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
@@ -96,10 +97,14 @@ class _LeaderMoved(Exception):
 
 
 class NodeRuntime:
-    def __init__(self, state_dir: Path, hostname: str, register: Register) -> None:
+    def __init__(self, state_dir: Path, hostname: str, register: Register, *, executor: str = "process",
+                 task_user: str | None = None) -> None:
         self.state_dir = state_dir
         self.hostname = hostname
         self._register = register
+        self._executor_kind = executor
+        self._task_user = task_user
+        self.tasks: TaskRunner | None = None      # the node's tasks: they outlive sessions and role changes
         self._op_cond = threading.Condition()     # guards _op; never held across I/O
         self._op: str | None = None               # the lifecycle operation under way
         self._stopping = threading.Event()
@@ -387,9 +392,49 @@ class NodeRuntime:
         self.security = None
         self.remotes.renew()  # later calls present the node's own credentials
 
+    def _task_runner(self, node_id: str) -> TaskRunner:
+        """The node's task runner, made (adopting what the executor kept) with the first agent."""
+        if self.tasks is None:
+            from swarmd.agent.exec.api import Executor
+
+            executor: Executor
+            if self._executor_kind == "none":
+                from swarmd.agent.exec.none import NoExecutor
+                executor = NoExecutor()
+            else:
+                from swarmd.agent.exec.process import ProcessExecutor, ProcessExecutorConfig
+                executor = ProcessExecutor(self.executor_dir, ProcessExecutorConfig(task_user=self._task_user))
+            self.tasks = TaskRunner(executor, node_id, self.hostname, self._send_task_reports).start()
+        return self.tasks
+
+    @property
+    def executor_dir(self) -> Path:
+        return self.state_dir / "executor"
+
+    def _send_task_reports(self, updates: list[Any]) -> None:
+        agent = self.agent
+        if agent is None:
+            raise NotConnected("no session with a manager")
+        agent.report_task_status(updates)
+
+    def _stop_tasks(self) -> None:
+        """Leaving the swarm: the node's tasks stop and their state goes (their last reports
+        are sent while the session still runs)."""
+        tasks, self.tasks = self.tasks, None
+        if tasks is not None:
+            tasks.stop_all()
+            tasks.reporting_idle(2.0)
+            tasks.close()
+        elif (self.executor_dir / "tasks").is_dir():  # a locked node: no runner adopted them
+            from swarmd.agent.exec.process import ProcessExecutor
+            executor = ProcessExecutor(self.executor_dir)
+            for task_id in executor.adopt():
+                executor.remove(task_id)
+        remove_tree(self.executor_dir)
+
     def _start_agent(self, local: LocalState, managers: list[tuple[str, str]], heartbeat_ns: int) -> Agent:
         agent = Agent(local.node_id, self.node_channel_credentials, managers, heartbeat_ns, self._description(),
-                      local.advertise_addr, self._on_session, self._tls_info)
+                      local.advertise_addr, self._on_session, self._tls_info, tasks=self._task_runner(local.node_id))
         self.agent = agent
         agent.start()
         self._renewer = Renewer(lambda: (self.identity.not_before(), self.identity.not_after()),
@@ -529,6 +574,8 @@ class NodeRuntime:
             if self._op is not None:
                 log.warning("stopping while %s", self._op)
         self._stop_agent()
+        if self.tasks is not None:
+            self.tasks.close()  # the tasks go on running: the next start adopts them
         self._stop_manager()
         self.remotes.close()
         self.dispatcher.close()
@@ -704,6 +751,7 @@ class NodeRuntime:
                 if not force:
                     raise SwarmError(self._leave_warning(manager))
                 self._leave_raft(manager)
+            self._stop_tasks()
             if self.agent is not None:
                 self.agent.leave()
             self._stop_agent()

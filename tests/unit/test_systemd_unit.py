@@ -72,6 +72,12 @@ def test_state_and_runtime_directories(unit: configparser.ConfigParser) -> None:
     assert int(svc["LimitNOFILE"]) >= 4096
 
 
+def test_tasks_outlive_a_restart(unit: configparser.ConfigParser) -> None:
+    # The default KillMode (control-group) would kill every task's supervisor with the daemon.
+    assert unit["Service"]["KillMode"] == "process"
+    assert unit["Service"]["Delegate"] == "yes"
+
+
 def test_no_core_files(unit: configparser.ConfigParser) -> None:
     # The process holds the CA key, the Raft data key and the unlock key.
     assert unit["Service"]["LimitCORE"] == "0"
@@ -80,9 +86,10 @@ def test_no_core_files(unit: configparser.ConfigParser) -> None:
 def test_hardening(unit: configparser.ConfigParser) -> None:
     svc = unit["Service"]
     for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices", "ProtectKernelTunables",
-                "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups", "RestrictNamespaces",
-                "LockPersonality"):
+                "ProtectKernelModules", "ProtectKernelLogs", "RestrictNamespaces", "LockPersonality"):
         assert svc[key] == "yes", key
+    # Task cgroups are made under /sys/fs/cgroup: a read-only mount would reject every limit.
+    assert svc["ProtectControlGroups"] == "no"
     assert svc["ProtectSystem"] == "strict"
     assert svc["SystemCallArchitectures"] == "native"
     # The daemon reads interface addresses over rtnetlink: AF_NETLINK must stay allowed.

@@ -128,6 +128,12 @@ class Executor(abc.ABC):
         """Find the tasks a previous daemon left: those still running are supervised again, those
         that ended meanwhile report their final status. Keyed by task ID."""
 
+    def exit_fd(self, task_id: str) -> int | None:
+        """A file descriptor that becomes readable once the task has ended, so that one waiter
+        can watch every task (the caller closes it). None when the task has already ended, or
+        when the executor has no such descriptor: the agent then asks ``status`` again later."""
+        return None
+
 
 def check_task_id(task_id: str) -> str:
     if not _TASK_ID.fullmatch(task_id):

@@ -227,6 +227,23 @@ class ProcessExecutor(Executor):
                 log.warning("task %s: %s", task_dir.name, err)
         return found
 
+    def exit_fd(self, task_id: str) -> int | None:
+        """A pidfd of the task's shim, which exits once the task has ended and its final
+        status is written."""
+        task_dir = self._dir(task_id)
+        raw = _read_json(task_dir / "status.json") or {}
+        pid = raw.get("shim_pid")
+        if not isinstance(pid, int) or pid <= 0:
+            return None
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        if self._shim_alive(task_dir) and _start_ticks(pid) == raw.get("shim_start"):
+            return pidfd
+        os.close(pidfd)
+        return None
+
     # -- beyond the interface -----------------------------------------------------------------
 
     def log_files(self, task_id: str) -> list[Path]:

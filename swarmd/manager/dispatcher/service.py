@@ -8,7 +8,10 @@ session or heartbeat after silence, Down after three missed periods or at once o
 leave. Other managers refuse sessions with the leader's address, so nodes move to it.
 
 What sessions are told comes from one view (``view``), kept by one thread from the store's
-events; that thread wakes, through the loop, only the sessions whose message changed. A node's
+events; that thread wakes, through the loop, only the sessions whose message changed. Each
+session carries its node's assignments (``assignments``): the full set first, then the changes,
+numbered. ``UpdateTaskStatus`` takes a node's reports of its own tasks only, and answers once
+they are written (``taskstatus``). A node's
 TLS state comes from the certificate its connection was verified with (``Manager.tls_fields``),
 never from the request.
 """
@@ -25,14 +28,20 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from swarmd.api.swarm.v1 import services_pb2 as spb
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 from swarmd import errors
 from swarmd.ca import pki
 from swarmd.errors import SwarmError
 from swarmd.manager import fields
+from swarmd.manager.dispatcher.assignments import SessionAssignments
 from swarmd.manager.dispatcher.status import StatusWriter
+from swarmd.manager.dispatcher.taskstatus import TaskStatusWriter, Ticket
 from swarmd.manager.dispatcher.view import ALL, View, ViewKeeper
+from swarmd.ratelimit import Buckets, Limit
+from swarmd.store import services as store_services
+from swarmd.store import taskstate
 from swarmd.manager.leadership import LeaderLoop
 from swarmd.server import abort_on_error, peer_ip
 
@@ -45,6 +54,10 @@ GRACE_MULTIPLIER = 3
 REAP_PERIOD = 0.25
 PRUNE_PERIOD = 30.0
 SESSION_RECHECK = 30.0   # a session looks again this often even if nobody woke it
+MAX_TASK_REPORTS = 1000  # task reports in one UpdateTaskStatus (store.services.MAX_TASKS_PER_OP)
+REPORT_TIMEOUT = 10.0    # an UpdateTaskStatus waits this long for its write
+# UpdateTaskStatus calls of one node: an agent sends at most a few a second (it batches).
+TASK_REPORT_CALLS = Limit(burst=100, per_second=20.0)
 
 
 @functools.lru_cache(maxsize=1 << 15)
@@ -74,6 +87,8 @@ class Dispatcher(pb_grpc.DispatcherServicer):
         self._reported: dict[str, dict[str, Any]] = {}
         self._reported_lock = threading.Lock()
         self._status = StatusWriter(lambda: self.rt.manager)
+        self._task_status = TaskStatusWriter(lambda: self.rt.manager)
+        self._report_calls = Buckets(TASK_REPORT_CALLS, 1 << 17)
         self._pruned_at = 0.0
         self._leader_since: float | None = None
         self._stop = threading.Event()
@@ -104,11 +119,13 @@ class Dispatcher(pb_grpc.DispatcherServicer):
         with self._reported_lock:
             self._reported.clear()
         self._status.clear()
+        self._task_status.clear()
         self.notify()
 
     def leadership_lost(self) -> None:
         self._leader_since = None
         self._status.clear()
+        self._task_status.clear()
         self.notify()
         self._wake(ALL)  # their streams end: the nodes move to the new leader
 
@@ -116,6 +133,7 @@ class Dispatcher(pb_grpc.DispatcherServicer):
         self._stop.set()
         self._dirty.set()
         self._status.close()
+        self._task_status.close()
         self._wake(ALL)
 
     def notify(self) -> None:
@@ -234,14 +252,20 @@ class Dispatcher(pb_grpc.DispatcherServicer):
             self.notify()
         try:
             last: pb.SessionMessage | None = None
+            assigned = SessionAssignments()
             while not self._stop.is_set() and manager.is_leader() and self._streams.get(node_id) is stream:
                 stream.wake.clear()
                 view = self._view
                 if view is not None:
                     message = view.message(node_id)
-                    if message != last:
-                        yield message
+                    changes = None if message.removed else assigned.next(view.tasks_of(node_id))
+                    if message != last or changes is not None:
                         last = message
+                        if changes is not None:
+                            message = pb.SessionMessage()
+                            message.CopyFrom(last)
+                            message.assignments.CopyFrom(changes)
+                        yield message
                         if message.removed:
                             return
                 try:
@@ -270,7 +294,39 @@ class Dispatcher(pb_grpc.DispatcherServicer):
 
     @abort_on_error
     async def UpdateTaskStatus(self, request: Any, context: Any) -> Any:
-        raise SwarmError("services are not supported by this manager yet", grpc.StatusCode.FAILED_PRECONDITION)
+        """As swarmkit's: a report of a task not assigned to the caller refuses the whole call;
+        one of a task the store no longer holds is skipped."""
+        manager = self._leader_manager()
+        node_id, _ = self._caller(context)
+        if len(request.updates) > MAX_TASK_REPORTS:
+            raise errors.invalid(f"too many task status updates in one call (at most {MAX_TASK_REPORTS})")
+        if not self._report_calls.take(node_id, time.monotonic()):
+            raise SwarmError("too many task status reports from this node; retry later",
+                             grpc.StatusCode.RESOURCE_EXHAUSTED)
+        reports: dict[str, dict[str, Any]] = {}
+        for update in request.updates:
+            if not update.HasField("status"):
+                continue
+            reports[update.task_id[:64]] = _status_fields(update.status)
+        owners = manager.machine.read(lambda state: {i: (t["node_id"] if (t := state["tasks"].get(i)) else None)
+                                                     for i in reports})
+        if any(owner is not None and owner != node_id for owner in owners.values()):
+            raise SwarmError(store_services.NOT_ASSIGNED_HERE, grpc.StatusCode.PERMISSION_DENIED)
+        reports = {i: s for i, s in reports.items() if owners[i] is not None}
+        if not reports:
+            return spb.UpdateTaskStatusResponse()
+        ticket = Ticket(asyncio.get_running_loop(), len(reports))
+        if not self._task_status.start().queue(node_id, reports, ticket):
+            raise SwarmError("too many task status reports queued; retry later", grpc.StatusCode.RESOURCE_EXHAUSTED)
+        try:
+            async with asyncio.timeout(REPORT_TIMEOUT):
+                await ticket.future
+        except TimeoutError:
+            raise SwarmError("the task status reports were not written in time; retry",
+                             grpc.StatusCode.UNAVAILABLE) from None
+        except RuntimeError as e:
+            raise SwarmError(f"the task status reports were not written: {e}", grpc.StatusCode.UNAVAILABLE) from None
+        return spb.UpdateTaskStatusResponse()
 
     # -- liveness ------------------------------------------------------------------------------------
     def reap(self, manager: Any) -> None:
@@ -300,6 +356,19 @@ class Dispatcher(pb_grpc.DispatcherServicer):
                 del self._reported[node_id]
         for node_id in gone:
             self._status.forget(node_id)
+
+
+def _status_fields(status: Any) -> dict[str, Any]:
+    """A reported status as the store takes it, cut to the store's bounds (it is queued first)."""
+    state = status.state if taskstate.is_known(status.state) else ""
+    if not state:
+        raise errors.invalid(f"unknown task state {status.state[:32]!r}")
+    return {"state": state, "timestamp": status.timestamp[:store_services.MAX_TIMESTAMP],
+            "message": status.message[:store_services.MAX_STATUS_MESSAGE],
+            "err": status.err[:store_services.MAX_STATUS_ERR],
+            "exit_code": max(-store_services.INT32_MAX - 1, min(status.exit_code, store_services.INT32_MAX)),
+            "pid": max(0, min(status.pid, store_services.INT32_MAX)),
+            "container_id": status.container_id[:store_services.MAX_CONTAINER_ID]}
 
 
 class Liveness(LeaderLoop):

@@ -2,18 +2,20 @@
 
 One thread owns the view. It reads the whole state once (a new manager, a reset, a dropped
 watch) and then follows the store's events: a node's change touches that node's entry, a
-manager's change the manager list, a cluster change the heartbeat period and the root. Each
-round publishes an immutable ``View`` and says whose sessions must hear of it: everyone when
-the shared part changed, else only the nodes whose own entry did.
+manager's change the manager list, a cluster change the heartbeat period and the root, a task's
+change its node's assignments (``assignments``). Each round publishes an immutable ``View`` and
+says whose sessions must hear of it: everyone when the shared part changed, else only the nodes
+whose own entry or assignments did.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from swarmd.api.swarm.v1 import swarm_pb2 as pb
+from swarmd.manager.dispatcher.assignments import Entry, TaskIndex
 from swarmd.manager.manager import effective_role
 from swarmd.store import watch
 from swarmd.store.watch import Event
@@ -30,14 +32,19 @@ class View:
     owner, one key at a time, so a reader's single lookup is always whole."""
 
     def __init__(self, managers: dict[str, str], heartbeat_ns: int, leader_addr: str,
-                 roles: dict[str, tuple[str, bool]], root_ca: bytes) -> None:
+                 roles: dict[str, tuple[str, bool]], root_ca: bytes,
+                 tasks: Mapping[str, Mapping[str, Entry]] | None = None) -> None:
         ordered = sorted(managers.items())
         self.managers = [pb.RemoteManager(node_id=i, addr=a) for i, a in ordered]
         self.heartbeat_ns = heartbeat_ns
         self.leader_addr = leader_addr
         self.roles = roles        # node ID -> (desired role, asked to renew onto a new root)
         self.root_ca = root_ca
+        self.tasks = tasks if tasks is not None else {}  # node ID -> its assignments, as ``roles``
         self.key = (tuple(ordered), heartbeat_ns, leader_addr, root_ca)
+
+    def tasks_of(self, node_id: str) -> Mapping[str, Entry]:
+        return self.tasks.get(node_id, _NONE)
 
     def message(self, node_id: str) -> pb.SessionMessage:
         role, renew = self.roles.get(node_id, ("", False))
@@ -46,8 +53,11 @@ class View:
                                  root_ca=self.root_ca, renew_certificate=renew)
 
 
+_NONE: Mapping[str, Entry] = {}
+
+
 def _relevant(event: Event) -> bool:
-    return event.table in ("nodes", "cluster")
+    return event.table in ("nodes", "cluster", "tasks")
 
 
 class ViewKeeper:
@@ -61,6 +71,7 @@ class ViewKeeper:
         self._managers: dict[str, str] = {}
         self._heartbeat_ns = DEFAULT_HEARTBEAT_NS
         self._root = b""
+        self._tasks = TaskIndex()
         self.view: View | None = None
 
     def close(self) -> None:
@@ -84,6 +95,8 @@ class ViewKeeper:
                 return self._reload()
             if event.table == "cluster":
                 shared |= self._take_cluster(event.object)
+            elif event.table == "tasks":
+                touched |= self._tasks.take(event.object, event.action == watch.REMOVE)  # type: ignore[arg-type]
             else:
                 node_id = str(event.object["id"])
                 managers, own = self._take_node(node_id, None if event.action == watch.REMOVE else event.object)
@@ -97,9 +110,10 @@ class ViewKeeper:
         # Subscribe before reading: an event between the two is seen twice, never missed.
         self._watch = self._machine.events.subscribe(accept=_relevant)
 
-        def read(state: Any) -> tuple[Any, list[dict[str, Any]]]:
-            return state["cluster"], list(state["nodes"].values())
-        cluster, nodes = self._machine.read(read)
+        def read(state: Any) -> tuple[Any, list[dict[str, Any]], list[Any]]:
+            return state["cluster"], list(state["nodes"].values()), list(state["tasks"].values())
+        cluster, nodes, tasks = self._machine.read(read)
+        self._tasks.reset(tasks)
         self._roles, self._managers = {}, {}
         if cluster is not None:
             self._take_cluster(cluster)
@@ -133,7 +147,7 @@ class ViewKeeper:
         leader = self._leader_id()
         leader_addr = self._managers.get(leader, "") if leader else ""
         old = self.view
-        new = View(self._managers, self._heartbeat_ns, leader_addr, self._roles, self._root)
+        new = View(self._managers, self._heartbeat_ns, leader_addr, self._roles, self._root, self._tasks.by_node)
         self.view = new
         if old is None or old.key != new.key:
             return ALL

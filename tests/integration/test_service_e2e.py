@@ -1,8 +1,5 @@
 """End-to-end ``swarmctl service`` and ``node ps`` against a real manager running real tasks:
-Docker 20.10's texts with this swarm's IDs. Not collected yet (the name does not start with
-``test_``): the manager answers every service call UNIMPLEMENTED until the orchestrator,
-scheduler and task runner land. Rename to ``test_service_e2e.py`` then, and drop the
-UNIMPLEMENTED checks of ``test_service_cli.py``.
+Docker 20.10's texts with this swarm's IDs.
 
 Tasks run ``/bin/sleep`` (SIGTERM ends it, so a 1 s grace period is plenty) under the daemon's
 own user (``swarmd --task-user`` default when it is not root).
@@ -51,7 +48,7 @@ def test_create_detached_then_ls_ps_inspect(manager: Daemon) -> None:
     ps = rows(manager, "service", "ps", "web")
     assert [r[1] for r in ps] == ["web.1", "web.2", "web.3"]
     assert all(r[2] == SLEEP and r[3] == manager.hostname and r[4] == "Running" for r in ps)
-    assert all(re.fullmatch(r"Running (\d+ seconds|Less than a second|less than a second) ago", r[5]) for r in ps)
+    assert all(re.fullmatch(r"Running (\d+ seconds?|Less than a second) ago", r[5]) for r in ps), ps
     assert len(manager.ok("service", "ps", "-q", "web").split()) == 3
     doc = json.loads(manager.ok("service", "inspect", "web"))[0]
     assert doc["ID"] == sid and doc["Spec"]["Mode"] == {"Replicated": {"Replicas": 3}}
@@ -144,7 +141,7 @@ def test_scale_update_rollback_rm(manager: Daemon) -> None:
     assert spec["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"] == ["NEW=1"]
     assert spec["UpdateStatus"]["State"] == "completed"
     history = rows(manager, "service", "ps", "web")
-    assert [r[1] for r in history].count(" \\_ web.1") == 1
+    assert [r[1] for r in history].count("\\_ web.1") == 1
 
     code, out, err = outcome(manager, "service", "rollback", "web")
     assert (code, err) == (0, "")

@@ -44,7 +44,7 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from clusterlib import (PROCS, SWARMCTL, BenchError, Daemon, check_binaries, clean_up,  # noqa: E402
-                        control_stub, install_signal_handlers, log, render_table)
+                        control_stub, install_signal_handlers, kill_processes_naming, log, render_table)
 from dockerlab import DOCKERD, IMAGE, DockerSwarm  # noqa: E402
 from netlab import Lab  # noqa: E402
 from swarmd.api.swarm.v1 import services_pb2 as spb  # noqa: E402
@@ -125,8 +125,9 @@ class Ours(Side):
     name = "ours"
 
     def __init__(self, tmp: Path) -> None:
-        self.manager = Daemon(tmp, "mgr")
-        self.nodes = [self.manager, Daemon(tmp, "node2"), Daemon(tmp, "node3")]
+        self.root = tmp / "ours"
+        self.manager = Daemon(self.root, "mgr")
+        self.nodes = [self.manager, Daemon(self.root, "node2"), Daemon(self.root, "node3")]
         self.channel: grpc.Channel | None = None
 
     def start(self) -> None:
@@ -166,6 +167,7 @@ class Ours(Side):
             if d.proc is not None and d.proc.poll() is None:
                 d.ctl("leave", "--force", check=False)
             d.stop()
+        kill_processes_naming(self.root)
 
 
 class Docker(Side):

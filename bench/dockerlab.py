@@ -15,7 +15,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -23,7 +22,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from clusterlib import PROCS, BenchError, log
+from clusterlib import PROCS, BenchError, kill_processes_naming
 from netlab import Lab
 
 DOCKERD = shutil.which("dockerd") or "/usr/sbin/dockerd"
@@ -190,26 +189,6 @@ class DockerSwarm:
             e.stop()
         kill_processes_naming(self.root)
         unmount_under(self.root)
-
-
-def kill_processes_naming(root: Path) -> None:
-    """SIGKILL the processes whose command line names ``root`` (shims this run's engines left)."""
-    needle = str(root).encode()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if needle in cmdline:
-            shown = cmdline.replace(b"\0", b" ")[:120].decode(errors="replace")
-            log(f"stopping leftover process {pid}: {shown}")
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def unmount_under(root: Path) -> None:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import json
 import math
 import multiprocessing
@@ -72,6 +73,7 @@ from clusterlib import (PROCS, BenchError, CpuMeter, Daemon, check_binaries, che
                         start_profile, summarise_profile)
 from load_joins import admit_nodes  # noqa: E402
 
+from swarmd.api.swarm.v1 import services_pb2 as spb  # noqa: E402
 from swarmd.api.swarm.v1 import swarm_pb2 as pb  # noqa: E402
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc  # noqa: E402
 from swarmd.node.joiner import JoinResult  # noqa: E402
@@ -80,6 +82,9 @@ from swarmd.node.joiner import JoinResult  # noqa: E402
 TARGET_CPU = 100.0  # % of one core
 TARGET_HB_P99_MS = 100.0
 TARGET_RSS_MIB = 600.0
+TARGET_TASKS_S = 2.0         # 1,000 tasks over 100 nodes all running (swarmkit: 1,000 on 100 in < 2.5 s)
+TARGET_TASKS_10K_S = 10.0    # 10,000 tasks over 1,000 nodes
+TASKS_TIMEOUT = 120.0
 # A whole simulated fleet comes from one address: far above the default per-source burst.
 BENCH_JOIN_LIMITS = "token:20000:1000,source:20000:1000"
 AGENT_OPTIONS = [("grpc.ssl_target_name_override", "swarm-manager"),  # as swarmd.agent.session
@@ -112,6 +117,7 @@ class WorkerConfig:
     total: int               # nodes over all workers: node i's slot is i/total of the period
     batch: int               # this worker's share of --batch
     nodes: list[NodeSpec]
+    run_tasks: bool = False  # accept assignments and report their tasks running
 
 
 @dataclass
@@ -125,6 +131,7 @@ class Node:
     established: float | None = None   # loop time of the first session message ever
     messages: int = 0
     sessions: int = 0                  # session streams opened (1 unless one ended)
+    reported: set[str] = field(default_factory=set)   # tasks reported running
 
     @property
     def index(self) -> int:
@@ -139,6 +146,8 @@ class Stats:
     hb_errors: dict[str, int] = field(default_factory=dict)
     hb_latency: list[float] = field(default_factory=list)      # ms, in the window only
     hb_lag: list[float] = field(default_factory=list)          # ms past the slot, in the window only
+    task_reports: int = 0                                      # tasks reported running
+    report_errors: dict[str, int] = field(default_factory=dict)
     in_window: bool = False
     window_sent: int = 0
 
@@ -147,8 +156,10 @@ class SessionLoad:
     """One worker's nodes on one asyncio loop. Shared instants (``t0``, the heartbeat base) are
     ``time.monotonic()`` values, the same clock in every process of the bench."""
 
-    def __init__(self, addr: str, nodes: list[Node], period: float, keepalive: bool, total: int) -> None:
+    def __init__(self, addr: str, nodes: list[Node], period: float, keepalive: bool, total: int,
+                 run_tasks: bool = False) -> None:
         self.addr = addr
+        self.run_tasks = run_tasks
         self.nodes = nodes
         self.period = period
         self.total = total
@@ -177,7 +188,9 @@ class SessionLoad:
             why = "server ended the stream"
             established = False
             try:
-                async for _ in call:
+                async for msg in call:
+                    if self.run_tasks and msg.HasField("assignments"):
+                        self.accept(node, msg.assignments)
                     if not established:
                         established = node.live = True
                         if node.established is None:
@@ -201,6 +214,31 @@ class SessionLoad:
             else:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    # -- tasks -------------------------------------------------------------------------------------
+    def accept(self, node: Node, assignments: spb.Assignments) -> None:
+        """As an agent whose tasks start at once: every assigned task that should run and was not
+        reported yet is reported running, all of one message in one UpdateTaskStatus call (the
+        agent batches its reports the same way), without holding up the session stream."""
+        new = [t.id for t in assignments.tasks if t.desired_state == "running" and t.id not in node.reported]
+        if not new:
+            return
+        node.reported.update(new)
+        task = asyncio.create_task(self.report_running(node, new))
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
+
+    async def report_running(self, node: Node, ids: list[str]) -> None:
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        status = spb.TaskStatus(state="running", timestamp=now, message="started")
+        request = spb.UpdateTaskStatusRequest(updates=[spb.TaskStatusUpdate(task_id=i, status=status) for i in ids])
+        try:
+            await node.stub.UpdateTaskStatus(request, timeout=30.0)
+            self.stats.task_reports += len(ids)
+        except grpc.aio.AioRpcError as e:
+            key = f"{e.code().name}: {(e.details() or '')[:200]}"
+            self.stats.report_errors[key] = self.stats.report_errors.get(key, 0) + 1
+            node.reported.difference_update(ids)  # the next assignments message tries again
 
     # -- heartbeats --------------------------------------------------------------------------------
     async def heartbeat(self, node: Node, due: float) -> None:
@@ -305,7 +343,7 @@ async def serve(conn: Connection, cfg: WorkerConfig) -> None:
     (add_reader), so the sessions run on while the worker waits for the next request."""
     loop = asyncio.get_running_loop()
     load = SessionLoad(cfg.addr, [Node(s, describe(s.index)) for s in cfg.nodes], cfg.period,
-                       cfg.keepalive, cfg.total)
+                       cfg.keepalive, cfg.total, cfg.run_tasks)
     inbox: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue()
 
     def readable() -> None:
@@ -476,20 +514,21 @@ def worker_configs(args: argparse.Namespace, addr: str, joins: list[JoinResult],
     --batch split into shares that add up to it (at least 1 each)."""
     specs = [NodeSpec(i, j.node_id, j.root_pem, j.cert_pem, j.key_pem, j.advertise_addr) for i, j in enumerate(joins)]
     return [WorkerConfig(worker=k, addr=addr, period=period, keepalive=not args.no_keepalive, total=len(specs),
-                         batch=max(1, args.batch // procs + (k < args.batch % procs)), nodes=specs[k::procs])
+                         batch=max(1, args.batch // procs + (k < args.batch % procs)), nodes=specs[k::procs],
+                         run_tasks=args.tasks > 0)
             for k in range(procs)]
 
 
 def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """The workers' statistics as one: counters added, reasons counted together, lists joined."""
-    out: dict[str, Any] = {"ended": {}, "hb_errors": {}, "hb_latency": [], "hb_lag": []}
+    out: dict[str, Any] = {"ended": {}, "hb_errors": {}, "report_errors": {}, "hb_latency": [], "hb_lag": []}
     for p in parts:
-        for key in ("ended", "hb_errors"):
+        for key in ("ended", "hb_errors", "report_errors"):
             for msg, n in p[key].items():
                 out[key][msg] = out[key].get(msg, 0) + n
         for key in ("hb_latency", "hb_lag"):
             out[key].extend(p[key])
-        for key in ("hb_sent", "hb_ok", "window_sent", "live", "sessions", "messages"):
+        for key in ("hb_sent", "hb_ok", "window_sent", "live", "sessions", "messages", "task_reports"):
             out[key] = out.get(key, 0) + p[key]
     return out
 
@@ -584,6 +623,40 @@ def run(args: argparse.Namespace, manager: Daemon, joins: list[JoinResult], repo
         collect(args, fleet, report)
 
 
+def schedule_tasks(manager: Daemon, replicas: int) -> dict[str, float]:
+    """Seconds from Control.CreateService to every task on a node, and to every task reported
+    running (Control.ListTasks polled every 50 ms); the service is removed afterwards."""
+    template = spb.TaskTemplate(program="/bin/sleep", args=["100000"],
+                                placement=spb.Placement(constraints=["node.role==worker"]))
+    spec = spb.ServiceSpec(name="load", replicas=replicas, task_template=template)
+    channel, stub = control_stub(manager.sock)
+    out: dict[str, float] = {}
+    try:
+        t0 = time.perf_counter()
+        stub.CreateService(spb.CreateServiceRequest(spec=spec), timeout=30.0)
+        out["create call s"] = time.perf_counter() - t0
+        while True:
+            check_manager(manager)
+            tasks = stub.ListTasks(spb.ListTasksRequest(services=["load"]), timeout=30.0).tasks
+            now = time.perf_counter() - t0
+            if "all assigned s" not in out and len(tasks) >= replicas and all(t.node_id for t in tasks):
+                out["all assigned s"] = now
+            if sum(t.status.state == "running" for t in tasks) >= replicas:
+                out["all running s"] = now
+                out.setdefault("all assigned s", now)
+                break
+            if now > TASKS_TIMEOUT:
+                states: dict[str, int] = {}
+                for t in tasks:
+                    states[t.status.state] = states.get(t.status.state, 0) + 1
+                raise BenchError(f"{replicas} tasks not all running after {TASKS_TIMEOUT:.0f} s: {states}")
+            time.sleep(0.05)
+        stub.RemoveService(spb.RemoveServiceRequest(ref="load"), timeout=30.0)
+    finally:
+        channel.close()
+    return out
+
+
 def check_manager(manager: Daemon) -> None:
     """A manager that exited ends the run at once (the sessions would only retry against nothing)."""
     assert manager.proc is not None
@@ -672,6 +745,15 @@ def phases(args: argparse.Namespace, manager: Daemon, fleet: Fleet, n: int, repo
     if args.writes:
         report["writes under load"] = probe_writes(manager, args.writes)
 
+    # 3c. scheduling at scale: one replicated service of --tasks replicas on the simulated
+    #     nodes (the manager's own node is kept out by a constraint), until every task is
+    #     reported running in the store.
+    if args.tasks:
+        report["tasks"] = schedule_tasks(manager, args.tasks)
+        t = report["tasks"]
+        log(f"  {args.tasks} tasks: all assigned after {t['all assigned s']:.2f} s, "
+            f"all running after {t['all running s']:.2f} s")
+
     # 4. hold, then the verdict from the real CLI and the log
     remaining = args.hold - (time.monotonic() - t_all)
     if remaining > 0:
@@ -707,6 +789,8 @@ def collect(args: argparse.Namespace, fleet: Fleet, report: dict[str, Any]) -> N
     report["session stream ends"] = s["ended"]
     report["heartbeats sent / ok"] = f"{s['hb_sent']} / {s['hb_ok']}"
     report["heartbeat errors"] = s["hb_errors"]
+    report["tasks reported running"] = s["task_reports"]
+    report["task report errors"] = s["report_errors"]
     report["window heartbeats sent"] = s["window_sent"]
     report["window heartbeat rate /s"] = s["window_sent"] / args.window
     lat, lag = s["hb_latency"], s["hb_lag"]
@@ -741,6 +825,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--writes", type=int, default=20,
                     help="sequential store writes after the CPU window, to show what one write costs with "
                          "the sessions open (default 20; 0 = skip)")
+    ap.add_argument("--tasks", type=int, default=0,
+                    help="after the writes, one service of this many replicas on the simulated nodes, which "
+                         "report their tasks running at once; timed until all are (default 0 = skip)")
     ap.add_argument("--no-keepalive", action="store_true",
                     help="channels without the agent's 2 s keepalive pings (default: as swarmd.agent.session)")
     ap.add_argument("--profile", metavar="FILE", help="py-spy record the manager during the window into FILE "
@@ -755,7 +842,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (manager log)")
     args = ap.parse_args(argv)
-    if args.nodes < 1 or args.window <= 0 or args.procs < 0 or args.batch < 1:
+    if args.nodes < 1 or args.window <= 0 or args.procs < 0 or args.batch < 1 or args.tasks < 0:
         ap.error("--nodes and --batch must be >= 1, --procs >= 0 and --window > 0")
     args.hold = max(args.hold, args.settle + args.window)
     check_binaries()
@@ -808,6 +895,10 @@ def main(argv: list[str] | None = None) -> int:
         check_row("session streams that ended", sum(report["session stream ends"].values()), "count", "<=", 0),
         check_row("heartbeat errors", sum(report["heartbeat errors"].values()), "count", "<=", 0),
     ]
+    if args.tasks:
+        checks.append(check_row(f"{args.tasks} tasks over {n} nodes -> all running", report["tasks"]["all running s"],
+                                "s", "<=", TARGET_TASKS_S if args.tasks <= 1000 else TARGET_TASKS_10K_S))
+        checks.append(check_row("task report errors", sum(report["task report errors"].values()), "count", "<=", 0))
     lat, lag = report["heartbeat latency ms p50/p99/max"], report["heartbeat lag past slot ms p50/p99/max"]
     info = [
         ("nodes / heartbeat period", f"{n} / {report['heartbeat period s']:.1f} s "
@@ -831,6 +922,9 @@ def main(argv: list[str] | None = None) -> int:
         ("heartbeat latency p50 / p99 / max", " / ".join(f"{v:.1f}" for v in lat) + " ms"),
         ("heartbeat send lag past slot p50 / p99 / max", " / ".join(f"{v:.1f}" for v in lag) + " ms"),
         ("store write with the sessions open p50 / max", writes_text(report.get("writes under load"))),
+        *([("tasks: create call / all assigned / all running",
+            " / ".join(f"{report['tasks'][k]:.2f}" for k in ("create call s", "all assigned s", "all running s"))
+            + f" s ({report['tasks reported running']} reported running)")] if args.tasks else []),
         ("sessions held", f"{report['sessions held s']:.1f} s"),
         ("swarmctl node ls (rows, wall time)", f"{report['node ls rows']} rows, {report['swarmctl node ls s']:.2f} s"),
         ("session streams opened / messages received", f"{report['session streams opened']} / "
@@ -856,7 +950,7 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(k) for k, _ in info)
     for k, v in info:
         print(f"{k.ljust(width)}  {v}")
-    for what in ("session stream ends", "heartbeat errors"):
+    for what in ("session stream ends", "heartbeat errors", "task report errors"):
         for msg, count in report[what].items():
             print(f"{what[:-1] if what.endswith('s') else what} x{count}: {msg}")
     if args.profile:

@@ -652,6 +652,8 @@ def schedule_tasks(manager: Daemon, replicas: int) -> dict[str, float]:
                 raise BenchError(f"{replicas} tasks not all running after {TASKS_TIMEOUT:.0f} s: {states}")
             time.sleep(0.05)
         stub.RemoveService(spb.RemoveServiceRequest(ref="load"), timeout=30.0)
+    except grpc.RpcError as e:
+        raise BenchError(f"{replicas} tasks: {e.code().name}: {e.details()}; so far: {out}") from None
     finally:
         channel.close()
     return out

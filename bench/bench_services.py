@@ -50,6 +50,7 @@ from netlab import Lab  # noqa: E402
 from swarmd.api.swarm.v1 import services_pb2 as spb  # noqa: E402
 
 POLL = 0.020
+POLL_RETRY = 10.0
 CONVERGE_TIMEOUT = 60.0      # a scenario that does not reach its condition by then fails the run
 EXTRA_TIMEOUT = 20.0         # a secondary condition may be missed: reported as not reached
 GRACE = "1s"
@@ -151,13 +152,19 @@ class Ours(Side):
         return ["/bin/sh", "-c", script]
 
     def tasks(self, service: str) -> list[TaskRow]:
-        try:
-            resp = self.stub.ListTasks(spb.ListTasksRequest(services=[service]), timeout=5.0)
-        except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.NOT_FOUND:
-                return []
-            raise
-        return [TaskRow(t.status.state, t.desired_state, t.node_id) for t in resp.tasks]
+        """The service's tasks (none once it is gone); a refusal of a busy manager is asked
+        again for up to POLL_RETRY seconds, then ends the run."""
+        deadline = time.perf_counter() + POLL_RETRY
+        while True:
+            try:
+                resp = self.stub.ListTasks(spb.ListTasksRequest(services=[service]), timeout=5.0)
+                return [TaskRow(t.status.state, t.desired_state, t.node_id) for t in resp.tasks]
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.NOT_FOUND:
+                    return []
+                if time.perf_counter() > deadline:
+                    raise BenchError(f"ours: ListTasks {service}: {e.code().name}: {e.details()}") from None
+                time.sleep(POLL)
 
     def stop(self) -> None:
         """Leaving stops a node's tasks (they outlive a stopped daemon otherwise)."""

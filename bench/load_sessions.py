@@ -623,21 +623,30 @@ def run(args: argparse.Namespace, manager: Daemon, joins: list[JoinResult], repo
         collect(args, fleet, report)
 
 
-def schedule_tasks(manager: Daemon, replicas: int) -> dict[str, float]:
+def schedule_tasks(manager: Daemon, replicas: int) -> dict[str, Any]:
     """Seconds from Control.CreateService to every task on a node, and to every task reported
     running (Control.ListTasks polled every 50 ms); the service is removed afterwards."""
     template = spb.TaskTemplate(program="/bin/sleep", args=["100000"],
                                 placement=spb.Placement(constraints=["node.role==worker"]))
     spec = spb.ServiceSpec(name="load", replicas=replicas, task_template=template)
     channel, stub = control_stub(manager.sock)
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
+    refusals: dict[str, int] = {}
     try:
         t0 = time.perf_counter()
         stub.CreateService(spb.CreateServiceRequest(spec=spec), timeout=30.0)
         out["create call s"] = time.perf_counter() - t0
         while True:
             check_manager(manager)
-            tasks = stub.ListTasks(spb.ListTasksRequest(services=["load"]), timeout=30.0).tasks
+            try:
+                tasks = stub.ListTasks(spb.ListTasksRequest(services=["load"]), timeout=30.0).tasks
+            except grpc.RpcError as e:  # a manager too busy to confirm its leadership in time
+                key = f"{e.code().name}: {e.details()}"
+                refusals[key] = refusals.get(key, 0) + 1
+                if time.perf_counter() - t0 > TASKS_TIMEOUT:
+                    raise
+                time.sleep(0.05)
+                continue
             now = time.perf_counter() - t0
             if "all assigned s" not in out and len(tasks) >= replicas and all(t.node_id for t in tasks):
                 out["all assigned s"] = now
@@ -651,6 +660,8 @@ def schedule_tasks(manager: Daemon, replicas: int) -> dict[str, float]:
                     states[t.status.state] = states.get(t.status.state, 0) + 1
                 raise BenchError(f"{replicas} tasks not all running after {TASKS_TIMEOUT:.0f} s: {states}")
             time.sleep(0.05)
+        if refusals:
+            out["ListTasks refusals"] = refusals
         stub.RemoveService(spb.RemoveServiceRequest(ref="load"), timeout=30.0)
     except grpc.RpcError as e:
         raise BenchError(f"{replicas} tasks: {e.code().name}: {e.details()}; so far: {out}") from None

@@ -26,8 +26,10 @@ started is stopped by PID, the lab's namespaces are deleted, also on errors.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -78,6 +80,8 @@ RATIO_TARGET = 0.5
 ABS_TARGET = 3.0
 # secondary readings, no target
 X_CREATE_CLI = "create: CLI returns"
+X_CREATE_DAEMON = "create: from the service's creation in the store"
+X_SCALE_DAEMON = "scale: from the service's update in the store"
 X_SCALE_GONE = "scale: tasks deleted (service ps empty)"
 X_DRAIN_STOPPED = "drain: drained node has no task running"
 
@@ -110,6 +114,10 @@ class Side:
         raise NotImplementedError
 
     def stop(self) -> None:
+        raise NotImplementedError
+
+    def stamps(self, service: str) -> tuple[float, float]:
+        """The service's (created, updated) times in the manager's store, as Unix times."""
         raise NotImplementedError
 
     def idle(self) -> bool:
@@ -166,6 +174,10 @@ class Ours(Side):
                     raise BenchError(f"ours: ListTasks {service}: {e.code().name}: {e.details()}") from None
                 time.sleep(POLL)
 
+    def stamps(self, service: str) -> tuple[float, float]:
+        svc = self.stub.GetService(spb.GetServiceRequest(ref=service), timeout=5.0).service
+        return unix_time(svc.created_at), unix_time(svc.updated_at)
+
     def stop(self) -> None:
         """Leaving stops a node's tasks (they outlive a stopped daemon otherwise)."""
         if self.channel is not None:
@@ -202,6 +214,10 @@ class Docker(Side):
         return [TaskRow(t["Status"]["State"], t["DesiredState"], t.get("NodeID", ""))
                 for t in self.swarm.manager.tasks(service)]
 
+    def stamps(self, service: str) -> tuple[float, float]:
+        svc = self.swarm.manager.get(f"/services/{service}")
+        return unix_time(svc["CreatedAt"]), unix_time(svc["UpdatedAt"])
+
     def idle(self) -> bool:
         return all(e.containers() == 0 for e in self.swarm.engines)
 
@@ -210,6 +226,15 @@ class Docker(Side):
             self.swarm.stop()
         finally:
             self.lab.down()
+
+
+def unix_time(rfc3339: str) -> float:
+    """An RFC 3339 UTC time with up to nanoseconds (both daemons' format) as a Unix time."""
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z", rfc3339)
+    if m is None:
+        raise BenchError(f"unexpected time format: {rfc3339!r}")
+    whole = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.timezone.utc)
+    return whole.timestamp() + float("0." + (m.group(2) or "0"))
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> float:
@@ -222,10 +247,11 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> float:
 
 
 def timed(side: Side, args: list[str], service: str, primary: Callable[[list[TaskRow]], bool],
-          secondary: Callable[[list[TaskRow]], bool] | None = None) -> tuple[float, float, float | None]:
+          secondary: Callable[[list[TaskRow]], bool] | None = None) -> tuple[float, float, float | None, float]:
     """(seconds to the primary condition, to the CLI's exit, to the secondary or None), all from
-    the CLI's start; the CLI must exit 0."""
+    the CLI's start, and the Unix time of the primary; the CLI must exit 0."""
     err = tempfile.TemporaryFile()
+    wall0 = time.time()
     t0 = time.perf_counter()
     proc = PROCS.spawn(side.cli(*args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     t_cli: float | None = None
@@ -248,7 +274,7 @@ def timed(side: Side, args: list[str], service: str, primary: Callable[[list[Tas
                 t_extra = now
             done_extra = secondary is None or t_extra is not None or now > EXTRA_TIMEOUT
             if t_cli is not None and t_main is not None and done_extra:
-                return t_main, t_cli, t_extra
+                return t_main, t_cli, t_extra, wall0 + t_main
             if now > CONVERGE_TIMEOUT:
                 raise BenchError(f"{side.name}: {' '.join(args[:4])}: not converged after {CONVERGE_TIMEOUT:.0f} s "
                                  f"({len(running(rows))} of {len(rows)} tasks running)")
@@ -272,12 +298,14 @@ def create_args(side: Side, service: str, replicas: int, script: str, detach: bo
 
 def round_create_scale(side: Side, res: dict[str, list[float]], script: str, i: int) -> None:
     name = f"sc{i}"
-    t, t_cli, _ = timed(side, create_args(side, name, 10, script), name, lambda rows: len(running(rows)) == 10)
+    t, t_cli, _, at = timed(side, create_args(side, name, 10, script), name, lambda rows: len(running(rows)) == 10)
     res.setdefault(S_CREATE, []).append(t)
     res.setdefault(X_CREATE_CLI, []).append(t_cli)
-    t, _, t_gone = timed(side, ["service", "scale", "-d", f"{name}=0"], name,
-                         lambda rows: all(r.state in TERMINAL for r in rows), lambda rows: not rows)
+    res.setdefault(X_CREATE_DAEMON, []).append(at - side.stamps(name)[0])
+    t, _, t_gone, at = timed(side, ["service", "scale", "-d", f"{name}=0"], name,
+                             lambda rows: all(r.state in TERMINAL for r in rows), lambda rows: not rows)
     res.setdefault(S_SCALE, []).append(t)
+    res.setdefault(X_SCALE_DAEMON, []).append(at - side.stamps(name)[1])
     if t_gone is not None:
         res.setdefault(X_SCALE_GONE, []).append(t_gone)
     remove(side, name)
@@ -298,7 +326,7 @@ def round_drain(side: Side, res: dict[str, list[float]], script: str, i: int) ->
     def node_clear(rows: list[TaskRow]) -> bool:
         return not any(r.node == node and r.state not in TERMINAL for r in rows)
 
-    t, _, t_clear = timed(side, ["node", "update", "--availability", "drain", node], name, elsewhere, node_clear)
+    t, _, t_clear, _ = timed(side, ["node", "update", "--availability", "drain", node], name, elsewhere, node_clear)
     res.setdefault(S_DRAIN, []).append(t)
     if t_clear is not None:
         res.setdefault(X_DRAIN_STOPPED, []).append(t_clear)
@@ -308,7 +336,7 @@ def round_drain(side: Side, res: dict[str, list[float]], script: str, i: int) ->
 
 def round_create50(side: Side, res: dict[str, list[float]], script: str, i: int) -> None:
     name = f"c50x{i}"
-    t, _, _ = timed(side, create_args(side, name, 50, script), name, lambda rows: len(running(rows)) == 50)
+    t, _, _, _ = timed(side, create_args(side, name, 50, script), name, lambda rows: len(running(rows)) == 50)
     res.setdefault(S_CREATE50, []).append(t)
     remove(side, name)
 
@@ -332,7 +360,7 @@ def summarise(res: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, Any
         status = None if ours is None else ("PASS" if ours <= bound else "MISS")
         out[name] = {"ours_median_s": ours, "docker_median_s": docker, "docker_anchor_s": anchor,
                      "ratio": ratio, "target": target, "bound_s": bound, "status": status}
-    for name in (X_CREATE_CLI, X_SCALE_GONE, X_DRAIN_STOPPED):
+    for name in (X_CREATE_CLI, X_CREATE_DAEMON, X_SCALE_DAEMON, X_SCALE_GONE, X_DRAIN_STOPPED):
         ours, docker = med(res.get("ours", {}).get(name)), med(res.get("docker", {}).get(name))
         out[name] = {"ours_median_s": ours, "docker_median_s": docker, "docker_anchor_s": None,
                      "ratio": ours / docker if ours is not None and docker else None, "target": None,

@@ -410,8 +410,8 @@ def main() -> int:
                 try:
                     docker.start()
                     sides.append(docker)
-                except BenchError as e:
-                    log(f"docker side skipped: dockerd could not start a swarm: {e}")
+                except (BenchError, OSError, subprocess.SubprocessError) as e:
+                    log(f"docker side skipped: the engines could not start a swarm: {e}")
                     docker.stop()
         if a.only != "docker":
             check_binaries()

@@ -15,13 +15,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from clusterlib import PROCS
+from clusterlib import PROCS, BenchError
 
 
 def _ip(*args: str) -> None:
     r = subprocess.run(["ip", *args], capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+        raise BenchError(f"ip {' '.join(args)}: {r.stderr.strip()}")
 
 
 class Lab:

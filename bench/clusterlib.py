@@ -401,6 +401,47 @@ def render_table(rows: Sequence[tuple[str, ...]], numeric: bool = True) -> str:
     return "\n".join(lines)
 
 
+def kill_processes_naming(root: Path) -> None:
+    """SIGKILL what outlived its daemon and names ``root`` on its command line (a containerd
+    shim, a task supervisor), and the process groups of its children (a supervised task runs
+    in a group of its own): every such process was started, if indirectly, by this run."""
+    needle = str(root).encode()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if needle not in cmdline:
+            continue
+        shown = cmdline.replace(b"\0", b" ")[:120].decode(errors="replace")
+        log(f"stopping leftover process {pid}: {shown}")
+        for child in _children(int(pid)):
+            try:
+                group = os.getpgid(child)
+                if group != os.getpgrp():
+                    os.killpg(group, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
 def clean_up(tmp: Path, keep: bool) -> None:
     """Every process the bench started is stopped by PID; the temp dir goes unless ``keep``
     (a failed run keeps it for its daemon logs)."""

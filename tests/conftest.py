@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from swarmd.agent.exec.cgroups import Cgroups
 from tests.harness import Daemon
-from tests.tasklib import kill_leftovers
+from tests.tasklib import stop_all
 
 
 @pytest.fixture
@@ -24,13 +23,7 @@ def daemons(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         return d
 
     yield make
-    for d in started:
-        try:
-            d.stop()
-        except AssertionError:
-            pass
-    for d in started:
-        kill_leftovers(d.state_dir / "executor", Cgroups())
+    stop_all(started)
 
 
 @pytest.fixture

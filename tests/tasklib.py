@@ -8,8 +8,14 @@ import os
 import signal
 from pathlib import Path
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 from swarmd.agent.exec.cgroups import Cgroups
 from swarmd.agent.exec.process import ProcessExecutor
+
+if TYPE_CHECKING:
+    from tests.harness import Daemon
 
 
 def start_ticks(pid: int) -> int | None:
@@ -43,3 +49,15 @@ def kill_leftovers(state_dir: Path, cgroups: Cgroups) -> None:
                         os.killpg(pid, signal.SIGKILL) if pid_key == "pid" else os.kill(pid, signal.SIGKILL)
                     except OSError:
                         pass
+
+
+def stop_all(daemons: Iterable[Daemon]) -> None:
+    """Teardown of a test's daemons: each stopped by PID, then the tasks they ran removed."""
+    started = list(daemons)
+    for d in started:
+        try:
+            d.stop()
+        except AssertionError:
+            pass
+    for d in started:
+        kill_leftovers(d.state_dir / "executor", Cgroups())

@@ -18,14 +18,13 @@ from typing import Any
 import grpc
 import pytest
 
-from swarmd.agent.exec.cgroups import Cgroups
 from swarmd.agent.exec.none import REFUSAL
 from swarmd.api.swarm.v1 import services_pb2 as spb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 from swarmd.store.services import NOT_ASSIGNED_HERE
 from tests.harness import Daemon, join, node_tls, wait_for
 from tests.inproc import InProcessManager
-from tests.tasklib import kill_leftovers
+from tests.tasklib import stop_all
 from tests.servicelib import raw_spec
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="worker daemons run tasks as nobody: needs root")
@@ -81,13 +80,7 @@ def swarm(tmp_path: Path) -> Iterator[Swarm]:
         manager.init()
         yield s
     finally:
-        for d in [*s.workers, manager]:
-            try:
-                d.stop()
-            except AssertionError:
-                pass
-        for d in s.workers:
-            kill_leftovers(d.state_dir / "executor", Cgroups())
+        stop_all([*s.workers, manager])
 
 
 def worker(s: Swarm, tmp_path: Path, name: str) -> Daemon:

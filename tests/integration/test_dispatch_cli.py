@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from swarmd.agent.exec.cgroups import Cgroups
 from tests.harness import Daemon, join, wait_for
-from tests.tasklib import kill_leftovers
+from tests.tasklib import stop_all
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="worker daemons run tasks as nobody: needs root")
 
@@ -51,13 +50,7 @@ def nodes(tmp_path: Path) -> Iterator[list[Daemon]]:
         join(w2, mgr)
         yield started
     finally:
-        for d in started:
-            try:
-                d.stop()
-            except AssertionError:
-                pass
-        for d in started:
-            kill_leftovers(d.state_dir / "executor", Cgroups())
+        stop_all(started)
 
 
 def total_running(nodes: list[Daemon]) -> int:

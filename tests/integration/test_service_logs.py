@@ -16,11 +16,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from swarmd.agent.exec.cgroups import Cgroups
 from swarmd.api.swarm.v1 import services_pb2 as spb
 from swarmd.api.swarm.v1 import swarm_pb2_grpc as pb_grpc
 from tests.harness import SWARMCTL, Daemon, join, leader_of, node_tls, wait_for
-from tests.integration.test_executor import kill_leftovers
+from tests.tasklib import stop_all
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="worker daemons run tasks as nobody: needs root")
 
@@ -57,16 +56,6 @@ def wait_logged(d: Daemon, name: str, replicas: int) -> dict[int, tuple[str, str
             and r.stderr.count("err") == replicas else None
     found: dict[int, tuple[str, str]] = wait_for(ready, WAIT, step=0.2, what=f"{name}'s lines")
     return found
-
-
-def stop_all(started: list[Daemon]) -> None:
-    for d in started:
-        try:
-            d.stop()
-        except AssertionError:
-            pass
-    for d in started:
-        kill_leftovers(d.state_dir / "executor", Cgroups())
 
 
 @pytest.fixture
